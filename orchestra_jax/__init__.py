@@ -1,0 +1,1 @@
+"""orchestra_jax: ToolOrchestra (orchestrator RL with GRPO) in JAX."""
