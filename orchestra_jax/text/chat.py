@@ -1,0 +1,365 @@
+"""Qwen3 chat protocol: prompt rendering, Hermes tool calls and tool responses.
+
+Text layout (same bytes as Qwen3's Hugging Face chat template for the supported subset)::
+
+    <|im_start|>system
+    {system}
+
+    # Tools
+    ...
+    <tools>
+    {"type": "function", "function": {...}}
+    </tools>
+    ...<|im_end|>
+    <|im_start|>user
+    {question}<|im_end|>
+    <|im_start|>assistant
+    <think>...</think>
+
+    <tool_call>
+    {"name": "search", "arguments": {"query": "..."}}
+    </tool_call><|im_end|>
+    <|im_start|>user
+    <tool_response>
+    {observation}
+    </tool_response><|im_end|>
+    <|im_start|>assistant
+
+An assistant turn is ``[free text, e.g. <think>...</think>] <tool_call>...</tool_call><|im_end|>``.
+The sampler stops at ``</tool_call>`` or ``<|im_end|>``; after ``<|im_end|>`` the rollout appends
+``tool_response_turn(observation)``, which is exactly what the template renders for a tool message.
+
+Parser policy (``parse_tool_call``), chosen so that every accepted call is unambiguous:
+
+- text before ``<tool_call>`` (reasoning, ``<think>`` blocks) is ignored;
+- exactly one ``<tool_call>`` block is accepted; several calls are an error (``parse_tool_calls``
+  accepts several);
+- after ``</tool_call>`` only whitespace and end markers (``<|im_end|>``, ``<|endoftext|>``) may follow;
+- the block holds one JSON object ``{"name": str, "arguments": object}``; ``arguments`` may be omitted
+  (then ``{}``); other keys, NaN/Infinity, non-object arguments, empty names are errors.
+
+The parser never raises: any input (including non-str) yields a ``ToolCall`` or a ``ToolCallError`` whose
+message is meant to be shown to the policy as the observation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Iterable, Mapping, Sequence
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+END_OF_TEXT = "<|endoftext|>"
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+TOOL_RESPONSE_OPEN = "<tool_response>"
+TOOL_RESPONSE_CLOSE = "</tool_response>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+# Longest JSON body the parser will look at; longer bodies are an error, not a slow parse.
+MAX_CALL_CHARS = 200_000
+_MAX_SHOWN = 80  # characters of offending text quoted back in error messages
+
+_QWEN_TOOLS_HEADER = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+_QWEN_TOOLS_FOOTER = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+# Compact variant for the tiny CPU policy: same tags, fewer words, JSON without spaces.
+_COMPACT_TOOLS_HEADER = "# Tools\n<tools>"
+_COMPACT_TOOLS_FOOTER = (
+    '\n</tools>\nCall one tool as <tool_call>\n{"name": <name>, "arguments": {...}}\n</tool_call>'
+)
+
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    """A well-formed tool call: ``name`` and a JSON-object ``arguments`` dict."""
+
+    name: str
+    arguments: dict
+
+    ok = True  # class attribute (not a field): lets callers branch without isinstance
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCallError:
+    """A malformed tool call. ``message`` is human readable (show it to the policy); ``code`` is one of
+    not_text, no_call, unclosed, multiple, trailing_text, too_long, invalid_json, bad_structure,
+    bad_name, bad_arguments, internal."""
+
+    message: str
+    code: str = "invalid"
+
+    ok = False
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_body(body: str) -> ToolCall | ToolCallError:
+    """Parse the JSON between ``<tool_call>`` and ``</tool_call>``."""
+    body = body.strip()
+    if not body:
+        return ToolCallError("empty <tool_call> block: expected a JSON object with 'name' and 'arguments'",
+                             "invalid_json")
+    if len(body) > MAX_CALL_CHARS:
+        return ToolCallError(f"tool call JSON is {len(body)} characters, more than the limit {MAX_CALL_CHARS}",
+                             "too_long")
+    try:
+        obj = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        return ToolCallError("tool call JSON is nested too deeply", "invalid_json")
+    except ValueError as e:  # JSONDecodeError, NaN/Infinity, huge integers
+        return ToolCallError(f"tool call is not valid JSON ({e}): {_shorten(body)!r}", "invalid_json")
+    if not isinstance(obj, dict):
+        return ToolCallError(f"tool call must be a JSON object, got {type(obj).__name__}", "bad_structure")
+    extra = sorted(set(obj) - {"name", "arguments"})
+    if extra:
+        return ToolCallError(f"tool call has unexpected keys {extra}; only 'name' and 'arguments' are allowed",
+                             "bad_structure")
+    if "name" not in obj:
+        return ToolCallError("tool call is missing 'name'", "bad_name")
+    name = obj["name"]
+    if not isinstance(name, str):
+        return ToolCallError(f"tool call 'name' must be a string, got {type(name).__name__}", "bad_name")
+    if not name.strip():
+        return ToolCallError("tool call 'name' is empty", "bad_name")
+    arguments = obj.get("arguments", {})
+    if not isinstance(arguments, dict):
+        return ToolCallError(
+            f"tool call 'arguments' must be a JSON object, got {type(arguments).__name__}", "bad_arguments")
+    return ToolCall(name=name, arguments=arguments)
+
+
+def _strip_end_markers(text: str) -> str:
+    """Drop trailing whitespace and end-of-turn markers."""
+    prev = None
+    while prev != text:
+        prev = text
+        text = text.rstrip()
+        for marker in (IM_END, END_OF_TEXT):
+            if text.endswith(marker):
+                text = text[: -len(marker)]
+    return text
+
+
+def _split_calls(text: str) -> list[str] | ToolCallError:
+    """Bodies of all ``<tool_call>`` blocks; errors for unclosed blocks or trailing text."""
+    bodies = []
+    pos = text.find(TOOL_CALL_OPEN)
+    if pos < 0:
+        if TOOL_CALL_CLOSE in text:
+            return ToolCallError("found </tool_call> without an opening <tool_call>", "no_call")
+        return ToolCallError(
+            'no tool call found: write <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>', "no_call")
+    if TOOL_CALL_CLOSE in text[:pos]:
+        return ToolCallError("found </tool_call> before the first <tool_call>", "unclosed")
+    while pos >= 0:
+        start = pos + len(TOOL_CALL_OPEN)
+        end = text.find(TOOL_CALL_CLOSE, start)
+        if end < 0:
+            return ToolCallError("unclosed <tool_call>: missing </tool_call>", "unclosed")
+        body = text[start:end]
+        if TOOL_CALL_OPEN in body:
+            return ToolCallError("nested <tool_call> inside a tool call", "unclosed")
+        bodies.append(body)
+        rest = text[end + len(TOOL_CALL_CLOSE):]
+        nxt = rest.find(TOOL_CALL_OPEN)
+        between = rest if nxt < 0 else rest[:nxt]
+        if nxt >= 0:
+            if between.strip():
+                return ToolCallError(
+                    f"unexpected text between tool calls: {_shorten(between.strip())!r}", "trailing_text")
+            pos = end + len(TOOL_CALL_CLOSE) + nxt
+        else:
+            tail = _strip_end_markers(between)
+            if tail.strip():
+                return ToolCallError(f"unexpected text after </tool_call>: {_shorten(tail.strip())!r}",
+                                     "trailing_text")
+            pos = -1
+    return bodies
+
+
+def parse_tool_calls(text: Any) -> list[ToolCall] | ToolCallError:
+    """All tool calls in an assistant turn (one or more). Never raises.
+
+    Returns the calls in order, or the first problem as a ``ToolCallError``.
+    """
+    try:
+        if not isinstance(text, str):
+            return ToolCallError(f"tool call text must be a string, got {type(text).__name__}", "not_text")
+        bodies = _split_calls(text)
+        if isinstance(bodies, ToolCallError):
+            return bodies
+        calls = []
+        for body in bodies:
+            call = _parse_body(body)
+            if isinstance(call, ToolCallError):
+                return call
+            calls.append(call)
+        return calls
+    except Exception as e:  # last resort: the contract is "never raises"
+        return ToolCallError(f"could not parse tool call ({type(e).__name__})", "internal")
+
+
+def parse_tool_call(text: Any) -> ToolCall | ToolCallError:
+    """The single tool call of an assistant turn, or a ``ToolCallError`` explaining what is wrong.
+
+    Never raises, for any input. Several calls in one turn are an error (one call per turn).
+    """
+    calls = parse_tool_calls(text)
+    if isinstance(calls, ToolCallError):
+        return calls
+    if len(calls) != 1:
+        return ToolCallError(f"expected exactly one tool call per turn, found {len(calls)}", "multiple")
+    return calls[0]
+
+
+def format_tool_call(name: str, arguments: Mapping[str, Any] | None = None) -> str:
+    """Hermes tool-call text, as Qwen3's template writes it:
+    ``<tool_call>\\n{"name": "...", "arguments": {...}}\\n</tool_call>``.
+
+    Raises ValueError for an empty/non-str name, non-dict or non-JSON-serialisable arguments.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"tool name must be a non-empty string, got {name!r}")
+    arguments = {} if arguments is None else arguments
+    if not isinstance(arguments, Mapping):
+        raise ValueError(f"tool arguments must be a dict, got {type(arguments).__name__}")
+    try:
+        args_json = json.dumps(dict(arguments), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"tool arguments for {name!r} are not JSON-serialisable: {e}") from e
+    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {args_json}}}\n{TOOL_CALL_CLOSE}'
+
+
+def tool_response_turn(content: str) -> str:
+    """Text appended after an assistant turn that ended with ``<|im_end|>``: a user turn holding the tool
+    response, then the header of the next assistant turn.
+    ``'\\n<|im_start|>user\\n<tool_response>\\n' + content + '\\n</tool_response><|im_end|>\\n<|im_start|>assistant\\n'``
+    """
+    if not isinstance(content, str):
+        raise ValueError(f"tool response content must be a string, got {type(content).__name__}")
+    return (f"\n{IM_START}user\n{TOOL_RESPONSE_OPEN}\n{content}\n{TOOL_RESPONSE_CLOSE}{IM_END}\n"
+            f"{IM_START}assistant\n")
+
+
+def tool_schema(tool: Mapping[str, Any]) -> dict:
+    """OpenAI/Qwen tool entry ``{"type": "function", "function": {...}}``; a bare function schema
+    (``{"name", "description", "parameters"}``) is wrapped."""
+    if not isinstance(tool, Mapping):
+        raise ValueError(f"each tool must be a dict, got {type(tool).__name__}")
+    if "type" in tool:
+        return dict(tool)
+    if "name" not in tool:
+        raise ValueError(f"tool schema has neither 'type' nor 'name': keys {sorted(tool)}")
+    return {"type": "function", "function": dict(tool)}
+
+
+def render_tools_section(tools: Iterable[Mapping[str, Any]], *, compact: bool = False) -> str:
+    """The ``# Tools`` block of the system prompt (without the system header)."""
+    header, footer = (_COMPACT_TOOLS_HEADER, _COMPACT_TOOLS_FOOTER) if compact else (
+        _QWEN_TOOLS_HEADER, _QWEN_TOOLS_FOOTER)
+    separators = (",", ":") if compact else (", ", ": ")
+    lines = "".join("\n" + json.dumps(tool_schema(t), ensure_ascii=False, separators=separators)
+                    for t in tools)
+    return header + lines + footer
+
+
+def _content(message: Mapping[str, Any], index: int) -> str:
+    content = message.get("content")
+    if content is None:
+        return ""
+    if not isinstance(content, str):
+        raise ValueError(f"messages[{index}]['content'] must be a string, got {type(content).__name__}")
+    return content
+
+
+def _render_assistant_calls(message: Mapping[str, Any], index: int, content: str) -> str:
+    out = []
+    for j, call in enumerate(message.get("tool_calls") or ()):
+        if isinstance(call, ToolCall):
+            name, arguments = call.name, call.arguments
+        elif isinstance(call, Mapping):
+            fn = call.get("function", call)
+            name, arguments = fn.get("name"), fn.get("arguments", {})
+            if isinstance(arguments, str):  # already JSON text (OpenAI style)
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError as e:
+                    raise ValueError(f"messages[{index}]['tool_calls'][{j}] arguments are not JSON: {e}") from e
+        else:
+            raise ValueError(f"messages[{index}]['tool_calls'][{j}] must be a dict or ToolCall")
+        if (j == 0 and content) or j > 0:
+            out.append("\n")
+        out.append(format_tool_call(name, arguments))
+    return "".join(out)
+
+
+def render_prompt(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None, *,
+                  compact_tools: bool = False, add_generation_prompt: bool = True,
+                  enable_thinking: bool | None = None) -> str:
+    """Render a conversation in Qwen3's chat format.
+
+    messages: dicts with ``role`` (system / user / assistant / tool) and ``content`` (str); an assistant
+      message may carry ``tool_calls`` (dicts ``{"name", "arguments"}``, OpenAI ``{"function": {...}}`` or
+      ``ToolCall``). Consecutive ``tool`` messages share one user turn, as in Qwen's template.
+    tools: JSON schemas listed in the system prompt's ``# Tools`` section (Qwen wording by default;
+      ``compact_tools=True`` uses a short wording and space-free JSON for tiny CPU models).
+    add_generation_prompt: end with ``<|im_start|>assistant\\n``.
+    enable_thinking: False appends Qwen3's empty ``<think>\\n\\n</think>\\n\\n`` after the generation prompt.
+
+    Matches Qwen3's template byte for byte for these inputs, except that assistant contents are
+    rendered verbatim (Qwen3 strips ``<think>`` blocks from earlier turns; we never re-render policy text).
+    """
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise ValueError(f"messages must be a list of dicts, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise ValueError(f"messages[{i}] must be a dict, got {type(m).__name__}")
+        if m.get("role") not in _ROLES:
+            raise ValueError(f"messages[{i}] has role {m.get('role')!r}; expected one of {_ROLES}")
+    out = []
+    first_is_system = bool(messages) and messages[0]["role"] == "system"
+    if tools:
+        out.append(f"{IM_START}system\n")
+        if first_is_system:
+            out.append(_content(messages[0], 0) + "\n\n")
+        out.append(render_tools_section(tools, compact=compact_tools) + f"{IM_END}\n")
+    elif first_is_system:
+        out.append(f"{IM_START}system\n{_content(messages[0], 0)}{IM_END}\n")
+    for i, m in enumerate(messages):
+        role = m["role"]
+        if i == 0 and role == "system":
+            continue
+        content = _content(m, i)
+        if role in ("user", "system"):
+            out.append(f"{IM_START}{role}\n{content}{IM_END}\n")
+        elif role == "assistant":
+            out.append(f"{IM_START}assistant\n{content}")
+            out.append(_render_assistant_calls(m, i, content))
+            out.append(f"{IM_END}\n")
+        else:  # tool
+            if i == 0 or messages[i - 1]["role"] != "tool":
+                out.append(f"{IM_START}user")
+            out.append(f"\n{TOOL_RESPONSE_OPEN}\n{content}\n{TOOL_RESPONSE_CLOSE}")
+            if i == len(messages) - 1 or messages[i + 1]["role"] != "tool":
+                out.append(f"{IM_END}\n")
+    if add_generation_prompt:
+        out.append(f"{IM_START}assistant\n")
+        if enable_thinking is False:
+            out.append(f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n")
+    return "".join(out)
