@@ -1,0 +1,204 @@
+"""First-fit-decreasing packing of variable-length token sequences into fixed-length rows (host side, numpy).
+
+Layout of a packed batch with ``R`` rows of length ``L``:
+
+- ``tokens``      int32 [R, L]: sequence tokens, 0 on padding;
+- ``positions``   int32 [R, L]: 0, 1, 2, ... restarting at every segment, 0 on padding;
+- ``segment_ids`` int32 [R, L]: 1..n for the n sequences of a row (in order of their original index),
+  0 on padding (padding is identified by segment id 0 only, never by token id);
+- ``fields[name]`` [R, L]: any per-token array (loss_mask, advantages, old_logp, ...) with its own dtype,
+  0 on padding;
+- ``placements``  int32 [N, 3]: (row, start, length) of sequence i.
+
+Rows are assigned by first-fit-decreasing: sequences sorted by length (longest first, ties by index), each
+goes into the first row with room. Inside a row the segments are then laid out in original-index order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+_RESERVED = ("tokens", "positions", "segment_ids")
+_INT32 = np.iinfo(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBatch:
+    """Packed rows plus where each original sequence went (see module docstring)."""
+
+    tokens: np.ndarray        # int32 [R, L]
+    positions: np.ndarray     # int32 [R, L]
+    segment_ids: np.ndarray   # int32 [R, L]
+    fields: dict              # name -> [R, L], padding 0
+    placements: np.ndarray    # int32 [N, 3] (row, start, length)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def row_len(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens."""
+        return int(self.placements[:, 2].sum()) if len(self.placements) else 0
+
+    @property
+    def utilisation(self) -> float:
+        """Real tokens / (rows * row_len); 0.0 for an empty batch."""
+        size = self.tokens.size
+        return self.num_tokens / size if size else 0.0
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """``{"tokens", "positions", "segment_ids", **fields}``."""
+        return {"tokens": self.tokens, "positions": self.positions, "segment_ids": self.segment_ids,
+                **self.fields}
+
+    def unpack(self, name_or_array: str | Any) -> list[np.ndarray]:
+        """Per-sequence arrays in original order, read from a named array of this batch or from any array
+        whose leading dims are [R, L] (e.g. per-token log-probs computed on the packed batch)."""
+        if isinstance(name_or_array, str):
+            data = self.as_dict()
+            if name_or_array not in data:
+                raise ValueError(f"unknown packed array {name_or_array!r}; have {sorted(data)}")
+            arr = data[name_or_array]
+        else:
+            arr = np.asarray(name_or_array)
+            if arr.shape[:2] != self.tokens.shape:
+                raise ValueError(f"array to unpack has shape {arr.shape}; expected leading dims "
+                                 f"{self.tokens.shape} (rows, row_len)")
+        return [arr[r, s:s + n].copy() for r, s, n in self.placements.tolist()]
+
+
+def ffd_assign(lengths: np.ndarray, row_len: int) -> tuple[np.ndarray, int]:
+    """First-fit-decreasing bin assignment. Returns (row index per sequence [N], number of rows).
+
+    All lengths must be in [1, row_len].
+    """
+    n = len(lengths)
+    rows = np.empty(n, np.int64)
+    order = np.lexsort((np.arange(n), -lengths))  # longest first, ties by index: deterministic
+    free = np.empty(max(n, 1), np.int64)          # free space per open row (at most n rows)
+    num_rows = 0
+    for i in order.tolist():
+        length = lengths[i]
+        fits = np.flatnonzero(free[:num_rows] >= length)
+        if fits.size:
+            r = int(fits[0])
+        else:
+            r = num_rows
+            free[r] = row_len
+            num_rows += 1
+        free[r] -= length
+        rows[i] = r
+    return rows, num_rows
+
+
+def _as_sequence(seq: Any, index: int) -> np.ndarray:
+    arr = np.asarray(seq)
+    if arr.ndim != 1:
+        raise ValueError(f"sequence {index} must be 1-D, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"sequence {index} must hold integer token ids, got dtype {arr.dtype}")
+    return arr
+
+
+def pack(sequences: Sequence[Any], row_len: int, *, fields: Mapping[str, Sequence[Any]] | None = None,
+         num_rows: int | None = None, truncate: bool = False) -> PackedBatch:
+    """Pack ``sequences`` (list of 1-D int arrays) into rows of ``row_len`` tokens by first-fit-decreasing.
+
+    fields: per-token arrays, ``fields[name][i]`` has the length of ``sequences[i]``; packed with their dtype.
+    num_rows: pad the batch to exactly this many rows (error if first-fit-decreasing needs more).
+    truncate: cut sequences (and their fields) longer than ``row_len`` to their first ``row_len`` tokens
+      instead of raising; ``placements`` then records the truncated length.
+    """
+    if not isinstance(row_len, (int, np.integer)) or row_len < 1:
+        raise ValueError(f"row_len must be a positive int, got {row_len!r}")
+    row_len = int(row_len)
+    seqs = [_as_sequence(s, i) for i, s in enumerate(sequences)]
+    n = len(seqs)
+    lengths = np.fromiter((len(s) for s in seqs), np.int64, count=n)
+    if n and lengths.min() == 0:
+        raise ValueError(f"sequence {int(np.argmin(lengths))} is empty; every sequence needs >= 1 token")
+    if n and lengths.max() > row_len:
+        if not truncate:
+            i = int(np.argmax(lengths > row_len))
+            raise ValueError(f"sequence {i} has length {int(lengths[i])} > row_len {row_len} "
+                             f"(pass truncate=True to cut it)")
+        seqs = [s[:row_len] for s in seqs]
+
+    fields = dict(fields or {})
+    field_arrays = {}
+    for name, values in fields.items():
+        if name in _RESERVED:
+            raise ValueError(f"field name {name!r} is reserved (one of {_RESERVED})")
+        if len(values) != n:
+            raise ValueError(f"field {name!r} has {len(values)} entries for {n} sequences")
+        arrs = []
+        for i, v in enumerate(values):
+            a = np.asarray(v)
+            if a.ndim != 1 or len(a) != lengths[i]:
+                raise ValueError(f"field {name!r} of sequence {i} has shape {a.shape}; expected "
+                                 f"({int(lengths[i])},) like the sequence")
+            arrs.append(a[:row_len])
+        field_arrays[name] = arrs
+    lengths = np.minimum(lengths, row_len)
+
+    rows, needed = ffd_assign(lengths, row_len)
+    if num_rows is None:
+        num_rows = needed
+    elif needed > num_rows:
+        raise ValueError(f"sequences need {needed} rows of length {row_len} (first-fit-decreasing) "
+                         f"but num_rows={num_rows}")
+    num_rows = int(num_rows)
+
+    if n == 0:
+        zeros = np.zeros((num_rows, row_len), np.int32)
+        return PackedBatch(tokens=zeros, positions=zeros.copy(), segment_ids=zeros.copy(),
+                           fields={k: np.zeros((num_rows, row_len), np.float32) for k in field_arrays},
+                           placements=np.zeros((0, 3), np.int32))
+
+    # Lay out each row's segments in original-index order: order by (row, index).
+    by_row = np.lexsort((np.arange(n), rows))
+    sorted_rows = rows[by_row]
+    sorted_len = lengths[by_row]
+    ends_in_row = np.cumsum(sorted_len)
+    row_first = np.ones(n, bool)
+    row_first[1:] = sorted_rows[1:] != sorted_rows[:-1]
+    # start of a segment = cumulative length minus the cumulative length at the start of its row
+    row_base = np.maximum.accumulate(np.where(row_first, ends_in_row - sorted_len, 0))
+    starts_sorted = ends_in_row - sorted_len - row_base
+    seg_sorted = np.arange(n) - np.maximum.accumulate(np.where(row_first, np.arange(n), 0)) + 1
+    starts = np.empty(n, np.int64)
+    seg = np.empty(n, np.int64)
+    starts[by_row] = starts_sorted
+    seg[by_row] = seg_sorted
+
+    # Flat destination of every token, sequences concatenated in original order.
+    total = int(lengths.sum())
+    seq_offset = np.cumsum(lengths) - lengths
+    within = np.arange(total) - np.repeat(seq_offset, lengths)
+    dest = np.repeat(rows * row_len + starts, lengths) + within
+
+    def scatter(flat: np.ndarray, dtype) -> np.ndarray:
+        out = np.zeros(num_rows * row_len, dtype)
+        out[dest] = flat
+        return out.reshape(num_rows, row_len)
+
+    flat_tokens = np.concatenate(seqs)
+    if flat_tokens.min() < _INT32.min or flat_tokens.max() > _INT32.max:
+        raise ValueError("token ids do not fit in int32")
+    tokens = scatter(flat_tokens, np.int32)
+    positions = scatter(within, np.int32)
+    segment_ids = scatter(np.repeat(seg, lengths), np.int32)
+    packed_fields = {}
+    for name, arrs in field_arrays.items():
+        flat = np.concatenate(arrs)
+        packed_fields[name] = scatter(flat, flat.dtype)
+    placements = np.stack([rows, starts, lengths], axis=1).astype(np.int32)
+    return PackedBatch(tokens=tokens, positions=positions, segment_ids=segment_ids, fields=packed_fields,
+                       placements=placements)
