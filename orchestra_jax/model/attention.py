@@ -1,0 +1,148 @@
+"""Attention kernels for packed rows (segment ids) and for the KV cache.
+
+All functions take q [B, T, N, H] and k, v [B, S, K, H] with N a multiple of K (grouped-query attention:
+query head n reads key/value head n // (N // K), the Hugging Face `repeat_kv` convention) and return
+[B, T, N, H] in q's dtype. Softmax statistics are float32.
+
+Backends (ModelConfig.attention_backend):
+  reference  plain einsum + softmax; the naive ground truth for tests.
+  xla        jax.nn.dot_product_attention(implementation="xla") with a boolean [B, 1, T, S] mask.
+  cudnn      jax.nn.dot_product_attention(implementation="cudnn"); GPU only, bfloat16/float16 only.
+  splash     Pallas splash attention (TPU) with SegmentIds; no T x T mask is materialised.
+  auto       xla on CPU, cudnn on GPU (xla when computing in float32), splash on TPU.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def resolve_backend(backend: str, dtype, platform: str | None = None) -> str:
+    """The concrete backend for `backend` on `platform` (default: jax.default_backend()).
+
+    Raises ValueError when an explicit accelerator backend cannot run on this platform.
+    """
+    platform = platform or jax.default_backend()
+    is_gpu = platform in ("gpu", "cuda", "rocm")
+    if backend == "auto":
+        if platform == "tpu":
+            return "splash"
+        if is_gpu and jnp.dtype(dtype) in [jnp.dtype(d) for d in CUDNN_DTYPES]:
+            return "cudnn"
+        return "xla"
+    if backend == "cudnn":
+        if not is_gpu:
+            raise ValueError(f"attention_backend='cudnn' needs a GPU, but JAX runs on {platform!r}; "
+                             "use 'auto' or 'xla'")
+        if jnp.dtype(dtype) not in [jnp.dtype(d) for d in CUDNN_DTYPES]:
+            raise ValueError(f"attention_backend='cudnn' needs dtype bfloat16 or float16, got "
+                             f"{jnp.dtype(dtype).name}; use 'auto' or 'xla' for float32")
+        return "cudnn"
+    if backend == "splash" and platform != "tpu":
+        raise ValueError(f"attention_backend='splash' (Pallas TPU kernel) needs a TPU, but JAX runs on "
+                         f"{platform!r}; use 'auto' or 'xla'")
+    if backend not in ("xla", "reference", "splash"):
+        raise ValueError(f"unknown attention backend {backend!r}")
+    return backend
+
+
+def segment_mask(segment_ids_BT: jax.Array) -> jax.Array:
+    """Boolean [B, T, T]: key s visible to query t iff same segment and s <= t (causal)."""
+    same = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    t = segment_ids_BT.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    return same & causal[None]
+
+
+def reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+    """Naive attention: softmax(q k^T / sqrt(H) masked) v, float32 statistics."""
+    num_groups = q_BTNH.shape[2] // k_BSKH.shape[2]
+    k_BSNH = jnp.repeat(k_BSKH, num_groups, axis=2)
+    v_BSNH = jnp.repeat(v_BSKH, num_groups, axis=2)
+    scale = 1.0 / jnp.sqrt(jnp.float32(q_BTNH.shape[-1]))
+    logits_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BSNH,
+                             preferred_element_type=jnp.float32) * scale
+    logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, jnp.finfo(jnp.float32).min)
+    probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1)
+    out = jnp.einsum("bnts,bsnh->btnh", probs_BNTS.astype(v_BSNH.dtype), v_BSNH,
+                     preferred_element_type=jnp.float32)
+    return out.astype(q_BTNH.dtype)
+
+
+def _dense_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, *, is_causal: bool, implementation: str):
+    return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS[:, None],
+                                        is_causal=is_causal, implementation=implementation)
+
+
+def _splash_block(seq_len: int) -> int:
+    for block in (512, 256, 128):
+        if seq_len % block == 0:
+            return block
+    raise ValueError(f"splash attention needs the sequence length to be a multiple of 128, got {seq_len}; "
+                     "pad rows to a multiple of 128")
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(num_heads: int, seq_len: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+    block = _splash_block(seq_len)
+    mask = sa.MultiHeadMask([sa.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
+    sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                          block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                          block_q_dq=block, block_kv_dq=block)
+    return sa.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=interpret)
+
+
+def splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, interpret: bool = False):
+    """Pallas splash attention (causal, segment ids) vmapped over the batch.
+
+    The kernel is single-device: under a multi-device mesh call it inside shard_map.
+    `interpret=True` runs the Pallas kernel in the interpreter (slow; for CPU tests).
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+    _, seq_len, num_heads, head_dim = q_BTNH.shape
+    kernel = _splash_kernel(num_heads, seq_len, interpret)
+    scale = 1.0 / jnp.sqrt(jnp.float32(head_dim))  # splash does not scale q itself
+    q_BNTH = (q_BTNH * scale.astype(q_BTNH.dtype)).transpose(0, 2, 1, 3)
+    k_BKTH = k_BTKH.transpose(0, 2, 1, 3)
+    v_BKTH = v_BTKH.transpose(0, 2, 1, 3)
+    segments = sa.SegmentIds(q=segment_ids_BT, kv=segment_ids_BT)
+    out_BNTH = jax.vmap(kernel)(q_BNTH, k_BKTH, v_BKTH, segments)
+    return out_BNTH.transpose(0, 2, 1, 3).astype(q_BTNH.dtype)
+
+
+def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str):
+    """Self-attention over packed rows: causal inside a segment, never across segments.
+
+    Padding (segment 0) attends only to padding, so no row is fully masked; its outputs are garbage
+    that callers mask out. `backend` must already be resolved (see resolve_backend).
+    """
+    if backend == "reference":
+        return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT))
+    if backend in ("xla", "cudnn"):
+        same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+        return _dense_attention(q_BTNH, k_BTKH, v_BTKH, same_BTS, is_causal=True,
+                                implementation=backend)
+    if backend == "splash":
+        return splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
+    raise ValueError(f"unresolved attention backend {backend!r}")
+
+
+def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str):
+    """Attention of new queries over a KV cache: query at cache slot p sees slots 0..p.
+
+    The cache row holds one sequence whose slot index equals its position. Every query sees at least
+    slot 0, so no row is fully masked. All backends except "reference" use the dense XLA path here
+    (decode steps are tiny; prefill through the cache is bounded by max_len).
+    """
+    slots_S = jnp.arange(k_BSKH.shape[1], dtype=jnp.int32)
+    mask_BTS = slots_S[None, None, :] <= query_slots_BT[:, :, None]
+    if backend == "reference":
+        return reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)
+    return _dense_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, is_causal=False, implementation="xla")

@@ -1,0 +1,296 @@
+"""Policy: a Llama / Qwen2 / Qwen3 decoder in flax.linen over packed rows, plus KV-cache extension.
+
+Parameter tree (all names fixed; hf.py maps them to Hugging Face tensors):
+  embed/embedding [V, D]
+  layers_{i}/input_norm/scale [D]
+  layers_{i}/attn/{q_proj [D, N, H], k_proj [D, K, H], v_proj [D, K, H]}/kernel  (+ bias [*, H] if qkv_bias)
+  layers_{i}/attn/o_proj/kernel [N, H, D]
+  layers_{i}/attn/{q_norm, k_norm}/scale [H]                                      (if qk_norm)
+  layers_{i}/post_attn_norm/scale [D]
+  layers_{i}/mlp/{gate_proj, up_proj}/kernel [D, F], mlp/down_proj/kernel [F, D]
+  final_norm/scale [D]
+  lm_head/kernel [D, V]                                                           (if not tied)
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from orchestra_jax.model.attention import cached_attention, packed_attention, resolve_backend
+from orchestra_jax.model.config import ModelConfig
+from orchestra_jax.model.kv_cache import KVCache
+
+KERNEL_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _param(module: nn.Module, name: str, init, shape, axes):
+    """A parameter of module.cfg.param_dtype carrying logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, module.cfg.jnp_param_dtype)
+
+
+def _constrain(x, axes):
+    return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last axis: x / rms(x) * scale, statistics in float32."""
+
+    cfg: ModelConfig
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x):
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,))
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+        return normed.astype(self.cfg.jnp_dtype) * scale.astype(self.cfg.jnp_dtype)
+
+
+class Projection(nn.Module):
+    """y[..., out] = x[..., in] @ kernel (+ bias), kernel axes given; used for q/k/v/o/mlp."""
+
+    cfg: ModelConfig
+    in_shape: tuple
+    out_shape: tuple
+    kernel_axes: tuple
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = _param(self, "kernel", KERNEL_INIT, self.in_shape + self.out_shape, self.kernel_axes)
+        dtype = self.cfg.jnp_dtype
+        n_in = len(self.in_shape)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias = _param(self, "bias", nn.initializers.zeros, self.out_shape,
+                          self.kernel_axes[n_in:])
+            y = y + bias.astype(dtype)
+        return y
+
+
+def rope(x_BTNH, positions_BT, theta: float):
+    """Rotary embedding, Hugging Face 'rotate_half' layout (first half / second half of head_dim)."""
+    head_dim = x_BTNH.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles_BTF = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    angles_BTH = jnp.concatenate([angles_BTF, angles_BTF], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles_BTH), jnp.sin(angles_BTH)
+    x32 = x_BTNH.astype(jnp.float32)
+    half = head_dim // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x_BTNH.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE, optional q/k RMSNorm (Qwen3) and q/k/v bias (Qwen2)."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = Projection(cfg, (d,), (n, h), ("embed", "heads", "head_dim"), cfg.qkv_bias)
+        self.k_proj = Projection(cfg, (d,), (k, h), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias)
+        self.v_proj = Projection(cfg, (d,), (k, h), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias)
+        self.o_proj = Projection(cfg, (n, h), (d,), ("heads", "head_dim", "embed"))
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg, axis_name="head_dim")
+            self.k_norm = RMSNorm(cfg, axis_name="head_dim")
+
+    def _qkv(self, x_BTD, positions_BT):
+        q = self.q_proj(x_BTD)
+        k = self.k_proj(x_BTD)
+        v = self.v_proj(x_BTD)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = rope(q, positions_BT, self.cfg.rope_theta)
+        k = rope(k, positions_BT, self.cfg.rope_theta)
+        q = _constrain(q, ("batch", "sequence", "heads", "head_dim"))
+        k = _constrain(k, ("batch", "sequence", "kv_heads", "head_dim"))
+        v = _constrain(v, ("batch", "sequence", "kv_heads", "head_dim"))
+        return q, k, v
+
+    def _out(self, attn_BTNH):
+        return _constrain(self.o_proj(attn_BTNH), ("batch", "sequence", "embed"))
+
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        q, k, v = self._qkv(x_BTD, positions_BT)
+        backend = resolve_backend(self.cfg.attention_backend, self.cfg.jnp_dtype)
+        return self._out(packed_attention(q, k, v, segment_ids_BT, backend))
+
+    def extend(self, x_BTD, positions_BT, k_cache_BSKH, v_cache_BSKH, write_slots_BT):
+        """Write this chunk's k/v at write_slots (out-of-range slots are dropped) and attend the cache."""
+        q, k, v = self._qkv(x_BTD, positions_BT)
+        rows_B1 = jnp.arange(x_BTD.shape[0])[:, None]
+        k_cache_BSKH = k_cache_BSKH.at[rows_B1, write_slots_BT].set(
+            k.astype(k_cache_BSKH.dtype), mode="drop")
+        v_cache_BSKH = v_cache_BSKH.at[rows_B1, write_slots_BT].set(
+            v.astype(v_cache_BSKH.dtype), mode="drop")
+        dtype = self.cfg.jnp_dtype
+        backend = "reference" if self.cfg.attention_backend == "reference" else "xla"
+        out = cached_attention(q, k_cache_BSKH.astype(dtype), v_cache_BSKH.astype(dtype),
+                               positions_BT, backend)
+        return self._out(out), k_cache_BSKH, v_cache_BSKH
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        cfg = self.cfg
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        gate = Projection(cfg, (d,), (f,), ("embed", "mlp"), name="gate_proj")(x_BTD)
+        up = Projection(cfg, (d,), (f,), ("embed", "mlp"), name="up_proj")(x_BTD)
+        hidden = _constrain(nn.silu(gate) * up, ("batch", "sequence", "mlp"))
+        return Projection(cfg, (f,), (d,), ("mlp", "embed"), name="down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        self.input_norm = RMSNorm(self.cfg)
+        self.attn = Attention(self.cfg)
+        self.post_attn_norm = RMSNorm(self.cfg)
+        self.mlp = MLP(self.cfg)
+
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        x_BTD = x_BTD + self.attn(self.input_norm(x_BTD), positions_BT, segment_ids_BT)
+        x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
+        return _constrain(x_BTD, ("batch", "sequence", "embed"))
+
+    def extend(self, x_BTD, positions_BT, k_cache, v_cache, write_slots_BT):
+        attn, k_cache, v_cache = self.attn.extend(self.input_norm(x_BTD), positions_BT, k_cache, v_cache,
+                                                  write_slots_BT)
+        x_BTD = x_BTD + attn
+        x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
+        return _constrain(x_BTD, ("batch", "sequence", "embed")), k_cache, v_cache
+
+
+class Policy(nn.Module):
+    """Decoder-only LM. `__call__(tokens, positions, segment_ids) -> logits_BTV` (float32).
+
+    tokens / positions / segment_ids: int32 [B, T]; positions restart at 0 in each segment; attention is
+    causal within a segment and never crosses segments; segment 0 is padding (its logits are garbage).
+    """
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed = _EmbeddingTable(cfg)
+        layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
+        self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.final_norm = RMSNorm(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _OutputHead(cfg)
+
+    def embed_tokens(self, tokens_BT):
+        """Input embeddings [B, T, D] in the compute dtype."""
+        return _constrain(self.embed(tokens_BT), ("batch", "sequence", "embed"))
+
+    def logits_from_hidden(self, x_BTD):
+        """Final norm + output head; float32 logits [B, T, V]."""
+        h = self.final_norm(x_BTD)
+        if self.cfg.tie_word_embeddings:
+            table_VD = self.embed.table().astype(self.cfg.jnp_dtype)
+            logits = jnp.einsum("btd,vd->btv", h, table_VD, preferred_element_type=jnp.float32)
+        else:
+            logits = self.lm_head(h)
+        return _constrain(logits.astype(jnp.float32), ("batch", "sequence", "vocab"))
+
+    def forward_embeddings(self, x_BTD, positions_BT, segment_ids_BT):
+        """Logits from given input embeddings (lets tests differentiate w.r.t. embeddings)."""
+        positions_BT = positions_BT.astype(jnp.int32)
+        segment_ids_BT = segment_ids_BT.astype(jnp.int32)
+        for layer in self.layers:
+            x_BTD = layer(x_BTD, positions_BT, segment_ids_BT)
+        return self.logits_from_hidden(x_BTD)
+
+    def __call__(self, tokens_BT, positions_BT, segment_ids_BT):
+        if not (tokens_BT.shape == positions_BT.shape == segment_ids_BT.shape) or tokens_BT.ndim != 2:
+            raise ValueError("tokens, positions and segment_ids must all be [B, T], got "
+                             f"{tokens_BT.shape}, {positions_BT.shape}, {segment_ids_BT.shape}")
+        return self.forward_embeddings(self.embed_tokens(tokens_BT), positions_BT, segment_ids_BT)
+
+    def extend(self, tokens_BT, cache: KVCache, num_new_B):
+        """Append num_new_B[b] (<= T) tokens of row b to the cache and return their logits.
+
+        Row b's token t sits at position cache.lengths[b] + t and sees cache slots 0..that position.
+        Tokens t >= num_new_B[b] are ignored: their logits are garbage and their k/v are not written.
+        Callers keep cache.lengths + num_new_B <= cache.max_len (writes past the end are dropped).
+        Returns (logits_BTV float32, new cache with lengths + num_new_B).
+        """
+        batch, seq = tokens_BT.shape
+        if cache.k.shape[1] != batch:
+            raise ValueError(f"extend: tokens have batch {batch} but the cache has {cache.k.shape[1]} rows")
+        num_new_B = jnp.clip(jnp.asarray(num_new_B, jnp.int32), 0, seq)
+        t_T = jnp.arange(seq, dtype=jnp.int32)
+        positions_BT = cache.lengths[:, None] + t_T[None, :]
+        write_slots_BT = jnp.where(t_T[None, :] < num_new_B[:, None], positions_BT, cache.max_len)
+        x_BTD = self.embed_tokens(tokens_BT)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            x_BTD, k_i, v_i = layer.extend(x_BTD, positions_BT, cache.k[i], cache.v[i], write_slots_BT)
+            new_k.append(k_i)
+            new_v.append(v_i)
+        logits = self.logits_from_hidden(x_BTD)
+        new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), lengths=cache.lengths + num_new_B)
+        return logits, new_cache
+
+
+class _EmbeddingTable(nn.Module):
+    """Token embedding table [V, D] (also the output head when tied)."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embedding = _param(self, "embedding", KERNEL_INIT, (cfg.vocab_size, cfg.hidden_size),
+                                ("vocab", "embed"))
+
+    def table(self):
+        return self.embedding
+
+    def __call__(self, tokens_BT):
+        return jnp.take(self.embedding, tokens_BT, axis=0, mode="clip").astype(self.cfg.jnp_dtype)
+
+
+class _OutputHead(nn.Module):
+    """Untied output head kernel [D, V]; float32 accumulation."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, h_BTD):
+        cfg = self.cfg
+        kernel = _param(self, "kernel", KERNEL_INIT, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+        return jnp.einsum("btd,dv->btv", h_BTD, kernel.astype(cfg.jnp_dtype),
+                          preferred_element_type=jnp.float32)
+
+
+def _unbox(tree):
+    return nn.meta.unbox(tree)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array):
+    """Randomly initialised parameters: a plain (unboxed) pytree of arrays in cfg.param_dtype."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = Policy(cfg).init(key, tokens, tokens, jnp.ones((1, 1), jnp.int32))
+    return _unbox(variables["params"])
+
+
+def param_logical_axes(cfg: ModelConfig):
+    """Same structure as init_params(cfg, key); each leaf a tuple of logical axis names (no real init)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(lambda k: Policy(cfg).init(k, tokens, tokens, tokens + 1),
+                              jax.random.key(0))
+    return jax.tree.map(lambda boxed: tuple(boxed.names), abstract["params"],
+                        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
