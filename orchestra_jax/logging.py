@@ -1,0 +1,192 @@
+"""Run logging: a tqdm progress bar on the console, ``<run_dir>/metrics.jsonl`` and wandb.
+
+Only process 0 writes (``jax.process_index() == 0``). wandb runs ``offline`` by default (no login, no
+network; files under ``<run_dir>/wandb/``; ``wandb sync`` uploads later), ``online`` when asked, and
+``disabled`` writes nothing. A resumed run keeps its wandb run id (``<run_dir>/wandb_id.txt``) and drops
+metric lines logged after the checkpoint it resumes from, so ``metrics.jsonl`` reads as one clean run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import uuid
+from typing import Any, Sequence
+
+import numpy as np
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def to_python(value: Any) -> Any:
+    """Scalars of numpy/jax to float/int; NaN/inf to None (strict JSON); nested dicts/lists kept."""
+    if isinstance(value, dict):
+        return {str(k): to_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_python(v) for v in value]
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        if arr.dtype.kind in "iub":
+            return int(arr)
+        f = float(arr)
+        return f if math.isfinite(f) else None
+    return [to_python(v) for v in arr.tolist()]
+
+
+def truncate_jsonl(path: str, max_step: int) -> None:
+    """Keeps only the lines of ``path`` whose ``step`` <= ``max_step`` (lines written after the checkpoint
+    a run resumes from would otherwise appear twice)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [ln for ln in f if ln.strip()]
+    kept = []
+    for ln in lines:
+        try:
+            if json.loads(ln).get("step", -1) <= max_step:
+                kept.append(ln)
+        except json.JSONDecodeError:  # a line cut by a kill: drop it
+            continue
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """All lines of ``<run_dir>/metrics.jsonl`` as dicts."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+class RunLogger:
+    """Console (tqdm) + metrics.jsonl + wandb for one run; a no-op on processes other than 0.
+
+    ``log(step, metrics)`` appends ``{"step": step, **metrics}`` to metrics.jsonl, shows ``console_keys``
+    on the progress bar and logs everything to wandb. ``log_table`` logs a wandb.Table (sample
+    trajectories) and writes the same rows to ``<run_dir>/samples.jsonl``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        config: dict | None = None,
+        wandb_mode: str = "offline",
+        wandb_project: str = "orchestra_jax",
+        wandb_name: str | None = None,
+        wandb_group: str | None = None,
+        wandb_tags: Sequence[str] = (),
+        total_steps: int | None = None,
+        initial_step: int = 0,
+        desc: str = "train",
+        console_keys: Sequence[str] = (),
+        is_main: bool | None = None,
+        progress_bar: bool = True,
+    ):
+        if wandb_mode not in WANDB_MODES:
+            raise ValueError(f"wandb mode must be one of {WANDB_MODES}, got {wandb_mode!r}")
+        if is_main is None:
+            import jax
+
+            is_main = jax.process_index() == 0
+        self.is_main = is_main
+        self.run_dir = run_dir
+        self.console_keys = tuple(console_keys)
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self._wandb = None
+        self._bar = None
+        if not is_main:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        truncate_jsonl(self.metrics_path, initial_step)
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=initial_step, desc=desc, file=sys.stdout,
+                             dynamic_ncols=True, leave=True)
+        if wandb_mode != "disabled":
+            self._wandb = self._init_wandb(config, wandb_mode, wandb_project, wandb_name, wandb_group,
+                                           wandb_tags)
+
+    def _init_wandb(self, config, mode, project, name, group, tags):
+        import wandb
+
+        id_path = os.path.join(self.run_dir, "wandb_id.txt")
+        if os.path.exists(id_path):
+            run_id = open(id_path).read().strip()
+        else:
+            run_id = uuid.uuid4().hex[:8]
+            with open(id_path, "w") as f:
+                f.write(run_id)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        return wandb.init(
+            project=project, name=name or os.path.basename(os.path.abspath(self.run_dir)), group=group,
+            tags=list(tags), dir=self.run_dir, mode=mode, id=run_id, resume="allow",
+            config=to_python(config or {}), settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        row = {"step": int(step), **to_python(metrics)}
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+        if self._bar is not None:
+            self._bar.n = int(step)
+            shown = {k.split("/")[-1]: row[k] for k in self.console_keys if row.get(k) is not None}
+            self._bar.set_postfix({k: f"{v:.3g}" if isinstance(v, float) else v for k, v in shown.items()},
+                                  refresh=False)
+            self._bar.refresh()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=int(step))
+
+    def log_table(self, step: int, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Sample trajectories: a wandb.Table plus ``<run_dir>/samples.jsonl``."""
+        if not self.is_main:
+            return
+        with open(os.path.join(self.run_dir, "samples.jsonl"), "a", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({"step": int(step), "table": name,
+                                    **dict(zip(columns, to_python(list(r))))}) + "\n")
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])},
+                            step=int(step))
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Final numbers into the wandb run summary (e.g. the evaluation table)."""
+        if self._wandb is not None:
+            for k, v in to_python(values).items():
+                self._wandb.summary[k] = v
+
+    def write(self, text: str) -> None:
+        """Prints a line without breaking the progress bar."""
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._wandb is not None:
+            self._wandb.finish(quiet=True) if "quiet" in _finish_params() else self._wandb.finish()
+            self._wandb = None
+
+
+def _finish_params():
+    import inspect
+
+    import wandb
+
+    try:
+        return inspect.signature(wandb.sdk.wandb_run.Run.finish).parameters
+    except Exception:
+        return {}
