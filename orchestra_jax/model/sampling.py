@@ -1,0 +1,215 @@
+"""Batched, jitted prefill and decode on a KV cache (temperature, top-p, greedy; stop ids; per-row lengths).
+
+Shapes are static: batch B, cache size S, new-token window T (prefill) and N = max_new_tokens (decode).
+Rows advance independently: each call appends a per-row number of tokens to its own cache row, so after a
+tool call only the observation tokens of that row are prefilled and the history is never re-encoded.
+
+Log-prob convention: for every sampled token the sampler returns two log-probs,
+  - ``policy_logp``: log p(token | context) under the unmodified policy (temperature 1, no top-p). This is
+    the ``old_logp`` of the GRPO loss and follows ARCHITECTURE.md (logp of token t stored at index t).
+  - ``sample_logp``: log-prob under the distribution actually sampled from (temperature, top-p); 0 when greedy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from orchestra_jax.model.transformer import Policy
+
+# Why a row stopped generating in `decode` (stop_reason_B).
+STOP_NONE = 0        # the row was not active (or did not stop: cannot happen after decode returns)
+STOP_TOKEN = 1       # sampled one of stop_ids (e.g. </tool_call>, <|im_end|>); the stop token is kept
+STOP_MAX_NEW = 2     # generated max_new_tokens tokens without a stop id
+STOP_CACHE_FULL = 3  # the cache row is full (cache.lengths == S); no room for another token
+STOP_REASON_NAMES = ("none", "stop_token", "max_new_tokens", "cache_full")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How one assistant turn is sampled.
+
+    temperature: softmax temperature (> 0) used when not greedy.
+    top_p: nucleus sampling mass in (0, 1]; 1 disables it. The most likely token is always kept.
+    greedy: argmax decoding (temperature and top_p ignored).
+    max_new_tokens: most tokens sampled in one call of `decode` (one turn).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False
+    max_new_tokens: int = 64
+
+    def __post_init__(self):
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError(f"SamplingConfig.temperature must be > 0 when greedy is False, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if int(self.max_new_tokens) < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+def _cache_size(cache) -> int:
+    """S, the number of token slots per cache row (KVCache.k: [L, B, S, Hkv, D])."""
+    return cache.k.shape[2]
+
+
+def _extend(model_cfg, params, cache, tokens_BT, num_new_B):
+    return Policy(model_cfg).apply({"params": params}, tokens_BT, cache, num_new_B, method=Policy.extend)
+
+
+def top_p_logits(logits_BV: jax.Array, top_p: float) -> jax.Array:
+    """Keeps the smallest set of most likely tokens whose probability mass reaches top_p; others -> -inf.
+
+    A token is kept when the mass of the tokens strictly more likely than it is < top_p, so the most likely
+    token is always kept and top_p -> 0 is greedy. Ties at the cut-off logit are all kept.
+    """
+    if top_p >= 1.0:
+        return logits_BV
+    sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    keep_sorted_BV = (mass_before_BV < top_p).at[..., 0].set(True)
+    cutoff_B1 = jnp.min(jnp.where(keep_sorted_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BV >= cutoff_B1, logits_BV, -jnp.inf)
+
+
+def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig):
+    """Samples one token per row. Returns (tokens_B int32, sample_logp_B, policy_logp_B), float32 log-probs.
+
+    sample_logp is under the sampling distribution (temperature, top-p; 0 when greedy); policy_logp is under
+    the unmodified policy softmax(logits) (temperature 1).
+    """
+    logits_BV = logits_BV.astype(jnp.float32)
+    policy_logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+    if cfg.greedy:
+        tokens_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        sample_logp_B = jnp.zeros(tokens_B.shape, jnp.float32)
+    else:
+        scaled_BV = top_p_logits(logits_BV / cfg.temperature, cfg.top_p)
+        tokens_B = jax.random.categorical(key, scaled_BV, axis=-1).astype(jnp.int32)
+        sample_logp_B = jnp.take_along_axis(
+            jax.nn.log_softmax(scaled_BV, axis=-1), tokens_B[:, None], axis=-1)[:, 0]
+    policy_logp_B = jnp.take_along_axis(policy_logp_BV, tokens_B[:, None], axis=-1)[:, 0]
+    return tokens_B, sample_logp_B, policy_logp_B
+
+
+def _prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV):
+    num_new_B = num_new_B.astype(jnp.int32)
+    logits_BTV, cache = _extend(model_cfg, params, cache, tokens_BT, num_new_B)
+    last_index_B = jnp.maximum(num_new_B - 1, 0)
+    last_BV = jnp.take_along_axis(logits_BTV, last_index_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    if prev_last_logits_BV is None:
+        prev_last_logits_BV = jnp.zeros_like(last_BV)
+    last_BV = jnp.where((num_new_B > 0)[:, None], last_BV, prev_last_logits_BV.astype(jnp.float32))
+    return last_BV, cache
+
+
+_prefill_jit = jax.jit(_prefill, static_argnums=(0,))
+
+
+def prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV=None):
+    """Appends num_new_B[b] tokens of tokens_BT[b] to cache row b; returns (last_logits_BV float32, cache).
+
+    tokens_BT: int32 [B, T], real tokens left-aligned (the rest is ignored); num_new_B: int32 [B], 0..T.
+    last_logits_BV[b] are the logits after row b's last new token; rows with num_new_B[b] == 0 carry
+    prev_last_logits_BV[b] (zeros when not given). Jitted; compiles once per (B, T, S). The caller must
+    keep cache.lengths + num_new_B <= S.
+    """
+    return _prefill_jit(model_cfg, params, cache, jnp.asarray(tokens_BT, jnp.int32),
+                        jnp.asarray(num_new_B, jnp.int32), prev_last_logits_BV)
+
+
+class DecodeOutput(NamedTuple):
+    tokens_BN: jax.Array         # int32, sampled ids; 0 after each row's num_generated
+    logp_BN: jax.Array           # float32, policy log-prob (temperature 1) of each sampled token; 0 after
+    num_generated_B: jax.Array   # int32, tokens sampled per row (includes the stop token)
+    stop_reason_B: jax.Array     # int32, STOP_* code; STOP_NONE for rows that were not active
+    cache: Any                   # KVCache with every sampled token appended
+    last_logits_BV: jax.Array    # float32, logits after each row's last token (carried for inactive rows)
+    sample_logp_BN: jax.Array    # float32, log-prob under the sampling distribution (0 when greedy)
+
+
+class _Carry(NamedTuple):
+    step: jax.Array
+    key: jax.Array
+    tokens_BN: jax.Array
+    logp_BN: jax.Array
+    sample_logp_BN: jax.Array
+    num_generated_B: jax.Array
+    running_B: jax.Array
+    stop_reason_B: jax.Array
+    cache: Any
+    last_logits_BV: jax.Array
+
+
+def _decode(model_cfg, cfg, params, cache, last_logits_BV, key, active_B, stop_ids_K):
+    batch = last_logits_BV.shape[0]
+    n_new, size = cfg.max_new_tokens, _cache_size(cache)
+    active_B = active_B.astype(bool)
+    has_room_B = cache.lengths < size
+    init = _Carry(
+        step=jnp.zeros((), jnp.int32),
+        key=key,
+        tokens_BN=jnp.zeros((batch, n_new), jnp.int32),
+        logp_BN=jnp.zeros((batch, n_new), jnp.float32),
+        sample_logp_BN=jnp.zeros((batch, n_new), jnp.float32),
+        num_generated_B=jnp.zeros((batch,), jnp.int32),
+        running_B=active_B & has_room_B,
+        stop_reason_B=jnp.where(active_B & ~has_room_B, STOP_CACHE_FULL, STOP_NONE).astype(jnp.int32),
+        cache=cache,
+        last_logits_BV=last_logits_BV.astype(jnp.float32),
+    )
+
+    def cond(c: _Carry):
+        return (c.step < n_new) & jnp.any(c.running_B)
+
+    def body(c: _Carry):
+        key, step_key = jax.random.split(c.key)
+        run_B = c.running_B
+        tok_B, sample_logp_B, policy_logp_B = sample_tokens(c.last_logits_BV, step_key, cfg)
+        tok_B = jnp.where(run_B, tok_B, 0)
+        tokens_BN = c.tokens_BN.at[:, c.step].set(tok_B)
+        logp_BN = c.logp_BN.at[:, c.step].set(jnp.where(run_B, policy_logp_B, 0.0))
+        sample_logp_BN = c.sample_logp_BN.at[:, c.step].set(jnp.where(run_B, sample_logp_B, 0.0))
+        # Only running rows append their token; the others' cache rows and last logits are untouched.
+        logits_B1V, cache = _extend(model_cfg, params, c.cache, tok_B[:, None], run_B.astype(jnp.int32))
+        last_logits_BV = jnp.where(run_B[:, None], logits_B1V[:, 0].astype(jnp.float32), c.last_logits_BV)
+        num_generated_B = c.num_generated_B + run_B.astype(jnp.int32)
+        reason_B = jnp.where(
+            jnp.isin(tok_B, stop_ids_K), STOP_TOKEN,
+            jnp.where(num_generated_B >= n_new, STOP_MAX_NEW,
+                      jnp.where(cache.lengths >= size, STOP_CACHE_FULL, STOP_NONE)))
+        stops_B = run_B & (reason_B != STOP_NONE)
+        return _Carry(
+            step=c.step + 1, key=key, tokens_BN=tokens_BN, logp_BN=logp_BN, sample_logp_BN=sample_logp_BN,
+            num_generated_B=num_generated_B, running_B=run_B & ~stops_B,
+            stop_reason_B=jnp.where(stops_B, reason_B, c.stop_reason_B).astype(jnp.int32),
+            cache=cache, last_logits_BV=last_logits_BV)
+
+    out = jax.lax.while_loop(cond, body, init)
+    return DecodeOutput(out.tokens_BN, out.logp_BN, out.num_generated_B, out.stop_reason_B, out.cache,
+                        out.last_logits_BV, out.sample_logp_BN)
+
+
+_decode_jit = jax.jit(_decode, static_argnums=(0, 1))
+
+
+def decode(model_cfg, params, cache, last_logits_BV, key, active_B, stop_ids, cfg: SamplingConfig) -> DecodeOutput:
+    """Samples up to cfg.max_new_tokens tokens for each active row, appending each to the cache.
+
+    last_logits_BV: float32 [B, V], logits after each row's current last token (from `prefill` or the
+    previous `decode`); key: PRNG key, split once per step; active_B: bool [B], rows to generate for;
+    stop_ids: int sequence [K] of single-token stop ids (the stop token is sampled, kept and counted).
+    A row stops at a stop id (STOP_TOKEN), after max_new_tokens tokens (STOP_MAX_NEW) or when its cache row
+    is full (STOP_CACHE_FULL). The loop ends as soon as no row is running. Jitted; compiles once per
+    (B, S, V, cfg). Returns DecodeOutput(tokens_BN, logp_BN, num_generated_B, stop_reason_B, cache,
+    last_logits_BV, sample_logp_BN); the first six are the contract's tuple order.
+    """
+    stop_ids_K = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
+    if stop_ids_K.size == 0:
+        stop_ids_K = jnp.full((1,), -1, jnp.int32)  # no stop ids: a value no token can take
+    return _decode_jit(model_cfg, cfg, params, cache, jnp.asarray(last_logits_BV, jnp.float32), key,
+                       jnp.asarray(active_B, bool), stop_ids_K)

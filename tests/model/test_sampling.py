@@ -1,0 +1,227 @@
+"""Sampling with the KV cache against step-by-step full recomputation with Policy.__call__."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from orchestra_jax.model.config import ModelConfig
+from orchestra_jax.model.kv_cache import init_cache
+from orchestra_jax.model.sampling import (STOP_CACHE_FULL, STOP_MAX_NEW, STOP_NONE, STOP_TOKEN, SamplingConfig,
+                                          decode, prefill, sample_tokens, top_p_logits)
+from orchestra_jax.model.transformer import Policy, init_params
+
+CFG = ModelConfig(vocab_size=48, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                  intermediate_size=64)
+CACHE = 40
+
+
+@pytest.fixture(scope="module")
+def params():
+    return spread_params(init_params(CFG, jax.random.key(0)))
+
+
+def spread_params(p):
+    """Scale a random init so that the layers matter and logits are spread (std ~2): the default init
+    gives near-uniform logits that only repeat the last token, with tiny argmax margins."""
+    p = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 10.0 if ("kernel" in str(path) or "embedding" in str(path)) else x, p)
+    p["final_norm"]["scale"] = p["final_norm"]["scale"] * 2.0
+    return p
+
+
+@jax.jit
+def _full_logits(params, tokens_1T, length):
+    positions = jnp.arange(tokens_1T.shape[1], dtype=jnp.int32)[None]
+    segment_ids = (positions < length).astype(jnp.int32)
+    return Policy(CFG).apply({"params": params}, tokens_1T, positions, segment_ids)
+
+
+def _policy_logp(params, seq):
+    """logp[t] = log p(seq[t] | seq[:t]) by a full forward pass of the whole sequence (index 0 -> 0)."""
+    try:
+        from orchestra_jax.rl.step import token_logprobs
+    except ImportError:
+        token_logprobs = None
+    tokens = np.zeros((1, CACHE), np.int32)
+    tokens[0, :len(seq)] = seq
+    if token_logprobs is not None:
+        positions = np.arange(CACHE, dtype=np.int32)[None]
+        segment_ids = (positions < len(seq)).astype(np.int32)
+        logp, _ = token_logprobs(CFG, params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids))
+        return np.asarray(logp)[0, :len(seq)]
+    logp_TV = np.asarray(jax.nn.log_softmax(_full_logits(params, jnp.asarray(tokens), len(seq))[0]))
+    out = np.zeros(len(seq), np.float32)
+    out[1:] = logp_TV[np.arange(len(seq) - 1), seq[1:]]
+    return out
+
+
+def _greedy_reference(params, seq, n_new, stop_ids):
+    """Argmax of Policy.__call__ on the growing sequence, one token at a time."""
+    seq = list(seq)
+    new = []
+    while len(new) < n_new and len(seq) < CACHE:
+        tokens = np.zeros((1, CACHE), np.int32)
+        tokens[0, :len(seq)] = seq
+        logits = np.asarray(_full_logits(params, jnp.asarray(tokens), len(seq)))[0, len(seq) - 1]
+        tok = int(np.argmax(logits))
+        seq.append(tok)
+        new.append(tok)
+        if tok in stop_ids:
+            break
+    return new
+
+
+def _pad(rows, width):
+    out = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def test_greedy_with_cache_equals_full_recomputation_over_two_turns(params):
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, CFG.vocab_size, n).tolist() for n in (5, 11, 2)]
+    stop_ids = (1, 2)
+    cfg = SamplingConfig(greedy=True, max_new_tokens=8)
+    cache = init_cache(CFG, 3, CACHE)
+    last, cache = prefill(CFG, params, cache, _pad(prompts, 16), [len(p) for p in prompts])
+    out = decode(CFG, params, cache, last, jax.random.key(1), np.ones(3, bool), stop_ids, cfg)
+    seqs = []
+    for b, prompt in enumerate(prompts):
+        n = int(out.num_generated_B[b])
+        got = np.asarray(out.tokens_BN[b, :n]).tolist()
+        assert got == _greedy_reference(params, prompt, 8, stop_ids)
+        assert np.all(np.asarray(out.tokens_BN[b, n:]) == 0)
+        expected_reason = STOP_TOKEN if got[-1] in stop_ids else STOP_MAX_NEW
+        assert int(out.stop_reason_B[b]) == expected_reason
+        seqs.append(prompt + got)
+    np.testing.assert_array_equal(np.asarray(out.cache.lengths), [len(s) for s in seqs])
+
+    # Turn 2: an "observation" is prefilled into rows 0 and 2 only; row 1 is inactive and keeps its logits.
+    obs = [[7, 8, 9], [], [10, 11, 12, 13, 14]]
+    last2, cache2 = prefill(CFG, params, out.cache, _pad(obs, 8), [len(o) for o in obs], out.last_logits_BV)
+    np.testing.assert_array_equal(np.asarray(last2[1]), np.asarray(out.last_logits_BV[1]))
+    active = np.array([True, False, True])
+    out2 = decode(CFG, params, cache2, last2, jax.random.key(2), active, stop_ids, cfg)
+    assert int(out2.num_generated_B[1]) == 0 and int(out2.stop_reason_B[1]) == STOP_NONE
+    for b in (0, 2):
+        seq = seqs[b] + obs[b]
+        n = int(out2.num_generated_B[b])
+        got = np.asarray(out2.tokens_BN[b, :n]).tolist()
+        assert got == _greedy_reference(params, seq, 8, stop_ids)
+        final = seq + got
+        ref_logp = _policy_logp(params, final)
+        # log-probs of turn 1 and turn 2 tokens equal the full-sequence policy log-probs
+        t1 = np.arange(len(prompts[b]), len(seqs[b]))
+        np.testing.assert_allclose(np.asarray(out.logp_BN[b, :len(t1)]), ref_logp[t1], atol=1e-5)
+        t2 = np.arange(len(seq), len(final))
+        np.testing.assert_allclose(np.asarray(out2.logp_BN[b, :n]), ref_logp[t2], atol=1e-5)
+        assert np.all(np.asarray(out2.sample_logp_BN) == 0.0)  # greedy: deterministic distribution
+    assert int(out2.cache.lengths[1]) == len(seqs[1])
+
+
+def test_temperature_policy_logp_equals_full_forward_and_is_reproducible(params):
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    cfg = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=10)
+    cache = init_cache(CFG, 2, CACHE)
+    last, cache = prefill(CFG, params, cache, _pad(prompts, 8), [4, 2])
+    out_a = decode(CFG, params, cache, last, jax.random.key(3), np.ones(2, bool), (), cfg)
+    out_b = decode(CFG, params, cache, last, jax.random.key(3), np.ones(2, bool), (), cfg)
+    out_c = decode(CFG, params, cache, last, jax.random.key(4), np.ones(2, bool), (), cfg)
+    np.testing.assert_array_equal(np.asarray(out_a.tokens_BN), np.asarray(out_b.tokens_BN))
+    np.testing.assert_array_equal(np.asarray(out_a.logp_BN), np.asarray(out_b.logp_BN))
+    assert not np.array_equal(np.asarray(out_a.tokens_BN), np.asarray(out_c.tokens_BN))
+    for b, prompt in enumerate(prompts):
+        assert int(out_a.num_generated_B[b]) == 10 and int(out_a.stop_reason_B[b]) == STOP_MAX_NEW
+        final = prompt + np.asarray(out_a.tokens_BN[b]).tolist()
+        np.testing.assert_allclose(np.asarray(out_a.logp_BN[b]), _policy_logp(params, final)[len(prompt):],
+                                   atol=1e-5)
+        # the sampling-distribution log-prob differs from the policy one (temperature 0.7, top-p 0.9) ...
+        assert not np.allclose(np.asarray(out_a.sample_logp_BN[b]), np.asarray(out_a.logp_BN[b]))
+        assert np.all(np.asarray(out_a.sample_logp_BN[b]) <= 0.0)
+
+
+def test_top_p_to_zero_equals_greedy(params):
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11]]
+    cache = init_cache(CFG, 2, CACHE)
+    last, cache = prefill(CFG, params, cache, _pad(prompts, 8), [3, 6])
+    greedy = decode(CFG, params, cache, last, jax.random.key(0), np.ones(2, bool), (),
+                    SamplingConfig(greedy=True, max_new_tokens=12))
+    nucleus = decode(CFG, params, cache, last, jax.random.key(5), np.ones(2, bool), (),
+                     SamplingConfig(temperature=1.5, top_p=1e-6, max_new_tokens=12))
+    np.testing.assert_array_equal(np.asarray(greedy.tokens_BN), np.asarray(nucleus.tokens_BN))
+    np.testing.assert_allclose(np.asarray(greedy.logp_BN), np.asarray(nucleus.logp_BN), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(nucleus.sample_logp_BN), 0.0, atol=1e-6)  # one token kept
+
+
+def test_stops_when_cache_row_is_full(params):
+    prompts = [[3] * 30, [4] * 5]
+    cache = init_cache(CFG, 2, 34)
+    last, cache = prefill(CFG, params, cache, _pad(prompts, 32), [30, 5])
+    out = decode(CFG, params, cache, last, jax.random.key(0), np.ones(2, bool), (),
+                 SamplingConfig(greedy=True, max_new_tokens=8))
+    np.testing.assert_array_equal(np.asarray(out.num_generated_B), [4, 8])
+    np.testing.assert_array_equal(np.asarray(out.stop_reason_B), [STOP_CACHE_FULL, STOP_MAX_NEW])
+    np.testing.assert_array_equal(np.asarray(out.cache.lengths), [34, 13])
+    # a full row that is asked to generate again stops at once
+    again = decode(CFG, params, out.cache, out.last_logits_BV, jax.random.key(0), np.array([True, False]), (),
+                   SamplingConfig(greedy=True, max_new_tokens=8))
+    np.testing.assert_array_equal(np.asarray(again.num_generated_B), [0, 0])
+    np.testing.assert_array_equal(np.asarray(again.stop_reason_B), [STOP_CACHE_FULL, STOP_NONE])
+
+
+def _chi_square(counts, probs):
+    expected = probs * counts.sum()
+    return float(np.sum((counts - expected) ** 2 / expected))
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 1.0), (1.3, 0.8)])
+def test_sampled_frequencies_match_the_distribution(temperature, top_p):
+    logits_V = np.array([2.0, 1.0, 0.5, 0.0, -0.5, -1.5], np.float32)
+    n = 40_000
+    cfg = SamplingConfig(temperature=temperature, top_p=top_p)
+    tokens, sample_logp, policy_logp = jax.jit(sample_tokens, static_argnums=2)(
+        jnp.tile(jnp.asarray(logits_V), (n, 1)), jax.random.key(11), cfg)
+    tokens = np.asarray(tokens)
+    # independent reference: tempered softmax, then keep the most likely tokens until the mass reaches top_p
+    p = np.exp(logits_V / temperature)
+    p /= p.sum()
+    order = np.argsort(-p)
+    keep = np.zeros_like(p, bool)
+    mass = 0.0
+    for i in order:
+        if mass < top_p:
+            keep[i] = True
+        mass += p[i]
+    q = np.where(keep, p, 0.0)
+    q /= q.sum()
+    counts = np.bincount(tokens, minlength=len(p)).astype(np.float64)
+    assert np.all(counts[~keep] == 0)
+    kept = keep.nonzero()[0]
+    # chi-square with k-1 dof: its 99.9% quantile is < 21 for k <= 6
+    assert _chi_square(counts[kept], q[kept]) < 21.0
+    np.testing.assert_allclose(np.asarray(sample_logp), np.log(q[tokens]), atol=1e-5)
+    log_softmax = logits_V - np.log(np.exp(logits_V).sum())
+    np.testing.assert_allclose(np.asarray(policy_logp), log_softmax[tokens], atol=1e-5)
+
+
+def test_top_p_keeps_most_likely_token_and_masks_the_tail():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    np.testing.assert_array_equal(np.isfinite(np.asarray(top_p_logits(logits, 0.75))), [[True, True, False, False]])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(top_p_logits(logits, 0.79))), [[True, True, False, False]])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(top_p_logits(logits, 0.81))), [[True, True, True, False]])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(top_p_logits(logits, 1e-9))), [[True, False, False, False]])
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5),
+                                    dict(max_new_tokens=0)])
+def test_bad_sampling_config_is_rejected(kwargs):
+    with pytest.raises(ValueError, match="SamplingConfig"):
+        SamplingConfig(**kwargs)
+
+
+def test_sampling_config_is_hashable_and_greedy_ignores_temperature():
+    cfg = SamplingConfig(greedy=True, temperature=0.0)
+    assert hash(cfg) == hash(dataclasses.replace(cfg))
