@@ -14,18 +14,21 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class FunctionsConfig:
-    """Function-calling setting: domains, databases, task tiers, experts and budgets."""
+    """Function-calling setting: domains, databases, task tiers and the simulated experts.
+
+    Budgets, the roster (expert aliases -> models), tool subsets, prices and preferences come from the
+    enclosing EnvConfig; `max_turns` here overrides env.max_turns when > 0 (tasks need more turns than QA).
+    """
 
     domains: tuple[str, ...] = ("railway", "restaurant", "finance")
     db_seed: int = 0                      # seed of the generated databases (fixed per env)
-    db_size: int = 240                    # entries in each domain's main table (>= 200)
-    min_actions: int = 1                  # fewest write actions in a task's gold sequence
-    max_actions: int = 3                  # most write actions in a task's gold sequence
-    distractor_prob: float = 0.3          # chance a task mentions irrelevant entries
-    check_touched: bool = True            # success also needs the touched-entries set to match
-    experts: tuple[str, ...] = ("expert-1", "expert-2", "expert-3")
-    expert_models: tuple[str, ...] = ("gpt-5", "gpt-5-mini", "qwen3-32b")  # model names in tools.py
-    expert_tokens_out: int = 120          # tokens an expert writes for one step
-    max_turns: int = 24                   # episode budget: turns
-    max_tokens: int = 32768               # episode budget: policy + expert tokens
-    max_usd: float = 0.5                  # episode budget: dollars
+    db_size: int = 240                    # entries in each domain's main tables (>= 200)
+    min_actions: int = 1                  # fewest write actions (user requests) in a task
+    max_actions: int = 3                  # most write actions (user requests) in a task
+    distractor_prob: float = 0.4          # chance a task's instruction carries 1-2 distractor sentences
+    hidden_difficulty_std: float = 0.5    # per-task logit offset of the experts the policy never sees
+    check_touched: bool = True            # success also needs the set of written entries to match gold
+    wrong_action_prob: float = 0.5        # a failing expert writes a plausible wrong call (else does nothing)
+    function_latency_s: float = 0.05      # seconds one domain function call takes (free of charge)
+    expert_context_tokens: int = 400      # expert input tokens besides the conversation (its instructions)
+    max_turns: int = 16                   # > 0: overrides env.max_turns for this setting
