@@ -1,0 +1,141 @@
+"""SFT warm start: behaviour cloning on teacher trajectories, loss on assistant tokens only, packed rows.
+
+A trajectory becomes one token sequence laid out exactly as a rollout lays it out:
+
+    tok(render_prompt(messages, tools))                      loss 0
+    tok(action_1) + [<|im_end|>]                             loss 1   (what the policy must write)
+    tok(tool_response_turn(observation_1))                   loss 0
+    tok(action_2) + [<|im_end|>]                             loss 1
+    ...
+
+All sequences are packed once with first-fit-decreasing into rows of ``row_len``; every epoch the rows
+are shuffled (seeded) and taken ``batch_rows`` at a time. The loss is the token mean of
+-log p(assistant token | earlier tokens of the same segment). Its final params are what GRPO starts from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from orchestra_jax.data.packing import pack
+from orchestra_jax.model import ModelConfig, Policy
+from orchestra_jax.text.chat import render_prompt, tool_response_turn
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """A teacher episode in text: the reset prompt and its (action, observation) turns.
+
+    ``observations[i]`` follows ``actions[i]``; the last action normally has no observation (the episode
+    ended), so ``len(observations)`` is ``len(actions)`` or ``len(actions) - 1``.
+    """
+
+    messages: tuple  # chat messages of the prompt (dicts with role, content)
+    tools: tuple  # tool schemas shown in the prompt
+    actions: tuple[str, ...]
+    observations: tuple[str, ...]
+
+
+def encode_trajectory(tokenizer, traj: Trajectory) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids int32 [T] and the assistant loss mask int32 [T] of one trajectory (layout in module doc)."""
+    prompt = tokenizer.encode(render_prompt(list(traj.messages), list(traj.tools) or None))
+    tokens, mask = list(prompt), [0] * len(prompt)
+    for i, action in enumerate(traj.actions):
+        a = tokenizer.encode(action) + [tokenizer.eos_id]
+        tokens += a
+        mask += [1] * len(a)
+        if i < len(traj.observations) and i < len(traj.actions) - 1:
+            o = tokenizer.encode(tool_response_turn(traj.observations[i]))
+            tokens += o
+            mask += [0] * len(o)
+    return np.asarray(tokens, np.int32), np.asarray(mask, np.int32)
+
+
+def next_token_logprobs(model_cfg: ModelConfig, params, tokens_BT, positions_BT, segment_ids_BT):
+    """log p(tokens[b, t] | same-segment prefix) [B, T], 0 at segment starts and padding (ARCHITECTURE.md)."""
+    logits_BTV = Policy(model_cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT)
+    logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
+    picked_BT = jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+    same_segment = (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1]) & (segment_ids_BT[:, 1:] > 0)
+    picked_BT = jnp.where(same_segment, picked_BT, 0.0)
+    return jnp.pad(picked_BT, ((0, 0), (1, 0)))
+
+
+def sft_loss(model_cfg: ModelConfig, params, batch: dict) -> tuple[jax.Array, dict]:
+    """Token-mean negative log-likelihood over loss_mask tokens of a packed batch."""
+    logp = next_token_logprobs(model_cfg, params, batch["tokens"], batch["positions"], batch["segment_ids"])
+    mask = (batch["loss_mask"] > 0) & (batch["positions"] > 0) & (batch["segment_ids"] > 0)
+    mask = mask.astype(jnp.float32)
+    n = jnp.maximum(mask.sum(), 1.0)
+    nll = -(logp * mask).sum() / n
+    acc_logp = jnp.where(mask > 0, logp, 0.0)
+    return nll, {"sft/loss": nll, "sft/tokens": mask.sum(), "sft/mean_token_prob": (jnp.exp(acc_logp) * mask).sum() / n}
+
+
+def make_sft_optimizer(learning_rate: float, steps: int, warmup_steps: int, weight_decay: float,
+                       grad_clip: float) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay to 10% of the peak, after global-norm clipping."""
+    warmup = min(warmup_steps, max(steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else learning_rate, peak_value=learning_rate, warmup_steps=warmup,
+        decay_steps=max(steps, warmup + 1), end_value=0.1 * learning_rate)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation) -> Callable:
+    """jitted (params, opt_state, batch) -> (params, opt_state, metrics)."""
+
+    def step(params, opt_state, batch):
+        (loss, metrics), grads = jax.value_and_grad(lambda p: sft_loss(model_cfg, p, batch), has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, **{"sft/grad_norm": optax.global_norm(grads)})
+        return params, opt_state, metrics
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def pack_sft_dataset(sequences: Sequence[tuple[np.ndarray, np.ndarray]], row_len: int):
+    """All (tokens, loss_mask) sequences packed into one PackedBatch of rows (too-long ones truncated)."""
+    if not sequences:
+        raise ValueError("SFT dataset is empty: the factory kept no teacher trajectory")
+    return pack([t for t, _ in sequences], row_len, fields={"loss_mask": [m for _, m in sequences]},
+                truncate=True)
+
+
+def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarray, np.ndarray]], *,
+              steps: int, batch_rows: int, row_len: int, learning_rate: float, warmup_steps: int,
+              weight_decay: float, grad_clip: float, seed: int,
+              log_fn: Callable[[int, dict], Any] | None = None, log_every: int = 10):
+    """Runs ``steps`` AdamW steps of behaviour cloning; returns (params, list of per-step metric dicts)."""
+    packed = pack_sft_dataset(sequences, row_len)
+    data = packed.as_dict()
+    num_rows = packed.num_rows
+    batch_rows = min(batch_rows, num_rows)
+    optimizer = make_sft_optimizer(learning_rate, steps, warmup_steps, weight_decay, grad_clip)
+    opt_state = optimizer.init(params)
+    step_fn = make_sft_step(model_cfg, optimizer)
+    rng = np.random.default_rng(seed)
+    order = np.empty((0,), np.int64)
+    history = []
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        if len(order) < batch_rows:  # new epoch: reshuffle all rows (leftover rows roll over first)
+            order = np.concatenate([order, rng.permutation(num_rows)])
+        idx, order = order[:batch_rows], order[batch_rows:]
+        batch = {k: jnp.asarray(v[idx]) for k, v in data.items()}
+        params, opt_state, metrics = step_fn(params, opt_state, batch)
+        if step % log_every == 0 or step == steps:
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            m["sft/tokens_per_s"] = float(batch_rows * row_len * step / (time.perf_counter() - t0))
+            m["sft/packing_utilisation"] = float(packed.utilisation)
+            history.append({"step": step, **m})
+            if log_fn is not None:
+                log_fn(step, m)
+    return params, history
