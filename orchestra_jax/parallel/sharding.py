@@ -137,6 +137,31 @@ def logical_to_spec(logical_axes: Sequence[str | None], mesh: Mesh, rules: Logic
     return P(*spec)
 
 
+def model_rules(model_cfg, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> LogicalRules:
+    """Rules adjusted to a model's sizes: a logical axis whose size (heads, kv_heads, mlp, vocab, embed,
+    head_dim) its mesh axes do not divide loses those mesh axes (with a warning), so parameter shardings
+    and the model's activation constraints stay valid (e.g. 2 kv heads on tensor=4 are replicated)."""
+    sizes = {"heads": model_cfg.num_heads, "kv_heads": model_cfg.num_kv_heads,
+             "mlp": model_cfg.intermediate_size, "vocab": model_cfg.vocab_size,
+             "embed": model_cfg.hidden_size, "head_dim": model_cfg.head_dim}
+    out = []
+    for name, axes in rules:
+        mesh_axes = _as_tuple(axes)
+        if name in sizes:
+            kept = tuple(a for a in mesh_axes if a in mesh.shape)
+            if len(kept) != len(mesh_axes):
+                raise ValueError(f"logical axis rule {name} -> {axes}: mesh axes {mesh_axes} not all in mesh "
+                                 f"{dict(mesh.shape)}")
+            while kept and sizes[name] % math.prod(mesh.shape[a] for a in kept):
+                kept = kept[:-1]
+            if kept != mesh_axes:
+                log.warning("model %s=%d is not divisible by mesh axes %s; sharding it over %s instead",
+                            name, sizes[name], mesh_axes, kept or "nothing (replicated)")
+            axes = _from_tuple(kept)
+        out.append((name, axes))
+    return tuple(out)
+
+
 def _is_axes_leaf(x: Any) -> bool:
     return isinstance(x, P) or (isinstance(x, tuple) and all(e is None or isinstance(e, str) for e in x))
 
@@ -178,6 +203,7 @@ def abstract_params(model_cfg) -> Any:
 def param_shardings(model_cfg, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
     """NamedSharding tree for the policy (and reference policy) parameters: FSDP on embed + tensor parallel."""
     from orchestra_jax.model import param_logical_axes
+    rules = model_rules(model_cfg, mesh, rules)
     return logical_to_sharding(param_logical_axes(model_cfg), mesh, rules, abstract_params(model_cfg))
 
 
@@ -274,6 +300,7 @@ class ShardedUpdate:
     def __init__(self, update: Callable, model_cfg, optimizer, mesh: Mesh, rules: LogicalRules,
                  donate: bool = True):
         from orchestra_jax.model import param_logical_axes
+        rules = model_rules(model_cfg, mesh, rules)
         self.mesh, self.rules, self.optimizer, self.model_cfg = mesh, rules, optimizer, model_cfg
         self.param_logical_axes = param_logical_axes(model_cfg)
         self.params_shapes = abstract_params(model_cfg)
@@ -333,7 +360,7 @@ def make_sharded_logprob_fn(model_cfg, mesh: Mesh, rules: LogicalRules | None = 
     old / reference log-probs; the reference params use the same shardings as the policy params."""
     import flax.linen as nn
     from orchestra_jax.rl.losses import token_logprobs
-    rules = DEFAULT_RULES if rules is None else rules
+    rules = model_rules(model_cfg, mesh, DEFAULT_RULES if rules is None else rules)
     p_shard = param_shardings(model_cfg, mesh, rules)
     compiled: dict[tuple, Callable] = {}
 

@@ -1,0 +1,161 @@
+"""Per-token log-probs under the Policy and the jitted GRPO update (one optimizer step).
+
+The update takes the `as_dict()` of a PackedBatch with fields loss_mask, advantages (per token), old_logp and
+(when the KL is used) ref_logp, all [R, L], or with a leading micro-batch axis [M, R, L] for gradient
+accumulation. Normalisers (loss-token count, sequence count) are computed on the whole batch, so M
+micro-batches give the same gradient as one full batch for every aggregation mode.
+
+PPO epochs, mini-batches and reference refreshes are the training loop's business: it calls `update` once
+per optimizer step (AlgoConfig carries ppo_epochs, micro_batches and ref_refresh_interval for it).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from orchestra_jax.model import ModelConfig, Policy
+from orchestra_jax.rl.advantages import AdvantageConfig
+from orchestra_jax.rl.losses import (LossConfig, count_tokens_and_segments, kl_penalised_advantages, policy_loss,
+                                     validate_loss_config)
+from orchestra_jax.rl.optim import NonFiniteGuardState, OptimConfig, make_schedule, tree_all_finite
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoConfig:
+    """Everything about the RL algorithm (conf/algo/*.yaml)."""
+
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    advantage: AdvantageConfig = dataclasses.field(default_factory=AdvantageConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    ppo_epochs: int = 1  # optimizer passes over each rollout batch (old_logp fixed during them)
+    micro_batches: int = 1  # gradient-accumulation micro-batches per optimizer step
+    ref_refresh_interval: int = 0  # copy the policy into the reference every N steps; 0 = keep the initial model
+
+
+REQUIRED_KEYS = ("tokens", "positions", "segment_ids", "loss_mask", "advantages", "old_logp")
+_MIN_METRICS = ("ratio/min",)
+_MAX_METRICS = ("ratio/max",)
+
+
+def logprobs_from_logits(logits_BTV, tokens_BT, segment_ids_BT):
+    """(logp_BT, entropy_BT) in the ARCHITECTURE.md convention.
+
+    logp[b, t] = log p(tokens[b, t] | earlier tokens of its segment), read from logits[b, t - 1]; entropy[b, t]
+    is the entropy of that same distribution. Both are 0 at each segment's first token and on padding.
+    """
+    logits = logits_BTV[:, :-1].astype(jnp.float32)
+    log_norm = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, tokens_BT[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+    logp = target - log_norm
+    probs = jnp.exp(logits - log_norm[..., None])
+    entropy = log_norm - jnp.sum(probs * logits, axis=-1)
+    same_segment = (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1]) & (segment_ids_BT[:, 1:] != 0)
+    zero = jnp.zeros((logits.shape[0], 1), jnp.float32)
+    logp = jnp.concatenate([zero, jnp.where(same_segment, logp, 0.0)], axis=1)
+    entropy = jnp.concatenate([zero, jnp.where(same_segment, entropy, 0.0)], axis=1)
+    return logp, entropy
+
+
+def token_logprobs(model_cfg: ModelConfig, params, tokens, positions, segment_ids):
+    """Run the Policy over packed rows; returns (logp_BT, entropy_BT) (see logprobs_from_logits)."""
+    logits = Policy(model_cfg).apply({"params": params}, tokens, positions, segment_ids)
+    return logprobs_from_logits(logits, tokens, segment_ids)
+
+
+def split_micro_batches(batch: dict, micro_batches: int) -> dict:
+    """Host-side: reshape every [R, L] array to [M, R / M, L] (R must divide evenly)."""
+    if micro_batches < 1:
+        raise ValueError(f"micro_batches must be >= 1; got {micro_batches}")
+    rows = np.shape(batch["tokens"])[0]
+    if rows % micro_batches:
+        raise ValueError(f"batch has {rows} rows, not divisible into micro_batches={micro_batches}")
+    return {k: np.reshape(v, (micro_batches, rows // micro_batches) + tuple(np.shape(v)[1:])) for k, v in batch.items()}
+
+
+def _check_batch(batch: dict, needs_ref: bool):
+    missing = [k for k in REQUIRED_KEYS if k not in batch]
+    if needs_ref and "ref_logp" not in batch:
+        missing.append("ref_logp")
+    if missing:
+        raise ValueError(f"update batch is missing keys {missing}; has {sorted(batch)}")
+    shape = tuple(np.shape(batch["tokens"]))
+    if len(shape) not in (2, 3):
+        raise ValueError(f"update batch 'tokens' must be [R, L] or [M, R, L]; got shape {shape}")
+    for k, v in batch.items():
+        if tuple(np.shape(v)) != shape:
+            raise ValueError(f"update batch {k!r} has shape {tuple(np.shape(v))}; expected {shape} like 'tokens'")
+
+
+def build_update(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.GradientTransformation) -> Callable:
+    """The update function before jit (for callers that jit it with shardings themselves)."""
+    loss_cfg = algo_cfg.loss
+    validate_loss_config(loss_cfg)
+    needs_ref = loss_cfg.kl_coef != 0.0
+    schedule = make_schedule(algo_cfg.optim)
+
+    def micro_loss(params, mb, num_tokens, num_segments):
+        logp, entropy = token_logprobs(model_cfg, params, mb["tokens"], mb["positions"], mb["segment_ids"])
+        advantages = mb["advantages"]
+        if loss_cfg.kl_in_reward and loss_cfg.kl_coef != 0.0:
+            advantages = kl_penalised_advantages(advantages, mb["old_logp"], mb["ref_logp"], mb["loss_mask"], loss_cfg)
+        return policy_loss(logp, mb["old_logp"], advantages, mb["loss_mask"], mb["segment_ids"], loss_cfg,
+                           ref_logp=mb.get("ref_logp"), entropy=entropy, num_tokens=num_tokens,
+                           num_segments=num_segments)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def update(params, opt_state, batch):
+        _check_batch(batch, needs_ref)
+        batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        if batch["tokens"].ndim == 2:
+            batch = {k: v[None] for k, v in batch.items()}
+        num_tokens, num_segments = count_tokens_and_segments(batch["loss_mask"], batch["segment_ids"])
+
+        first = {k: v[0] for k, v in batch.items()}
+        (loss, metrics), grads = grad_fn(params, first, num_tokens, num_segments)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        if batch["tokens"].shape[0] > 1:
+            def body(carry, mb):
+                loss_acc, metrics_acc, grads_acc = carry
+                (loss_m, metrics_m), grads_m = grad_fn(params, mb, num_tokens, num_segments)
+                merged = {k: (jnp.minimum if k in _MIN_METRICS else jnp.maximum if k in _MAX_METRICS else jnp.add)(
+                    metrics_acc[k], metrics_m[k]) for k in metrics_acc}
+                grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads_m)
+                return (loss_acc + loss_m, merged, grads_acc), None
+
+            rest = {k: v[1:] for k, v in batch.items()}
+            (loss, metrics, grads), _ = jax.lax.scan(body, (loss, metrics, grads), rest)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+        finite = jnp.isfinite(loss) & tree_all_finite(grads)
+        # A non-finite loss with finite gradients is still skipped: poison the gradients for the guard.
+        grads_for_opt = jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads)
+        updates, new_opt_state = optimizer.update(grads_for_opt, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        new_params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, params)
+        if not isinstance(opt_state, NonFiniteGuardState):
+            new_opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
+
+        metrics = {k: (jnp.where(jnp.isfinite(v), v, jnp.nan) if k in _MIN_METRICS + _MAX_METRICS else v)
+                   for k, v in metrics.items()}
+        metrics["loss"] = loss
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["skipped"] = (~finite).astype(jnp.float32)
+        metrics["num_tokens"] = num_tokens
+        metrics["num_sequences"] = num_segments
+        if isinstance(opt_state, NonFiniteGuardState):
+            metrics["lr"] = jnp.asarray(schedule(opt_state.num_applied), jnp.float32)
+            metrics["skipped_total"] = new_opt_state.num_skipped.astype(jnp.float32)
+        return new_params, new_opt_state, metrics
+
+    return update
+
+
+def make_update_fn(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.GradientTransformation):
+    """Jitted update(params, opt_state, batch) -> (params, opt_state, metrics)."""
+    return jax.jit(build_update(model_cfg, algo_cfg, optimizer))
