@@ -1,0 +1,323 @@
+"""Multi-turn rollouts: G samples per task through the batched environments, token in, token out.
+
+All episodes of a call run together in one static batch (B = n_tasks * G rows of one KV cache):
+
+    prompts -> render + tokenize once -> prefill
+    repeat up to max_turns:
+        decode one turn for the active rows (stops at </tool_call> or <|im_end|>)
+        decode the text of exactly those sampled ids -> env.step
+        for episodes still running: [<|im_end|>] + tool_response_turn(observation) -> prefill only those tokens
+
+The trajectory of an episode keeps the exact sampled ids (policy text is never re-tokenised) and the
+history is never re-encoded: after a tool call only the observation tokens enter the cache. Finished
+episodes stay in the batch as inactive rows; a turn's decode loop ends as soon as every row stopped.
+
+Per-episode outputs: token ids, assistant mask (1 on sampled tokens only), the sampled tokens' log-probs
+under the unmodified policy in the ARCHITECTURE.md convention (logp of token t at index t; this is the GRPO
+``old_logp``), per-turn $ cost and latency, turns taken, why the episode ended, and the env's
+EpisodeResults, with features / solved / preference arranged as [groups, G, ...] for the reward functions.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from orchestra_jax.model.kv_cache import init_cache
+from orchestra_jax.model.sampling import STOP_CACHE_FULL, SamplingConfig, decode, prefill
+from orchestra_jax.text import chat
+
+# Why an episode ended (Rollout.done_reason).
+DONE_FINISHED = "finished"          # the env ended it (an answer was given, or the setting's own end)
+DONE_TURN_BUDGET = "turn_budget"    # rollout max_turns or the env's max_turns used up
+DONE_LENGTH_BUDGET = "length_budget"  # the sequence hit max_seq_len (runaway: solved False)
+DONE_ENV_BUDGET = "env_budget"      # the env's token or dollar budget was exhausted
+DONE_REASONS = (DONE_FINISHED, DONE_TURN_BUDGET, DONE_LENGTH_BUDGET, DONE_ENV_BUDGET)
+_ENV_REASONS = {"max_turns": DONE_TURN_BUDGET, "max_tokens": DONE_ENV_BUDGET, "max_usd": DONE_ENV_BUDGET}
+# env end_reason recorded for episodes this module ends because the sequence no longer fits.
+ENV_LENGTH_REASON = "max_length"
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Episode limits and batching of `rollout`.
+
+    group_size: G, episodes per task (one group).
+    max_turns: assistant turns per episode at most (the env may end episodes earlier).
+    max_new_tokens: sampled tokens per turn at most; overrides sampling.max_new_tokens.
+    max_seq_len: KV-cache size = the longest episode (prompt + turns + observations); a sequence that
+      reaches it ends as runaway (done reason length_budget, solved False).
+    min_prefill_bucket: smallest prefill window; windows are powers of two >= this (few compilations).
+    compact_tools: render the tools section of the prompt in the compact wording (tiny CPU policies).
+    sampling: temperature / top-p / greedy.
+    """
+
+    group_size: int = 4
+    max_turns: int = 4
+    max_new_tokens: int = 64
+    max_seq_len: int = 1024
+    min_prefill_bucket: int = 16
+    compact_tools: bool = False
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+
+    def __post_init__(self):
+        for name in ("group_size", "max_turns", "max_new_tokens", "max_seq_len", "min_prefill_bucket"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"RolloutConfig.{name} must be a positive int, got {value!r}")
+
+    @property
+    def sampling_config(self) -> SamplingConfig:
+        """The sampling config actually used (max_new_tokens from this config)."""
+        return dataclasses.replace(self.sampling, max_new_tokens=self.max_new_tokens)
+
+
+@dataclasses.dataclass
+class Rollout:
+    """N = n_groups * group_size episodes; episode i belongs to group i // group_size."""
+
+    tokens: list              # N x int32 [T_i]: prompt, sampled turns, appended <|im_end|>, observations
+    assistant_mask: list      # N x int32 [T_i]: 1 on sampled policy tokens, 0 elsewhere
+    sampled_logp: list        # N x float32 [T_i]: policy log-prob (temperature 1) of token t at index t; 0 off-mask
+    sampling_logp: list       # N x float32 [T_i]: log-prob under the sampling distribution (0 if greedy / off-mask)
+    prompt_len: np.ndarray    # [N] int32
+    turn_cost_usd: np.ndarray   # [N, max_turns] float64: env $ per turn (0 for turns not taken)
+    turn_latency_s: np.ndarray  # [N, max_turns] float64
+    turn_new_tokens: np.ndarray  # [N, max_turns] int32: tokens sampled per turn
+    n_turns: np.ndarray       # [N] int32: assistant turns taken
+    done_reason: list         # N x str in DONE_REASONS
+    actions: list             # N x list[str]: decoded text of each turn's sampled ids (what env.step got)
+    observations: list        # N x list[str]: env observation after each turn (inside <tool_response>)
+    results: Any              # envs.EpisodeResults, flat over N episodes (solved forced False for runaways)
+    n_groups: int
+    group_size: int
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.tokens)
+
+    def grouped(self, array) -> np.ndarray:
+        """[N, ...] -> [n_groups, group_size, ...]."""
+        array = np.asarray(array)
+        return array.reshape((self.n_groups, self.group_size) + array.shape[1:])
+
+    @property
+    def features(self) -> np.ndarray:
+        """[groups, G, F] float64, raw units (calls per alias, outcome, cost $, latency s)."""
+        return self.grouped(self.results.features)
+
+    @property
+    def solved(self) -> np.ndarray:
+        """[groups, G] bool."""
+        return self.grouped(self.results.solved)
+
+    @property
+    def preference(self) -> np.ndarray:
+        """[groups, F] float32: the group's preference vector (the same for every episode of a task)."""
+        return self.grouped(self.results.preference)[:, 0]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.tokens], np.int32)
+
+
+def _bucket(n: int, min_bucket: int) -> int:
+    """Smallest power of two >= max(n, min_bucket)."""
+    size = 1 << max(0, int(n) - 1).bit_length()
+    return max(size, 1 << max(0, min_bucket - 1).bit_length())
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    out = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def _abort(env, state, indices: Sequence[int]) -> None:
+    """Ends episodes in the env that the rollout ended (sequence too long): unsolved, no further charges.
+
+    Uses ``env.abort(state, indices, reason)`` when the env offers it, else the env state's Ledger.
+    """
+    if not indices:
+        return
+    if hasattr(env, "abort"):
+        env.abort(state, list(indices), reason=ENV_LENGTH_REASON)
+        return
+    ledger = getattr(state, "ledger", None)
+    if ledger is None or not hasattr(ledger, "finish"):
+        raise ValueError(f"rollout: env {type(env).__name__} offers neither abort() nor state.ledger.finish(); "
+                         "cannot end over-length episodes")
+    for i in indices:
+        ledger.finish(i, solved=False, reason=ENV_LENGTH_REASON)
+
+
+def _env_done_reason(end_reason: str) -> str:
+    return _ENV_REASONS.get(end_reason, DONE_FINISHED)
+
+
+def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, cfg: RolloutConfig,
+            env_seed: int) -> Rollout:
+    """Runs cfg.group_size episodes of every task (group-major: episode i is task i // G) to the end.
+
+    model_cfg / params: the policy; env: an orchestra_jax.envs Env; tokenizer: text.tokenizer.Tokenizer whose
+    chat tokens (<|im_end|>, </tool_call>) are single ids; key: PRNG key (split once per turn); env_seed:
+    seed of env.reset. Same key, params, tasks and env_seed give the same Rollout.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("rollout: tasks is empty")
+    group_size, max_turns, seq_len = cfg.group_size, cfg.max_turns, cfg.max_seq_len
+    n_episodes = len(tasks) * group_size
+    sampling_cfg = cfg.sampling_config
+    eos_id = tokenizer.eos_id
+    stop_ids = np.array([tokenizer.token_id(chat.TOOL_CALL_CLOSE), eos_id], np.int32)
+
+    episode_tasks = [task for task in tasks for _ in range(group_size)]
+    state, prompts = env.reset(episode_tasks, env_seed)
+    if len(prompts) != n_episodes:
+        raise ValueError(f"rollout: env.reset returned {len(prompts)} prompts for {n_episodes} episodes")
+    encoded: dict[str, list[int]] = {}  # each distinct prompt text is tokenized once
+    prompt_ids = []
+    for p in prompts:
+        text = chat.render_prompt(p["messages"], p.get("tools"), compact_tools=cfg.compact_tools)
+        if text not in encoded:
+            encoded[text] = tokenizer.encode(text)
+        prompt_ids.append(encoded[text])
+
+    tokens = [list(ids) for ids in prompt_ids]
+    mask = [[0] * len(ids) for ids in prompt_ids]
+    logp = [[0.0] * len(ids) for ids in prompt_ids]
+    sample_logp = [[0.0] * len(ids) for ids in prompt_ids]
+    turn_cost = np.zeros((n_episodes, max_turns), np.float64)
+    turn_latency = np.zeros((n_episodes, max_turns), np.float64)
+    turn_new = np.zeros((n_episodes, max_turns), np.int32)
+    n_turns = np.zeros(n_episodes, np.int32)
+    done_reason: list[str | None] = [None] * n_episodes
+    actions: list[list[str]] = [[] for _ in range(n_episodes)]
+    observations: list[list[str]] = [[] for _ in range(n_episodes)]
+
+    # A prompt must leave room for at least one sampled token.
+    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) >= seq_len]
+    for i in too_long:
+        done_reason[i] = DONE_LENGTH_BUDGET
+    _abort(env, state, too_long)
+    num_new = np.array([0 if done_reason[i] else len(ids) for i, ids in enumerate(prompt_ids)], np.int32)
+    cache = init_cache(model_cfg, n_episodes, seq_len)
+    last_logits = None
+    if num_new.any():
+        window = _bucket(int(num_new.max()), cfg.min_prefill_bucket)
+        rows = [ids if n else [] for ids, n in zip(prompt_ids, num_new)]
+        last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new)
+    lengths = num_new.astype(np.int64)  # host mirror of cache.lengths
+
+    for turn in range(max_turns):
+        active = np.array([r is None for r in done_reason])
+        if not active.any():
+            break
+        key, turn_key = jax.random.split(key)
+        out = decode(model_cfg, params, cache, last_logits, turn_key, active, stop_ids, sampling_cfg)
+        cache, last_logits = out.cache, out.last_logits_BV
+        new_B = np.asarray(out.num_generated_B)
+        ids_BN, logp_BN, slogp_BN = map(np.asarray, (out.tokens_BN, out.logp_BN, out.sample_logp_BN))
+        reason_B = np.asarray(out.stop_reason_B)
+
+        step_actions = [""] * n_episodes  # finished episodes ignore their action
+        tokens_in = np.zeros(n_episodes, np.int64)
+        tokens_out = np.zeros(n_episodes, np.int64)
+        runaway = []
+        for i in np.flatnonzero(active):
+            n = int(new_B[i])
+            sampled = ids_BN[i, :n].tolist()
+            tokens[i] += sampled
+            mask[i] += [1] * n
+            logp[i] += logp_BN[i, :n].tolist()
+            sample_logp[i] += slogp_BN[i, :n].tolist()
+            turn_new[i, turn] = n
+            text = tokenizer.decode(sampled)
+            actions[i].append(text)
+            if reason_B[i] == STOP_CACHE_FULL:  # the turn was cut off by the cache: runaway, not sent
+                runaway.append(int(i))
+                done_reason[i] = DONE_LENGTH_BUDGET
+            else:
+                step_actions[i] = text
+                tokens_in[i] = lengths[i]  # the orchestrator reads its whole context (as an API call would)
+                tokens_out[i] = n
+            lengths[i] += n
+        _abort(env, state, runaway)
+        stepped = active & np.array([done_reason[i] is None for i in range(n_episodes)])
+        state, step_out = env.step(state, step_actions, policy_tokens_in=tokens_in.tolist(),
+                                   policy_tokens_out=tokens_out.tolist())
+        env_done = np.asarray(step_out.done, bool)
+        end_reasons = env.results(state).end_reason if env_done[stepped].any() else None
+        obs_rows: dict[int, list[int]] = {}
+        no_room = []
+        for i in np.flatnonzero(stepped):
+            turn_cost[i, turn] = step_out.cost_usd[i]
+            turn_latency[i, turn] = step_out.latency_s[i]
+            n_turns[i] += 1
+            observations[i].append(step_out.observations[i])
+            if env_done[i]:
+                done_reason[i] = _env_done_reason(end_reasons[i])
+            elif turn == max_turns - 1:
+                done_reason[i] = DONE_TURN_BUDGET
+            else:
+                ids = [] if tokens[i][-1] == eos_id else [eos_id]  # close the turn: not a policy token
+                ids += tokenizer.encode(chat.tool_response_turn(step_out.observations[i]))
+                if lengths[i] + len(ids) >= seq_len:  # no room for the observation and one more token
+                    no_room.append(int(i))
+                    done_reason[i] = DONE_LENGTH_BUDGET
+                else:
+                    obs_rows[int(i)] = ids
+        _abort(env, state, no_room)
+        if obs_rows:
+            num_new = np.zeros(n_episodes, np.int32)
+            rows = [[] for _ in range(n_episodes)]
+            for i, ids in obs_rows.items():
+                rows[i], num_new[i] = ids, len(ids)
+                tokens[i] += ids
+                mask[i] += [0] * len(ids)
+                logp[i] += [0.0] * len(ids)
+                sample_logp[i] += [0.0] * len(ids)
+                lengths[i] += len(ids)
+            window = _bucket(int(num_new.max()), cfg.min_prefill_bucket)
+            last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new, last_logits)
+
+    # Episodes ended by the env at a </tool_call> stop: close the turn so the transcript is well formed.
+    for i in range(n_episodes):
+        if done_reason[i] in (DONE_FINISHED, DONE_ENV_BUDGET, DONE_TURN_BUDGET) and tokens[i][-1] != eos_id \
+                and mask[i][-1] == 1 and len(tokens[i]) < seq_len:
+            tokens[i].append(eos_id)
+            mask[i].append(0)
+            logp[i].append(0.0)
+            sample_logp[i].append(0.0)
+    results = env.results(state)
+    runaway_mask = np.array([r == DONE_LENGTH_BUDGET for r in done_reason])
+    if runaway_mask.any():  # a runaway episode is never solved (whatever the env recorded)
+        features = np.array(results.features, copy=True)
+        features[runaway_mask, len(results.feature_names) - 3] = 0.0  # the outcome column
+        results = dataclasses.replace(
+            results, features=features, solved=np.where(runaway_mask, False, np.asarray(results.solved, bool)))
+
+    return Rollout(
+        tokens=[np.asarray(t, np.int32) for t in tokens],
+        assistant_mask=[np.asarray(m, np.int32) for m in mask],
+        sampled_logp=[np.asarray(x, np.float32) for x in logp],
+        sampling_logp=[np.asarray(x, np.float32) for x in sample_logp],
+        prompt_len=np.array([len(ids) for ids in prompt_ids], np.int32),
+        turn_cost_usd=turn_cost, turn_latency_s=turn_latency, turn_new_tokens=turn_new, n_turns=n_turns,
+        done_reason=[r if r is not None else DONE_TURN_BUDGET for r in done_reason],
+        actions=actions, observations=observations, results=results,
+        n_groups=len(tasks), group_size=group_size)
+
+
+def rollout_to_sequences(ro: Rollout):
+    """(sequences, fields) ready for data.packing.pack: fields = {"loss_mask", "sampled_logp"} per episode.
+
+    loss_mask is the assistant mask (never 1 on the first token of a sequence: every episode starts with
+    its prompt); sampled_logp is the GRPO old_logp in the ARCHITECTURE.md convention.
+    """
+    fields = {"loss_mask": list(ro.assistant_mask), "sampled_logp": list(ro.sampled_logp)}
+    return list(ro.tokens), fields
