@@ -1,16 +1,28 @@
 """Function-calling setting (ToolScale / tau2-like): synthetic domains with a database.
 
-Each domain has a seeded, generated database (typed records in dicts), read and write functions
-with JSON schemas, and tasks made of a user instruction, a gold action sequence and required
-information. An episode is solved when the final database equals the gold database (the initial
-one with the gold actions applied), the final answer holds every required fact, and (optionally)
-the set of touched entries matches the gold one.
+Each domain (see ``envs/domains/``) has a seeded, generated database (typed records in dicts), read and
+write functions with JSON schemas, and intent generators. A task is a user instruction made of 1-3
+requests (plus distractor sentences), its gold action sequence (reads, writes, a final ``respond``) and
+the required information (facts the final answer must contain). Tools shown to the policy: the domain's
+functions, ``call_expert(expert)`` (delegates the next step to a simulated model of the roster's
+"functions" menu, charged its price and latency) and ``respond(message)`` (the final answer; ends the
+episode).
+
+Solved = the final database equals the gold database (the initial one with the gold actions applied),
+the final message holds every required fact, and (``check_touched``) the set of written entries equals
+the gold one, as in ToolScale. A malformed call, unknown tool or bad argument gives an error
+observation and never changes the database (domain calls validate fully before they write).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import zlib
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class FunctionsConfig:
@@ -32,3 +44,541 @@ class FunctionsConfig:
     function_latency_s: float = 0.05      # seconds one domain function call takes (free of charge)
     expert_context_tokens: int = 400      # expert input tokens besides the conversation (its instructions)
     max_turns: int = 16                   # > 0: overrides env.max_turns for this setting
+
+    def __post_init__(self):
+        if not self.domains:
+            raise ValueError("functions.domains must name at least one domain")
+        if self.db_size < 20:
+            raise ValueError(f"functions.db_size must be >= 20, got {self.db_size}")
+        if not 1 <= self.min_actions <= self.max_actions:
+            raise ValueError(f"functions.min_actions/max_actions must satisfy 1 <= min <= max, got "
+                             f"{self.min_actions}/{self.max_actions}")
+        for name in ("distractor_prob", "wrong_action_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"functions.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_turns < 0:
+            raise ValueError(f"functions.max_turns must be >= 0, got {self.max_turns}")
+
+
+# Imports below the config: envs/config.py imports FunctionsConfig from this module.
+from orchestra_jax.envs.base import Env, StepOutput, episode_rng  # noqa: E402
+from orchestra_jax.envs.budget import Budget, Ledger, orchestrator_charge  # noqa: E402
+from orchestra_jax.envs.domains import DB, Action, Domain, db_digest, get_domain  # noqa: E402
+from orchestra_jax.envs.domains.base import perturb_arguments  # noqa: E402
+from orchestra_jax.envs.tools import (  # noqa: E402
+    call_cost_usd, load_roster, price_text, sample_latency_s, sample_tokens_out, sigmoid, success_logit,
+)
+from orchestra_jax.text.chat import ToolCallError, format_tool_call, parse_tool_call  # noqa: E402
+
+SETTING = "functions"
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test", "unseen_tools", "unseen_prices")
+RESPOND = "respond"
+CALL_EXPERT = "call_expert"
+LEVEL_NAMES = ("basic", "standard", "expert")
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+@dataclasses.dataclass(frozen=True)
+class FunctionsTask:
+    """One function-calling task. `gold_actions` ends with the gold `respond` call."""
+
+    task_id: str
+    domain: str
+    user_id: str
+    instruction: str
+    gold_actions: tuple[Action, ...]
+    required_info: tuple[str, ...]
+    n_writes: int
+    n_distractors: int
+    level: int                            # visible difficulty tier: 0 basic, 1 standard, 2 expert
+    hidden_difficulty: float              # expert logit offset the policy never sees
+    db_seed: int
+    db_size: int
+    aliases: tuple[str, ...]              # expert aliases offered in this task
+    price_scales: tuple[float, ...]       # price multiplier per offered alias
+    preference: tuple[float, ...]         # P over [all aliases..., outcome, cost, latency]
+    preference_text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["gold_actions"] = [a.to_dict() for a in self.gold_actions]
+        for k in ("required_info", "aliases", "price_scales", "preference"):
+            d[k] = list(d[k])
+        return {"setting": SETTING, "schema_version": SCHEMA_VERSION, **d}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "FunctionsTask":
+        """Inverse of to_dict; a bad record raises ValueError naming the field."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"functions task must be a mapping, got {type(d).__name__}")
+        if d.get("setting", SETTING) != SETTING:
+            raise ValueError(f"functions task: setting must be {SETTING!r}, got {d.get('setting')!r}")
+        if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise ValueError(f"functions task: schema_version {d.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        fields = {f.name for f in dataclasses.fields(FunctionsTask)}
+        missing = sorted(k for k in fields if k not in d and k != "preference_text")
+        if missing:
+            raise ValueError(f"functions task {d.get('task_id', '?')}: missing field(s) {missing}")
+        try:
+            actions = tuple(Action.from_dict(a) for a in d["gold_actions"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"functions task {d['task_id']}: bad field 'gold_actions' ({e})") from None
+        if not actions or actions[-1].name != RESPOND:
+            raise ValueError(f"functions task {d['task_id']}: field 'gold_actions' must end with {RESPOND!r}")
+        try:
+            return FunctionsTask(
+                task_id=str(d["task_id"]), domain=str(d["domain"]), user_id=str(d["user_id"]),
+                instruction=str(d["instruction"]), gold_actions=actions,
+                required_info=tuple(str(x) for x in d["required_info"]), n_writes=int(d["n_writes"]),
+                n_distractors=int(d["n_distractors"]), level=int(d["level"]),
+                hidden_difficulty=float(d["hidden_difficulty"]), db_seed=int(d["db_seed"]),
+                db_size=int(d["db_size"]), aliases=tuple(str(x) for x in d["aliases"]),
+                price_scales=tuple(float(x) for x in d["price_scales"]),
+                preference=tuple(float(x) for x in d["preference"]),
+                preference_text=str(d.get("preference_text", "")))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"functions task {d.get('task_id', '?')}: bad field value ({e})") from None
+
+
+def _split_code(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; functions splits are {SPLITS}")
+    return SPLITS.index(split)
+
+
+def _domain_seed(db_seed: int, domain: str) -> np.random.SeedSequence:
+    # independent of the order of cfg.domains: each domain's database depends on (db_seed, its name)
+    return np.random.SeedSequence([int(db_seed), zlib.crc32(domain.encode())])
+
+
+def execute(domain: Domain, db: DB, actions: Sequence[Action]) -> tuple[DB, set, list[str]]:
+    """Runs domain calls in order (skips `respond`); returns (final db, written entries, outputs).
+
+    Raises ValueError naming the first call that fails (gold sequences must all succeed).
+    """
+    touched: set = set()
+    outputs = []
+    for a in actions:
+        if a.name == RESPOND:
+            continue
+        res = domain.call(a.name, a.arguments, db)
+        if not res.ok:
+            raise ValueError(f"gold action {a.name}({a.arguments}) failed: {res.output}")
+        db, outputs = res.db, outputs + [res.output]
+        touched.update(res.touched)
+    return db, touched, outputs
+
+
+def synthesize(domain: Domain, db: DB, rng: np.random.Generator, cfg: FunctionsConfig) -> dict[str, Any]:
+    """Draws one task's core (user, instruction, gold actions, required info, tiers) on `db`.
+
+    Requests are drawn one at a time on the database as the earlier gold actions left it, and each is
+    kept only if all its gold calls succeed, so the gold sequence always executes.
+    """
+    n_writes = int(rng.integers(cfg.min_actions, cfg.max_actions + 1))
+    # the kinds of request are drawn first (uniform mix), then a user for whom all of them are feasible
+    for attempt in range(2000):
+        if attempt % 25 == 0:  # some combinations are infeasible together (freeze, then transfer)
+            kinds = [domain.intents[int(k)] for k in rng.integers(len(domain.intents), size=n_writes)]
+        user = domain.pick_user(db, rng)
+        cur, used, intents = db, set(), []
+        for fn in kinds:
+            for _ in range(4):
+                trial_used = set(used)
+                intent = fn(cur, rng, user, trial_used)
+                if intent is None:
+                    continue
+                try:
+                    cur, written, _ = execute(domain, cur, intent.actions)
+                except ValueError:
+                    continue
+                # later requests never refer to entries this task already wrote (or created: the user
+                # could not know a new id)
+                used = trial_used | {key for _, key in written}
+                intents.append(intent)
+                break
+            else:
+                break
+        if len(intents) == n_writes:
+            break
+    else:
+        raise ValueError(f"domain {domain.name}: could not synthesise a task with requests "
+                         f"{[k.__name__ for k in kinds]}")
+    sentences = [i.text for i in intents]
+    if len(sentences) > 1:
+        sentences = [f"First, {_lower_first(sentences[0])}"] + [f"Then, {_lower_first(s)}" for s in sentences[1:]]
+    n_distractors = int(rng.integers(1, 3)) if rng.random() < cfg.distractor_prob else 0
+    for _ in range(n_distractors):
+        sentences.insert(int(rng.integers(len(sentences) + 1)), domain.distractor(db, rng, user, used))
+    facts = tuple(dict.fromkeys(f for i in intents for f in i.facts))  # unique, in order
+    message = "All done." + (" Details: " + "; ".join(facts) + "." if facts else "")
+    actions = tuple(a for i in intents for a in i.actions) + (Action(RESPOND, {"message": message}),)
+    level = min(2, (n_writes - 1) + (n_distractors > 0))
+    return dict(domain=domain.name, user_id=user,
+                instruction=domain.greeting(db, user) + " " + " ".join(sentences),
+                gold_actions=actions, required_info=facts, n_writes=n_writes, n_distractors=n_distractors,
+                level=level, hidden_difficulty=float(rng.normal(0.0, cfg.hidden_difficulty_std)))
+
+
+def _lower_first(sentence: str) -> str:
+    first = sentence.split(" ", 1)[0]
+    return sentence if first in ("I", "I'm") else sentence[0].lower() + sentence[1:]
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, no '$' or thousands commas, single spaces: how required facts are matched."""
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text.lower()).replace("$", "")
+    return " ".join(text.split())
+
+
+def info_given(message: str, facts: Sequence[str]) -> bool:
+    """Every required fact occurs in the message (after `normalise_text`)."""
+    m = normalise_text(message)
+    return all(normalise_text(f) in m for f in facts)
+
+
+# ---------------------------------------------------------------------------------------------- state
+@dataclasses.dataclass
+class EpisodeGold:
+    """What reset precomputes per episode from its task."""
+
+    db: DB                                # gold final database
+    touched: frozenset                    # entries the gold writes touch
+    prefix_dbs: tuple[DB, ...]            # database after 0, 1, ..., n_writes gold writes
+    segments: tuple[tuple[Action, ...], ...]  # gold actions split after each write; the last ends with respond
+
+
+@dataclasses.dataclass
+class FunctionsState:
+    """Host-side state of a batch of function-calling episodes (mutated in place by step)."""
+
+    tasks: list[FunctionsTask]
+    seed: int
+    episode_ids: list[int]
+    dbs: list[DB]
+    touched: list[set]
+    gold: list[EpisodeGold]
+    ledger: Ledger
+    context_chars: list[int]              # characters of the conversation so far (expert input estimate)
+    final_message: list[str | None]
+    checks: list[dict[str, bool]]         # db_match / info_given / touched_match once answered
+
+
+# ---------------------------------------------------------------------------------------------- env
+class FunctionsEnv(Env):
+    """Batched ToolScale-like environment; see the module docstring."""
+
+    setting = SETTING
+    splits = SPLITS
+
+    def __init__(self, cfg=None):
+        from orchestra_jax.envs.config import EnvConfig, env_config_from_dict
+
+        cfg = EnvConfig(setting=SETTING) if cfg is None else env_config_from_dict(cfg)
+        self.cfg, fc = cfg, cfg.functions
+        self.fcfg = fc
+        self.roster = load_roster(cfg.roster_path)
+        self.menu = self.roster.menu(SETTING)
+        self.tool_aliases = tuple(a.alias for a in self.menu)
+        self.alias_index = {a: k for k, a in enumerate(self.tool_aliases)}
+        self.orchestrator = self.roster.orchestrator_model
+        self.budget = Budget(max_turns=fc.max_turns or cfg.max_turns, max_tokens=cfg.max_tokens,
+                             max_usd=cfg.max_usd)
+        self.domains = {name: get_domain(name) for name in fc.domains}
+        self.initial_db = {name: d.generate_db(np.random.default_rng(_domain_seed(fc.db_seed, name)), fc.db_size)
+                           for name, d in self.domains.items()}
+        self.db_digests = {name: db_digest(db) for name, db in self.initial_db.items()}
+
+    # -------------------------------------------------------------------------------- tasks
+    def sample_tasks(self, seed: int, n: int, split: str = "train") -> list[FunctionsTask]:
+        """`n` tasks; task i depends only on (seed, split, i) (and the env config)."""
+        code = _split_code(split)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        names = list(self.domains)
+        tasks = []
+        for i in range(n):
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7919, code, i]))
+            name = names[int(rng.integers(len(names)))]
+            core = synthesize(self.domains[name], self.initial_db[name], rng, self.fcfg)
+            aliases, scales = self._sample_menu(rng, split)
+            pref, pref_text = self._sample_preference(rng, aliases)
+            tasks.append(FunctionsTask(task_id=f"fn-{split}-{seed}-{i}", db_seed=self.fcfg.db_seed,
+                                       db_size=self.fcfg.db_size, aliases=aliases, price_scales=scales,
+                                       preference=pref, preference_text=pref_text, **core))
+        return tasks
+
+    def _sample_menu(self, rng: np.random.Generator, split: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        cfg = self.cfg
+        pool = [a for a in self.tool_aliases if split == "unseen_tools" or a not in cfg.heldout_aliases]
+        if not pool:
+            pool = list(self.tool_aliases)
+        keep = [a for a in pool if not cfg.randomize_tools or rng.random() < cfg.keep_prob]
+        if not keep:
+            keep = [pool[int(rng.integers(len(pool)))]]
+        scales = []
+        for _ in keep:
+            if not cfg.randomize_prices:
+                scales.append(1.0)
+                continue
+            if split == "unseen_prices":
+                r = cfg.price_scale_unseen
+                lo, hi = (r[0], r[1]) if rng.random() < 0.5 else (r[2], r[3])
+            else:
+                lo, hi = cfg.price_scale_train
+            scales.append(round(float(math.exp(rng.uniform(math.log(lo), math.log(hi)))), 4))
+        return tuple(keep), tuple(scales)
+
+    def _sample_preference(self, rng: np.random.Generator, aliases: Sequence[str]) -> tuple[tuple[float, ...], str]:
+        """P over [all aliases..., outcome, cost, latency] and its instruction ("" in fixed mode)."""
+        cfg = self.cfg
+        p = np.zeros(len(self.tool_aliases) + 3)
+        if cfg.preference_mode == "fixed":
+            p[-3:] = (cfg.pref_outcome, cfg.pref_cost, cfg.pref_latency)
+            return tuple(float(x) for x in p), ""
+        p[-3] = 1.0
+        p[-2], p[-1] = (float(rng.choice([0.0, 0.5, 1.0])) for _ in range(2))
+        parts = []
+        if p[-2] > 0:
+            parts.append("keep the cost low" if p[-2] < 1 else "spend as little money as possible")
+        if p[-1] > 0:
+            parts.append("be reasonably quick" if p[-1] < 1 else "finish as fast as possible")
+        if aliases and rng.random() < 0.3:
+            a = aliases[int(rng.integers(len(aliases)))]
+            p[self.alias_index[a]] = 1.0
+            parts.append(f"prefer {a} when you delegate")
+        text = ("Preference: solve the request, and " + ", ".join(parts) + ".") if parts else ""
+        return tuple(float(x) for x in p), text
+
+    def task_from_dict(self, d: Mapping[str, Any]) -> FunctionsTask:
+        return FunctionsTask.from_dict(d)
+
+    # -------------------------------------------------------------------------------- prompts
+    def tool_schemas(self, task: FunctionsTask) -> list[dict]:
+        """Tools shown to the policy: domain functions, call_expert (offered aliases), respond."""
+        domain = self.domains[task.domain]
+        experts = []
+        for a, scale in zip(task.aliases, task.price_scales):
+            m = self.roster.alias_model(SETTING, a)
+            if self.cfg.description_style == "full":
+                experts.append(f"{a}: {m.display} ({m.tag}), ${price_text(m.price_in * scale)} in / "
+                               f"${price_text(m.price_out * scale)} out per 1M tokens")
+            else:
+                experts.append(f"{a} (${price_text(m.price_in * scale)}/${price_text(m.price_out * scale)})")
+        expert_tool = {"type": "function", "function": {
+            "name": CALL_EXPERT,
+            "description": "Delegate the next step of the request to an expert model, who sees the whole "
+                           "conversation and performs it. Experts: " + "; ".join(experts) + ".",
+            "parameters": {"type": "object", "properties": {"expert": {
+                "type": "string", "enum": list(task.aliases), "description": "Which expert."}},
+                "required": ["expert"]}}}
+        respond_tool = {"type": "function", "function": {
+            "name": RESPOND,
+            "description": "Final answer to the user; ends the conversation. Include every piece of "
+                           "information the user asked for.",
+            "parameters": {"type": "object", "properties": {"message": {
+                "type": "string", "description": "Message to the user."}}, "required": ["message"]}}}
+        return [f.json_schema() for f in domain.functions] + [expert_tool, respond_tool]
+
+    def prompt(self, task: FunctionsTask) -> dict[str, Any]:
+        domain = self.domains[task.domain]
+        messages = []
+        if self.cfg.system_prompt:
+            messages.append({"role": "system", "content": (
+                f"{domain.description} Carry out the user's requests in order with the tools, one call per "
+                f"turn, then call {RESPOND} with the answer.")})
+        user = task.instruction + (" " + task.preference_text if task.preference_text else "")
+        messages.append({"role": "user", "content": user})
+        return {"messages": messages, "tools": self.tool_schemas(task)}
+
+    # -------------------------------------------------------------------------------- episodes
+    def _gold(self, task: FunctionsTask) -> EpisodeGold:
+        domain, db = self.domains[task.domain], self.initial_db[task.domain]
+        prefix, segments, seg, touched = [db], [], [], set()
+        for a in task.gold_actions:
+            seg.append(a)
+            if a.name == RESPOND:
+                continue
+            res = domain.call(a.name, a.arguments, db)
+            if not res.ok:
+                raise ValueError(f"task {task.task_id}: gold action {a.name} fails on this database "
+                                 f"({res.output}); was it made with another db_seed/db_size or domain code?")
+            db = res.db
+            touched.update(res.touched)
+            if domain.by_name[a.name].write:
+                prefix.append(db)
+                segments.append(tuple(seg))
+                seg = []
+        segments.append(tuple(seg))
+        return EpisodeGold(db, frozenset(touched), tuple(prefix), tuple(segments))
+
+    def reset(self, tasks: Sequence, seed: int, episode_ids: Sequence[int] | None = None
+              ) -> tuple[FunctionsState, list[dict[str, Any]]]:
+        tasks = [t if isinstance(t, FunctionsTask) else FunctionsTask.from_dict(t) for t in tasks]
+        episode_ids = list(range(len(tasks))) if episode_ids is None else [int(e) for e in episode_ids]
+        if len(episode_ids) != len(tasks):
+            raise ValueError(f"episode_ids has {len(episode_ids)} entries for {len(tasks)} tasks")
+        for t in tasks:
+            if t.domain not in self.domains:
+                raise ValueError(f"task {t.task_id}: domain {t.domain!r} is not in functions.domains "
+                                 f"{tuple(self.domains)}")
+            if (t.db_seed, t.db_size) != (self.fcfg.db_seed, self.fcfg.db_size):
+                raise ValueError(f"task {t.task_id}: made for db_seed={t.db_seed} db_size={t.db_size}, env has "
+                                 f"db_seed={self.fcfg.db_seed} db_size={self.fcfg.db_size}")
+            bad = [a for a in t.aliases if a not in self.alias_index]
+            if bad or len(t.price_scales) != len(t.aliases) or len(t.preference) != len(self.tool_aliases) + 3:
+                raise ValueError(f"task {t.task_id}: aliases {list(t.aliases)} / price_scales / preference do not "
+                                 f"fit this roster's aliases {self.tool_aliases}")
+        prompts = [self.prompt(t) for t in tasks]
+        state = FunctionsState(
+            tasks=tasks, seed=int(seed), episode_ids=episode_ids,
+            dbs=[self.initial_db[t.domain] for t in tasks], touched=[set() for _ in tasks],
+            gold=[self._gold(t) for t in tasks],
+            ledger=Ledger(len(tasks), len(self.tool_aliases), self.budget),
+            context_chars=[sum(len(m["content"]) for m in p["messages"]) + 200 * len(p["tools"]) for p in prompts],
+            final_message=[None] * len(tasks), checks=[{} for _ in tasks])
+        return state, prompts
+
+    def step(self, state: FunctionsState, actions: Sequence[str], policy_tokens_in: Sequence[int] | None = None,
+             policy_tokens_out: Sequence[int] | None = None) -> tuple[FunctionsState, StepOutput]:
+        B = len(state.tasks)
+        if len(actions) != B:
+            raise ValueError(f"step: got {len(actions)} actions for a batch of {B} episodes")
+        for name, arr in (("policy_tokens_in", policy_tokens_in), ("policy_tokens_out", policy_tokens_out)):
+            if arr is not None and len(arr) != B:
+                raise ValueError(f"step: {name} has {len(arr)} entries for a batch of {B} episodes")
+        led = state.ledger
+        obs, infos = [""] * B, [{} for _ in range(B)]
+        cost, lat = np.zeros(B), np.zeros(B)
+        tool_index, valid = np.full(B, -1, np.int32), np.zeros(B, bool)
+        for i in range(B):
+            if led.done[i]:
+                continue
+            usd0, lat0 = led.usd[i], led.latency[i]
+            o_usd, o_tok = orchestrator_charge(self.orchestrator.price_in, self.orchestrator.price_out,
+                                               policy_tokens_in, policy_tokens_out, i)
+            if led.charge(i, o_usd, o_tok, 0.0)[0]:
+                obs[i], tool_index[i], valid[i], infos[i] = self._act(state, i, actions[i], policy_tokens_in)
+            else:
+                obs[i], infos[i] = f"Budget exhausted ({led.end_reason[i]}); the episode ends.", {"tool": None}
+            if not valid[i]:
+                led.n_invalid[i] += 1
+            led.end_turn(i)
+            state.context_chars[i] += len(actions[i]) if isinstance(actions[i], str) else 0
+            state.context_chars[i] += len(obs[i])
+            cost[i], lat[i] = led.usd[i] - usd0, led.latency[i] - lat0
+            infos[i]["end_reason"] = led.end_reason[i]
+        return state, StepOutput(observations=obs, done=led.done.copy(), cost_usd=cost, latency_s=lat,
+                                 tool_index=tool_index, valid=valid, info=infos)
+
+    def _act(self, state: FunctionsState, i: int, action: Any, policy_tokens_in) -> tuple[str, int, bool, dict]:
+        """Runs one parsed action of episode i: (observation, alias index, valid, info)."""
+        task, domain = state.tasks[i], self.domains[state.tasks[i].domain]
+        call = parse_tool_call(action)
+        if isinstance(call, ToolCallError):
+            return f"Error: {call.message}", -1, False, {"tool": None, "error": "parse"}
+        name, args = call.name, call.arguments
+        if name == RESPOND:
+            if not isinstance(args, dict) or set(args) != {"message"} or not isinstance(args["message"], str):
+                return ("Error: respond takes exactly one argument 'message' (a string)", -1, False,
+                        {"tool": RESPOND, "error": "arguments"})
+            self._finish(state, i, args["message"])
+            return "The conversation has ended.", -1, True, {"tool": RESPOND, **state.checks[i]}
+        if name == CALL_EXPERT:
+            if not isinstance(args, dict) or set(args) != {"expert"} or args["expert"] not in task.aliases:
+                return (f"Error: call_expert takes exactly one argument 'expert', one of {list(task.aliases)}",
+                        -1, False, {"tool": CALL_EXPERT, "error": "arguments"})
+            k = self.alias_index[args["expert"]]
+            obs, info = self._expert(state, i, args["expert"], policy_tokens_in)
+            return obs, k, True, {"tool": CALL_EXPERT, "alias": args["expert"], **info}
+        res = domain.call(name, args, state.dbs[i])
+        if res.stage == "unknown":
+            tools = [f.name for f in domain.functions] + [CALL_EXPERT, RESPOND]
+            return f"Error: unknown tool {name!r}; available: {tools}", -1, False, {"tool": name, "error": "unknown"}
+        state.ledger.charge(i, 0.0, 0, self.fcfg.function_latency_s)
+        if res.ok:
+            state.dbs[i] = res.db
+            state.touched[i].update(res.touched)
+        return res.output, -1, res.stage in ("ok", "precondition"), {"tool": name, "stage": res.stage}
+
+    def _finish(self, state: FunctionsState, i: int, message: str) -> None:
+        gold = state.gold[i]
+        checks = {"db_match": state.dbs[i] == gold.db,
+                  "info_given": info_given(message, state.tasks[i].required_info),
+                  "touched_match": frozenset(state.touched[i]) == gold.touched}
+        state.checks[i], state.final_message[i] = checks, message
+        solved = checks["db_match"] and checks["info_given"] and (checks["touched_match"] or not self.fcfg.check_touched)
+        state.ledger.finish(i, solved=solved, reason="answer")
+
+    def progress(self, state: FunctionsState, i: int) -> int | None:
+        """Number of gold writes the episode's database reflects, or None when it matches no gold prefix."""
+        for j in range(len(state.gold[i].prefix_dbs) - 1, -1, -1):
+            if state.dbs[i] == state.gold[i].prefix_dbs[j]:
+                return j
+        return None
+
+    def _expert(self, state: FunctionsState, i: int, alias: str, policy_tokens_in) -> tuple[str, dict]:
+        """Simulated expert: charges its call, then does the next gold step with P(skill, difficulty)."""
+        task, led = state.tasks[i], state.ledger
+        model = self.roster.alias_model(SETTING, alias)
+        scale = task.price_scales[task.aliases.index(alias)]
+        rng = episode_rng(state.seed, state.episode_ids[i], int(led.turns[i]), 1)
+        ctx = int(policy_tokens_in[i]) if policy_tokens_in is not None else state.context_chars[i] // 4
+        tokens_in = self.fcfg.expert_context_tokens + ctx
+        tokens_out = sample_tokens_out(model, CALL_EXPERT, rng)
+        led.record_call(i, self.alias_index[alias])
+        ok, _, _ = led.charge(i, call_cost_usd(model, tokens_in, tokens_out, scale), tokens_in + tokens_out,
+                              sample_latency_s(model, tokens_out, rng))
+        if not ok:
+            return f"[{alias}] Budget exhausted ({led.end_reason[i]}) during the expert call.", {"outcome": "budget"}
+        p = sigmoid(success_logit(model, task.domain, task.level, task.hidden_difficulty))
+        j = self.progress(state, i)
+        if j is None:
+            return (f"[{alias}] The records no longer match a consistent way to fulfil the request; "
+                    f"no action taken."), {"outcome": "off_track"}
+        segment = state.gold[i].segments[j]
+        if rng.random() < p:
+            return self._run_calls(state, i, alias, segment), {"outcome": "correct", "p": p}
+        *_, last = segment
+        if rng.random() >= self.fcfg.wrong_action_prob:
+            return f"[{alias}] I am not sure how to proceed; no action taken.", {"outcome": "nothing", "p": p}
+        if last.name == RESPOND:
+            facts = task.required_info
+            if not facts:
+                return f"[{alias}] I am not sure how to proceed; no action taken.", {"outcome": "nothing", "p": p}
+            drop = int(rng.integers(len(facts)))
+            kept = [f for k, f in enumerate(facts) if k != drop]
+            wrong = Action(RESPOND, {"message": "All done." + (" Details: " + "; ".join(kept) + "." if kept else "")})
+        else:
+            spec = self.domains[task.domain].by_name[last.name]
+            wrong = Action(last.name, perturb_arguments(spec, last.arguments, state.dbs[i], rng))
+        return self._run_calls(state, i, alias, (wrong,)), {"outcome": "wrong", "p": p}
+
+    def _run_calls(self, state: FunctionsState, i: int, alias: str, calls: Sequence[Action]) -> str:
+        domain, lines = self.domains[state.tasks[i].domain], []
+        for a in calls:
+            if a.name == RESPOND:
+                self._finish(state, i, a.arguments["message"])
+                lines.append(f"[{alias}] responded to the user: {a.arguments['message']} (conversation ended)")
+                break
+            res = domain.call(a.name, a.arguments, state.dbs[i])
+            if res.ok:
+                state.dbs[i] = res.db
+                state.touched[i].update(res.touched)
+            lines.append(f"[{alias}] called {format_tool_call(a.name, a.arguments)} -> {res.output}")
+        return "\n".join(lines)
+
+    def results(self, state: FunctionsState):
+        pref = np.array([t.preference for t in state.tasks], np.float32).reshape(len(state.tasks), -1)
+        return state.ledger.results(self.tool_aliases, pref, [t.task_id for t in state.tasks],
+                                    [t.domain for t in state.tasks])
+
+    # -------------------------------------------------------------------------------- helpers
+    def gold_texts(self, task: FunctionsTask) -> list[str]:
+        """The gold action sequence as assistant turns (tool-call texts), for tests and scripted teachers."""
+        return [format_tool_call(a.name, a.arguments) for a in task.gold_actions]
+
+    def db_digest(self, state: FunctionsState, i: int) -> str:
+        """Content hash of episode i's database."""
+        return db_digest(state.dbs[i])
