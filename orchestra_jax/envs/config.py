@@ -25,14 +25,18 @@ class QAConfig:
 
     domains: tuple[str, ...] = ("math", "science", "factual", "code")
     domain_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-    level_weights: tuple[float, ...] = (0.4, 0.35, 0.25)   # basic, standard, expert
+    levels: tuple[str, ...] = ("basic", "standard", "expert")   # difficulty cue words shown in the problem
+    level_weights: tuple[float, ...] = (0.4, 0.35, 0.25)   # task mix over levels
+    level_offsets: tuple[float, ...] = (0.0, 1.5, 3.0)     # difficulty of each level (x model slope, logits)
     hidden_difficulty_std: float = 0.5      # per-task logit offset the policy never sees
     n_distractors: int = 3                  # distractor documents in each task's pool
     search_domains: tuple[str, ...] = ("factual",)          # domains whose answer needs retrieved documents
     code_domains: tuple[str, ...] = ("math", "code")        # domains where a code result helps
     missing_doc_penalty: float = 4.0        # answer logit penalty x fraction of needed documents missing
-    retrieval_bonus: float = 0.5            # added to the search model's logit for finding the next document
-    code_bonus: float = 1.5                 # answer logit bonus with a correct code result in context
+    doc_bonus: float = 1.0                  # answer logit bonus when every needed document is in context
+    expert_hops: int = 2                    # documents an expert-level search-domain task needs (else 1)
+    retrieval_bonus: float = 1.5            # added to the search model's logit for finding the next document
+    code_bonus: float = 2.5                 # answer logit bonus with a correct code result in context
     wrong_code_penalty: float = 0.3         # answer logit penalty with a wrong code result in context
     prompt_tokens: int = 300                # tool-model input tokens: problem + instructions
     doc_tokens: int = 250                   # tool-model input tokens per retrieved document

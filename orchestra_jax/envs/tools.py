@@ -256,13 +256,14 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def success_logit(model: ModelSpec, domain: str, level: int, hidden_difficulty: float) -> float:
-    """Base success logit of ``model`` on a task: skill - slope * level - hidden difficulty.
+def success_logit(model: ModelSpec, domain: str, difficulty: float, hidden_difficulty: float) -> float:
+    """Base success logit of ``model`` on a task: skill - slope * difficulty - hidden difficulty.
 
-    ``level`` is the task's visible difficulty level (0 basic, 1 standard, 2 expert); ``hidden_difficulty``
-    a per-task offset the policy never sees. Settings add context terms (retrieved documents, code result).
+    ``difficulty`` is the offset of the task's visible level (e.g. 0 basic, 1.5 standard, 3 expert);
+    ``hidden_difficulty`` a per-task offset the policy never sees. Settings add context terms (retrieved
+    documents, a code result).
     """
-    return model.skill_in(domain) - model.slope * level - hidden_difficulty
+    return model.skill_in(domain) - model.slope * difficulty - hidden_difficulty
 
 
 def price_text(x: float) -> str:
