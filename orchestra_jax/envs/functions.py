@@ -528,32 +528,35 @@ class FunctionsEnv(Env):
         tokens_in = self.fcfg.expert_context_tokens + ctx
         tokens_out = sample_tokens_out(model, CALL_EXPERT, rng)
         led.record_call(i, self.alias_index[alias])
-        ok, _, _ = led.charge(i, call_cost_usd(model, tokens_in, tokens_out, scale), tokens_in + tokens_out,
-                              sample_latency_s(model, tokens_out, rng))
+        usd = call_cost_usd(model, tokens_in, tokens_out, scale)
+        ok, _, _ = led.charge(i, usd, tokens_in + tokens_out, sample_latency_s(model, tokens_out, rng))
+        info = {"tokens_in": tokens_in, "tokens_out": tokens_out, "expert_usd": usd}
         if not ok:
-            return f"[{alias}] Budget exhausted ({led.end_reason[i]}) during the expert call.", {"outcome": "budget"}
+            return (f"[{alias}] Budget exhausted ({led.end_reason[i]}) during the expert call.",
+                    {"outcome": "budget", **info})
         p = sigmoid(success_logit(model, task.domain, task.level, task.hidden_difficulty))
+        info["p"] = p
         j = self.progress(state, i)
         if j is None:
             return (f"[{alias}] The records no longer match a consistent way to fulfil the request; "
-                    f"no action taken."), {"outcome": "off_track"}
+                    f"no action taken."), {"outcome": "off_track", **info}
         segment = state.gold[i].segments[j]
         if rng.random() < p:
-            return self._run_calls(state, i, alias, segment), {"outcome": "correct", "p": p}
+            return self._run_calls(state, i, alias, segment), {"outcome": "correct", **info}
         *_, last = segment
         if rng.random() >= self.fcfg.wrong_action_prob:
-            return f"[{alias}] I am not sure how to proceed; no action taken.", {"outcome": "nothing", "p": p}
+            return f"[{alias}] I am not sure how to proceed; no action taken.", {"outcome": "nothing", **info}
         if last.name == RESPOND:
             facts = task.required_info
             if not facts:
-                return f"[{alias}] I am not sure how to proceed; no action taken.", {"outcome": "nothing", "p": p}
+                return f"[{alias}] I am not sure how to proceed; no action taken.", {"outcome": "nothing", **info}
             drop = int(rng.integers(len(facts)))
             kept = [f for k, f in enumerate(facts) if k != drop]
             wrong = Action(RESPOND, {"message": "All done." + (" Details: " + "; ".join(kept) + "." if kept else "")})
         else:
             spec = self.domains[task.domain].by_name[last.name]
             wrong = Action(last.name, perturb_arguments(spec, last.arguments, state.dbs[i], rng))
-        return self._run_calls(state, i, alias, (wrong,)), {"outcome": "wrong", "p": p}
+        return self._run_calls(state, i, alias, (wrong,)), {"outcome": "wrong", **info}
 
     def _run_calls(self, state: FunctionsState, i: int, alias: str, calls: Sequence[Action]) -> str:
         domain, lines = self.domains[state.tasks[i].domain], []
