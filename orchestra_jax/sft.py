@@ -3,7 +3,8 @@
 A trajectory becomes one token sequence laid out exactly as a rollout lays it out:
 
     tok(render_prompt(messages, tools))                      loss 0
-    tok(action_1) + [<|im_end|>]                             loss 1   (what the policy must write)
+    tok(action_1)                                            loss 1   (what the policy must write)
+    [<|im_end|>]                                             loss 0   (appended by the rollout, as there)
     tok(tool_response_turn(observation_1))                   loss 0
     tok(action_2) + [<|im_end|>]                             loss 1
     ...
@@ -42,14 +43,24 @@ class Trajectory:
     observations: tuple[str, ...]
 
 
-def encode_trajectory(tokenizer, traj: Trajectory) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids int32 [T] and the assistant loss mask int32 [T] of one trajectory (layout in module doc)."""
-    prompt = tokenizer.encode(render_prompt(list(traj.messages), list(traj.tools) or None))
+def encode_trajectory(tokenizer, traj: Trajectory, compact_tools: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids int32 [T] and the assistant loss mask int32 [T] of one trajectory.
+
+    The layout is the one ``rl.rollout`` produces, so SFT trains exactly the tokens the policy later
+    samples: the action's tokens have mask 1; an ``<|im_end|>`` appended after an action that does not end
+    with it (the sampler stops at ``</tool_call>``) is not a policy token (mask 0), nor are prompt and
+    observations.
+    """
+    prompt = tokenizer.encode(render_prompt(list(traj.messages), list(traj.tools) or None,
+                                            compact_tools=compact_tools))
     tokens, mask = list(prompt), [0] * len(prompt)
     for i, action in enumerate(traj.actions):
-        a = tokenizer.encode(action) + [tokenizer.eos_id]
+        a = tokenizer.encode(action)
         tokens += a
         mask += [1] * len(a)
+        if not a or a[-1] != tokenizer.eos_id:
+            tokens.append(tokenizer.eos_id)
+            mask.append(0)
         if i < len(traj.observations) and i < len(traj.actions) - 1:
             o = tokenizer.encode(tool_response_turn(traj.observations[i]))
             tokens += o

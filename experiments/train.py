@@ -1,0 +1,34 @@
+"""Hydra entry point of the main job: tokenizer, SFT warm start, GRPO, held-out evaluation.
+
+    python experiments/train.py +experiment=quickstart run_dir=runs/quickstart
+    python experiments/train.py --multirun +experiment=quickstart run_dir=runs/sweep algo.optim.learning_rate=1e-3,3e-3
+
+Reusing a run_dir resumes the run from its last checkpoint. Under --multirun every job gets its own
+run directory ``<run_dir>/<overrides>`` (e.g. ``runs/sweep/algo.optim.learning_rate=0.001``).
+"""
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from orchestra_jax.config import resolve_hydra_run_dir, to_config  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(raw: DictConfig) -> float:
+    try:
+        cfg = to_config(resolve_hydra_run_dir(raw))
+    except ValueError as e:  # one clear line, no traceback, before any work
+        sys.exit(f"{e}")
+    from orchestra_jax.train import run
+
+    summary = run(cfg)
+    grpo = summary.get("policies", {}).get("grpo", {})
+    return float(grpo.get("mean_reward", float("nan")))  # the sweep's objective
+
+
+if __name__ == "__main__":
+    main()
