@@ -36,7 +36,8 @@ Parser policy (``parse_tool_call``), chosen so that every accepted call is unamb
   accepts several);
 - after ``</tool_call>`` only whitespace and end markers (``<|im_end|>``, ``<|endoftext|>``) may follow;
 - the block holds one JSON object ``{"name": str, "arguments": object}``; ``arguments`` may be omitted
-  (then ``{}``); other keys, NaN/Infinity, non-object arguments, empty names are errors.
+  (then ``{}``); other keys, NaN/Infinity or overflowing numbers, non-object arguments, empty names are
+  errors.
 
 The parser never raises: any input (including non-str) yields a ``ToolCall`` or a ``ToolCallError`` whose
 message is meant to be shown to the policy as the observation.
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 IM_START = "<|im_start|>"
@@ -109,6 +111,13 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999 overflows to inf
+        raise ValueError(f"number {_shorten(text)} is out of range")
+    return value
+
+
 def _parse_body(body: str) -> ToolCall | ToolCallError:
     """Parse the JSON between ``<tool_call>`` and ``</tool_call>``."""
     body = body.strip()
@@ -119,7 +128,7 @@ def _parse_body(body: str) -> ToolCall | ToolCallError:
         return ToolCallError(f"tool call JSON is {len(body)} characters, more than the limit {MAX_CALL_CHARS}",
                              "too_long")
     try:
-        obj = json.loads(body, parse_constant=_reject_constant)
+        obj = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         return ToolCallError("tool call JSON is nested too deeply", "invalid_json")
     except ValueError as e:  # JSONDecodeError, NaN/Infinity, huge integers
@@ -228,11 +237,24 @@ def parse_tool_call(text: Any) -> ToolCall | ToolCallError:
     return calls[0]
 
 
+_MARKERS = (IM_START, IM_END, END_OF_TEXT, TOOL_CALL_OPEN, TOOL_CALL_CLOSE, TOOL_RESPONSE_OPEN,
+            TOOL_RESPONSE_CLOSE, THINK_OPEN, THINK_CLOSE)
+
+
+def _escape_markers(json_text: str) -> str:
+    """Write a protocol marker that occurs inside a JSON string with its '<' as ``\\u003c``: same JSON
+    value, but the text can no longer close the call early or tokenise to a special token."""
+    for marker in _MARKERS:
+        json_text = json_text.replace(marker, "\\u003c" + marker[1:])
+    return json_text
+
+
 def format_tool_call(name: str, arguments: Mapping[str, Any] | None = None) -> str:
     """Hermes tool-call text, as Qwen3's template writes it:
     ``<tool_call>\\n{"name": "...", "arguments": {...}}\\n</tool_call>``.
 
-    Raises ValueError for an empty/non-str name, non-dict or non-JSON-serialisable arguments.
+    Protocol markers inside names or string arguments are JSON-escaped, so ``parse_tool_call`` always
+    recovers exactly (name, arguments). Raises ValueError for an empty/non-str name, non-dict or non-JSON-serialisable arguments.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"tool name must be a non-empty string, got {name!r}")
@@ -243,7 +265,8 @@ def format_tool_call(name: str, arguments: Mapping[str, Any] | None = None) -> s
         args_json = json.dumps(dict(arguments), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"tool arguments for {name!r} are not JSON-serialisable: {e}") from e
-    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {args_json}}}\n{TOOL_CALL_CLOSE}'
+    body = f'{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {args_json}}}'
+    return f"{TOOL_CALL_OPEN}\n{_escape_markers(body)}\n{TOOL_CALL_CLOSE}"
 
 
 def tool_response_turn(content: str) -> str:
@@ -309,6 +332,31 @@ def _render_assistant_calls(message: Mapping[str, Any], index: int, content: str
     return "".join(out)
 
 
+def _last_query_index(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Index of the last user message that is not a wrapped tool response (Qwen3's ``last_query_index``)."""
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if m["role"] == "user":
+            c = _content(m, i)
+            if not (c.startswith(TOOL_RESPONSE_OPEN) and c.endswith(TOOL_RESPONSE_CLOSE)):
+                return i
+    return len(messages) - 1
+
+
+def _split_reasoning(message: Mapping[str, Any], index: int, content: str) -> tuple[str, str]:
+    """(content, reasoning) of an assistant message: ``reasoning_content`` if given, else the text of a
+    ``<think>...</think>`` prefix, as Qwen3's template splits it."""
+    reasoning = message.get("reasoning_content")
+    if reasoning is not None:
+        if not isinstance(reasoning, str):
+            raise ValueError(f"messages[{index}]['reasoning_content'] must be a string")
+        return content, reasoning
+    if THINK_CLOSE in content:
+        before, after = content.split(THINK_CLOSE)[0], content.split(THINK_CLOSE)[-1]
+        return after.lstrip("\n"), before.rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
+    return content, ""
+
+
 def render_prompt(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None, *,
                   compact_tools: bool = False, add_generation_prompt: bool = True,
                   enable_thinking: bool | None = None) -> str:
@@ -322,8 +370,10 @@ def render_prompt(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping
     add_generation_prompt: end with ``<|im_start|>assistant\\n``.
     enable_thinking: False appends Qwen3's empty ``<think>\\n\\n</think>\\n\\n`` after the generation prompt.
 
-    Matches Qwen3's template byte for byte for these inputs, except that assistant contents are
-    rendered verbatim (Qwen3 strips ``<think>`` blocks from earlier turns; we never re-render policy text).
+    Follows Qwen3's template, including its reasoning handling: an assistant message's ``<think>`` block
+    (or ``reasoning_content``) is kept only after the last user query and dropped from earlier turns. So
+    re-rendering a conversation is not token-identical to what the policy sampled: rollouts append tokens
+    instead (``tool_response_turn``) and use ``render_prompt`` only for the first prompt.
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise ValueError(f"messages must be a list of dicts, got {type(messages).__name__}")
@@ -341,6 +391,7 @@ def render_prompt(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping
         out.append(render_tools_section(tools, compact=compact_tools) + f"{IM_END}\n")
     elif first_is_system:
         out.append(f"{IM_START}system\n{_content(messages[0], 0)}{IM_END}\n")
+    last_query = _last_query_index(messages)
     for i, m in enumerate(messages):
         role = m["role"]
         if i == 0 and role == "system":
@@ -349,7 +400,13 @@ def render_prompt(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping
         if role in ("user", "system"):
             out.append(f"{IM_START}{role}\n{content}{IM_END}\n")
         elif role == "assistant":
-            out.append(f"{IM_START}assistant\n{content}")
+            content, reasoning = _split_reasoning(m, i, content)
+            # Qwen3 keeps reasoning only for turns after the last real user query.
+            if i > last_query and (i == len(messages) - 1 or reasoning):
+                out.append(f"{IM_START}assistant\n{THINK_OPEN}\n{reasoning.strip(chr(10))}\n{THINK_CLOSE}\n\n"
+                           f"{content.lstrip(chr(10))}")
+            else:
+                out.append(f"{IM_START}assistant\n{content}")
             out.append(_render_assistant_calls(m, i, content))
             out.append(f"{IM_END}\n")
         else:  # tool
