@@ -67,7 +67,7 @@ class QATask:
     preference_text: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["docs"] = [list(x) for x in self.docs]
         d["relevant"] = list(self.relevant)
         d["available"] = list(self.available)
@@ -130,7 +130,7 @@ def _math_problem(rng, level: int) -> tuple[str, str]:
         n = int(rng.integers(5, 40))
         return (f"What is the sum of i*i for i from 1 to {n}?",
                 f"s = 0\nfor i in range(1, {n + 1}):\n    s += i * i\ns")
-    n, p, q = int(rng.integers(100, 900)), int(rng.integers(3, 8)), int(rng.integers(9, 14))
+    n, p, q = int(rng.integers(60, 300)), int(rng.integers(3, 8)), int(rng.integers(9, 14))
     return (f"How many integers below {n} are divisible by {p} or {q}?",
             f"c = 0\nfor i in range(1, {n}):\n    if i % {p} == 0 or i % {q} == 0:\n        c += 1\nc")
 
@@ -140,7 +140,7 @@ def _code_problem(rng, level: int) -> tuple[str, str]:
         xs = [int(x) for x in rng.integers(1, 99, size=5)]
         return f"Write code returning the largest of {xs}.", f"max({xs})"
     if level == 1:
-        n, k = int(rng.integers(20, 200)), int(rng.integers(3, 9))
+        n, k = int(rng.integers(20, 120)), int(rng.integers(3, 9))
         return (f"Write code counting the numbers below {n} divisible by {k}.",
                 f"c = 0\nfor i in range({n}):\n    if i % {k} == 0:\n        c += 1\nc")
     n, m = int(rng.integers(20, 80)), int(rng.integers(50, 1000))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import operator
 from typing import Any
@@ -402,11 +403,20 @@ class _Interpreter:
 
 def run_program(source: Any, max_steps: int = 20_000, max_range: int = 10_000, max_exponent: int = 1_000,
                 max_int_digits: int = 100, max_len: int = 10_000) -> SandboxResult:
-    """Interprets ``source`` (a safe Python subset, see module docstring). Never raises."""
+    """Interprets ``source`` (a safe Python subset, see module docstring). Never raises.
+
+    Results are cached by (source, limits): programs are pure, and envs re-run the same ones often.
+    """
     if not isinstance(source, str):
         return SandboxResult(False, error=f"program must be a string, got {type(source).__name__}")
     if len(source) > 20_000:
         return SandboxResult(False, error="program longer than 20000 characters")
+    return _run_cached(source, max_steps, max_range, max_exponent, max_int_digits, max_len)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _run_cached(source: str, max_steps: int = 20_000, max_range: int = 10_000, max_exponent: int = 1_000,
+                max_int_digits: int = 100, max_len: int = 10_000) -> SandboxResult:
     try:
         tree = ast.parse(source, mode="exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
@@ -422,4 +432,6 @@ def run_program(source: Any, max_steps: int = 20_000, max_range: int = 10_000, m
         return SandboxResult(False, output="".join(interp.out), error="expression nested too deeply")
     except (ArithmeticError, TypeError, ValueError, MemoryError) as e:  # defensive: never raise
         return SandboxResult(False, output="".join(interp.out), error=f"{type(e).__name__}: {e}")
+    if isinstance(value, list):  # cached results are shared: keep them immutable
+        value = tuple(value)
     return SandboxResult(True, value=value, output="".join(interp.out))
