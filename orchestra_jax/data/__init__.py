@@ -1,0 +1,1 @@
+"""Host-side data: sequence packing (packing.py) and task pipelines (tasks.py)."""
