@@ -121,7 +121,7 @@ RULES: dict[tuple[str, str, int], tuple[tuple[str, ...], ...]] = {
     ("search", "factual", 1): (_GENERAL,),
     ("search", "factual", 2): (("general-top",),),
     ("answer", "factual", 0): (_GENERAL,),
-    ("answer", "factual", 1): (_GENERAL,),
+    ("answer", "factual", 1): (("general-mid",), _GENERAL),
     ("answer", "factual", 2): (("general-top",),),
 }
 
@@ -149,6 +149,22 @@ class RandomPolicy:
         calls = [(tool, m.alias) for tool in TOOLS for m in menu.get(tool, [])]
         tool, alias = calls[int(rng.integers(len(calls)))]
         return format_tool_call(tool, {"model": alias})
+
+
+@dataclasses.dataclass
+class DirectAnswer:
+    """Answers at once with ``alias`` (the strongest answer alias if it is not offered): one model, no tools."""
+
+    alias: str
+    name: str = ""
+
+    def __post_init__(self):
+        self.name = self.name or f"direct:{self.alias}"
+
+    def act(self, prompt: dict[str, Any], history: History, rng: np.random.Generator) -> str:
+        items = parse_menu(prompt["tools"]).get("answer") or [MenuItem(self.alias, "", 0.0)]
+        alias = self.alias if any(m.alias == self.alias for m in items) else strongest_item(items).alias
+        return format_tool_call("answer", {"model": alias})
 
 
 @dataclasses.dataclass
@@ -180,10 +196,12 @@ BASELINES: dict[str, Callable[[], Any]] = {
 
 
 def make_policy(name: str):
-    """A baseline by name: always_strongest | cheapest | random | random_router | rule_based, or
-    ``<name>_eps<p>`` for a noisy variant (e.g. ``rule_based_eps0.2``)."""
+    """A baseline by name: always_strongest | cheapest | random | random_router | rule_based,
+    ``<name>_eps<p>`` for a noisy variant (e.g. ``rule_based_eps0.2``), or ``direct:<alias>``."""
     if name in BASELINES:
         return BASELINES[name]()
+    if name.startswith("direct:"):
+        return DirectAnswer(name.split(":", 1)[1])
     if "_eps" in name:
         base, eps = name.rsplit("_eps", 1)
         if base in BASELINES:
@@ -213,16 +231,21 @@ class Trajectory:
         return dataclasses.asdict(self)
 
 
-def rollout(env: Env, policy, tasks: Sequence, seed: int, batch_size: int = 256
+def rollout(env: Env, policy, tasks: Sequence, seed: int, batch_size: int = 256, episode_offset: int = 0
             ) -> tuple[EpisodeResults, list[Trajectory]]:
-    """Runs ``policy`` on every task (episode id = task position) and returns results and trajectories."""
+    """Runs ``policy`` on every task and returns results and trajectories.
+
+    Episode id = ``episode_offset`` + position in ``tasks`` (repeat a task to get several episodes of it).
+    """
     tasks = list(tasks)
+    if episode_offset < 0:
+        raise ValueError(f"episode_offset must be >= 0, got {episode_offset}")
     if not tasks:
         raise ValueError("rollout: no tasks")
     parts, trajs = [], []
     for start in range(0, len(tasks), batch_size):
         chunk = tasks[start:start + batch_size]
-        ids = list(range(start, start + len(chunk)))
+        ids = list(range(episode_offset + start, episode_offset + start + len(chunk)))
         state, prompts = env.reset(chunk, seed, episode_ids=ids)
         hist: list[list[tuple[str, str]]] = [[] for _ in chunk]
         done = np.zeros(len(chunk), bool)
