@@ -153,53 +153,55 @@ def _parse_body(body: str) -> ToolCall | ToolCallError:
     return ToolCall(name=name, arguments=arguments)
 
 
-def _strip_end_markers(text: str) -> str:
-    """Drop trailing whitespace and end-of-turn markers."""
-    prev = None
-    while prev != text:
-        prev = text
-        text = text.rstrip()
+def _end_without_markers(text: str, start: int) -> int:
+    """End index of ``text[start:]`` once trailing whitespace and end-of-turn markers are dropped
+    (index arithmetic, no copies: linear even for adversarial tails)."""
+    end = len(text)
+    while end > start:
+        if text[end - 1].isspace():
+            end -= 1
+            continue
         for marker in (IM_END, END_OF_TEXT):
-            if text.endswith(marker):
-                text = text[: -len(marker)]
-    return text
+            if end - len(marker) >= start and text.endswith(marker, 0, end):
+                end -= len(marker)
+                break
+        else:
+            break
+    return end
 
 
 def _split_calls(text: str) -> list[str] | ToolCallError:
-    """Bodies of all ``<tool_call>`` blocks; errors for unclosed blocks or trailing text."""
-    bodies = []
+    """Bodies of all ``<tool_call>`` blocks; errors for unclosed blocks or stray text. Linear time."""
     pos = text.find(TOOL_CALL_OPEN)
     if pos < 0:
         if TOOL_CALL_CLOSE in text:
             return ToolCallError("found </tool_call> without an opening <tool_call>", "no_call")
         return ToolCallError(
             'no tool call found: write <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>', "no_call")
-    if TOOL_CALL_CLOSE in text[:pos]:
+    if text.find(TOOL_CALL_CLOSE, 0, pos) >= 0:
         return ToolCallError("found </tool_call> before the first <tool_call>", "unclosed")
-    while pos >= 0:
+    bodies = []
+    while True:
         start = pos + len(TOOL_CALL_OPEN)
         end = text.find(TOOL_CALL_CLOSE, start)
         if end < 0:
             return ToolCallError("unclosed <tool_call>: missing </tool_call>", "unclosed")
-        body = text[start:end]
-        if TOOL_CALL_OPEN in body:
+        if text.find(TOOL_CALL_OPEN, start, end) >= 0:
             return ToolCallError("nested <tool_call> inside a tool call", "unclosed")
-        bodies.append(body)
-        rest = text[end + len(TOOL_CALL_CLOSE):]
-        nxt = rest.find(TOOL_CALL_OPEN)
-        between = rest if nxt < 0 else rest[:nxt]
-        if nxt >= 0:
-            if between.strip():
-                return ToolCallError(
-                    f"unexpected text between tool calls: {_shorten(between.strip())!r}", "trailing_text")
-            pos = end + len(TOOL_CALL_CLOSE) + nxt
-        else:
-            tail = _strip_end_markers(between)
+        bodies.append(text[start:end])
+        after = end + len(TOOL_CALL_CLOSE)
+        nxt = text.find(TOOL_CALL_OPEN, after)
+        if nxt < 0:
+            tail = text[after:_end_without_markers(text, after)]
             if tail.strip():
                 return ToolCallError(f"unexpected text after </tool_call>: {_shorten(tail.strip())!r}",
                                      "trailing_text")
-            pos = -1
-    return bodies
+            return bodies
+        between = text[after:nxt]
+        if between.strip():
+            return ToolCallError(f"unexpected text between tool calls: {_shorten(between.strip())!r}",
+                                 "trailing_text")
+        pos = nxt
 
 
 def parse_tool_calls(text: Any) -> list[ToolCall] | ToolCallError:

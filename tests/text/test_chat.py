@@ -314,3 +314,17 @@ def test_fuzz_inputs_reach_every_parser_branch():
         key = "ok" if isinstance(out, ToolCall) else out.code
         seen[key] = seen.get(key, 0) + 1
     assert {"ok", "no_call", "unclosed", "multiple", "trailing_text", "invalid_json", "bad_structure"} <= set(seen), seen
+
+
+def test_parser_is_linear_on_adversarial_long_inputs():
+    """Repeated tags and markers must not make parsing quadratic (policy text can be long)."""
+    import time
+    call = format_tool_call("f", {})
+    cases = {"many_calls": call * 50_000, "many_markers": call + "<|im_end|>\n" * 200_000,
+             "many_opens": "<tool_call>" * 200_000, "long_junk": "x" * 5_000_000 + call}
+    expected = {"many_calls": "multiple", "many_markers": None, "many_opens": "unclosed", "long_junk": None}
+    for name, text in cases.items():
+        t0 = time.process_time()
+        out = parse_tool_call(text)
+        assert time.process_time() - t0 < 2.0, name
+        assert (out.code if isinstance(out, ToolCallError) else None) == expected[name], (name, out)
