@@ -348,18 +348,19 @@ class ShardedUpdate:
 
 def make_sharded_update_fn(model_cfg, algo_cfg, optimizer, mesh: Mesh, rules: LogicalRules | None = None,
                            *, donate: bool = True) -> ShardedUpdate:
-    """Wraps `rl.step.make_update_fn(model_cfg, algo_cfg, optimizer)` with explicit shardings on `mesh`."""
-    from orchestra_jax.rl.step import make_update_fn
+    """Wraps the GRPO update of `rl.step` (`build_update`, the un-jitted `make_update_fn`) with explicit
+    shardings on `mesh`; same call signature and results as `make_update_fn(model_cfg, algo_cfg, optimizer)`."""
+    from orchestra_jax.rl import step
     rules = DEFAULT_RULES if rules is None else rules
-    return ShardedUpdate(make_update_fn(model_cfg, algo_cfg, optimizer), model_cfg, optimizer, mesh, rules,
-                         donate=donate)
+    build = getattr(step, "build_update", None) or step.make_update_fn
+    return ShardedUpdate(build(model_cfg, algo_cfg, optimizer), model_cfg, optimizer, mesh, rules, donate=donate)
 
 
 def make_sharded_logprob_fn(model_cfg, mesh: Mesh, rules: LogicalRules | None = None) -> Callable:
     """`fn(params, batch) -> (logp_BT, entropy_BT)` (rl.losses.token_logprobs) jitted over `mesh`, for
     old / reference log-probs; the reference params use the same shardings as the policy params."""
     import flax.linen as nn
-    from orchestra_jax.rl.losses import token_logprobs
+    from orchestra_jax.rl.step import token_logprobs
     rules = model_rules(model_cfg, mesh, DEFAULT_RULES if rules is None else rules)
     p_shard = param_shardings(model_cfg, mesh, rules)
     compiled: dict[tuple, Callable] = {}

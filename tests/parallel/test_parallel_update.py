@@ -1,0 +1,111 @@
+"""The sharded update equals the single-device update on several meshes, with parameters really sharded."""
+import math
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+
+import parallel_common as pc
+from orchestra_jax.parallel import MeshConfig, make_mesh, make_sharded_logprob_fn, make_sharded_update_fn
+from orchestra_jax.rl.step import make_update_fn, split_micro_batches, token_logprobs
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """One step on one device (plain jit, no mesh)."""
+    device = jax.devices()[0]
+    optimizer = pc.optimizer()
+    params = jax.device_put(pc.params(), device)
+    update = make_update_fn(pc.MODEL, pc.ALGO, optimizer)
+    new_params, new_state, metrics = update(params, jax.jit(optimizer.init)(params), pc.batch())
+    return jax.tree.map(np.asarray, new_params), jax.tree.map(np.asarray, new_state), pc.to_floats(metrics)
+
+
+def expected_shard_shape(shape, sharding: NamedSharding):
+    out = list(shape)
+    for dim, axes in enumerate(sharding.spec):
+        for axis in (axes,) if isinstance(axes, str) else (axes or ()):
+            out[dim] //= sharding.mesh.shape[axis]
+    return tuple(out)
+
+
+def assert_sharded_as_declared(tree, shardings):
+    for array, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+        assert array.sharding.is_equivalent_to(sharding, array.ndim)
+        want = expected_shard_shape(array.shape, sharding)
+        assert len(array.addressable_shards) == 8
+        assert {s.data.shape for s in array.addressable_shards} == {want}
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+def test_sharded_update_matches_one_device(reference, shape):
+    ref_params, ref_state, ref_metrics = reference
+    mesh = make_mesh(MeshConfig(*shape))
+    optimizer = pc.optimizer()
+    update = make_sharded_update_fn(pc.MODEL, pc.ALGO, optimizer, mesh)
+    params = update.shard_params(pc.params())
+    opt_state = update.init_opt_state(params)
+    assert_sharded_as_declared(params, update.param_shardings)
+    assert_sharded_as_declared(opt_state, update.opt_state_shardings)
+    new_params, new_state, metrics = update(params, opt_state, update.shard_batch(pc.batch()))
+
+    # Same numbers as one device.
+    metrics = pc.to_floats(metrics)
+    assert metrics.keys() == ref_metrics.keys()
+    for key in metrics:
+        np.testing.assert_allclose(metrics[key], ref_metrics[key], err_msg=key, **TOL)
+    for got, want in zip(jax.tree.leaves(new_params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(np.asarray(got), want, **TOL)
+    for got, want in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state)):
+        np.testing.assert_allclose(np.asarray(got), want, **TOL)
+
+    # Outputs keep the declared layout, and with fsdp / tensor > 1 the shards really are smaller.
+    assert_sharded_as_declared(new_params, update.param_shardings)
+    assert_sharded_as_declared(new_state, update.opt_state_shardings)
+    emb = new_params["embed"]["embedding"]  # [V=64, D=32] -> (vocab: tensor, embed: fsdp)
+    assert emb.addressable_shards[0].data.shape == (64 // shape[2], 32 // shape[1])
+    q = new_params["layers_0"]["attn"]["q_proj"]["kernel"]  # [D=32, N=4, H=8] -> (fsdp, tensor, None)
+    assert q.addressable_shards[0].data.shape == (32 // shape[1], 4 // shape[2], 8)
+    mu = new_state.inner[1][0].mu["layers_0"]["mlp"]["down_proj"]["kernel"]  # [F=64, D=32] -> (tensor, fsdp)
+    assert mu.addressable_shards[0].data.shape == (64 // shape[2], 32 // shape[1])
+    # Memory: 8 devices hold 8 full copies only when nothing is split (pure data parallelism).
+    held = sum(math.prod(s.data.shape) for leaf in jax.tree.leaves(new_params) for s in leaf.addressable_shards)
+    full = sum(leaf.size for leaf in jax.tree.leaves(new_params))
+    if shape[1] * shape[2] == 1:
+        assert held == 8 * full
+    else:
+        assert held <= 8 * full // 2
+
+
+def test_micro_batched_update_and_logprobs_on_a_mesh(reference):
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    optimizer = pc.optimizer()
+    batch = split_micro_batches(pc.batch(rows=16), 2)  # [2, 8, L]: rows of each micro-batch split
+    single = make_update_fn(pc.MODEL, pc.ALGO, optimizer)
+    host = jax.device_put(pc.params(), jax.devices()[0])
+    want_params, _, want = single(host, jax.jit(optimizer.init)(host), batch)
+
+    update = make_sharded_update_fn(pc.MODEL, pc.ALGO, optimizer, mesh)
+    params = update.shard_params(pc.params())
+    placed = update.shard_batch(batch)
+    assert {s.data.shape for s in placed["tokens"].addressable_shards} == {(2, 2, pc.ROW_LEN)}
+    got_params, _, got = update(params, update.init_opt_state(params), placed)
+    got, want = pc.to_floats(got), pc.to_floats(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], err_msg=key, **TOL)
+    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
+
+    # Old / reference log-probs over the mesh, reference params sharded like the policy's.
+    logprobs = make_sharded_logprob_fn(pc.MODEL, mesh)
+    flat = pc.batch()
+    ref_params = update.shard_params(pc.params(seed=1))
+    logp, entropy = logprobs(ref_params, update.shard_batch(flat))
+    want_logp, want_entropy = jax.jit(token_logprobs, static_argnums=0)(
+        pc.MODEL, pc.params(seed=1), flat["tokens"], flat["positions"], flat["segment_ids"])
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(want_logp), **TOL)
+    np.testing.assert_allclose(np.asarray(entropy), np.asarray(want_entropy), **TOL)
+    assert {s.data.shape for s in logp.addressable_shards} == {(2, pc.ROW_LEN)}
