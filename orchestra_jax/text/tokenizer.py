@@ -51,7 +51,8 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def token_id(self, token: str) -> int:
-        """Id of a single token (e.g. ``"<tool_call>"``); ValueError if it is not one token."""
+        """Id of a single vocabulary entry, meant for special tokens (e.g. ``"<tool_call>"``); ValueError if
+        it is not one. (Ordinary byte-level entries are spelled in the byte alphabet, e.g. ``"Ġthe"``.)"""
         idx = self.hf.token_to_id(token)
         if idx is None:
             raise ValueError(f"{token!r} is not a single token of tokenizer {self.source}")
@@ -70,7 +71,12 @@ class Tokenizer:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        """Text of ``ids``. Ids >= ``vocab_size`` (e.g. from a padded embedding table) decode to nothing,
+        as in ``tokenizers``; negative ids are a ValueError."""
+        ids = [int(i) for i in ids]
+        if ids and min(ids) < 0:
+            raise ValueError(f"cannot decode negative token id {min(ids)}")
+        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def to_json(self) -> str:
         return self.hf.to_str(pretty=True)
@@ -119,10 +125,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Tokenizer:
 
 
 def load_tokenizer(folder_or_file: str | os.PathLike) -> Tokenizer:
-    """Load a Hugging Face ``tokenizer.json`` from a file or from a folder holding one.
+    """Load a Hugging Face ``tokenizer.json`` from a file, from a folder holding one, or from the JSON text
+    itself (a str starting with ``{``).
 
     Missing, unreadable or corrupt files raise an error naming the path.
     """
+    if isinstance(folder_or_file, str) and folder_or_file.lstrip().startswith("{"):
+        try:
+            hf = tokenizers.Tokenizer.from_str(folder_or_file)
+        except Exception as e:
+            raise ValueError(f"JSON text passed to load_tokenizer is not a valid tokenizer.json: {e}") from e
+        return Tokenizer(hf, source="<json text>")
     path = os.fspath(folder_or_file)
     if os.path.isdir(path):
         path = os.path.join(path, TOKENIZER_FILE)

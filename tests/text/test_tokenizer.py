@@ -107,7 +107,7 @@ def test_save_and_load(tok, tmp_path):
     assert path == str(tmp_path / "tok" / "tokenizer.json")
     with open(path, encoding="utf-8") as f:
         assert f.read() == tok.to_json()
-    for src in (tmp_path / "tok", path):
+    for src in (tmp_path / "tok", path, tok.to_json()):
         loaded = load_tokenizer(src)
         assert loaded.to_json() == tok.to_json()
         assert loaded.encode_batch(CORPUS[:5]) == tok.encode_batch(CORPUS[:5])
@@ -189,5 +189,9 @@ def test_train_tokenizer_bad_input():
         train_tokenizer(["a"], vocab_size=100)
     with pytest.raises(ValueError, match=r"texts\[1\] must be a str"):
         train_tokenizer(["a", 3])
+    with pytest.raises(ValueError, match="negative token id -1"):
+        train_tokenizer(["a"], vocab_size=300).decode([3, -1])
+    with pytest.raises(ValueError, match="JSON text passed to load_tokenizer"):
+        load_tokenizer('{"model": 1}')
     with pytest.raises(ValueError, match="encode expects a str"):
         train_tokenizer(["a"], vocab_size=300).encode(b"x")
