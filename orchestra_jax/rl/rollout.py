@@ -187,10 +187,12 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
             encoded[text] = tokenizer.encode(text)
         prompt_ids.append(encoded[text])
 
-    tokens = [list(ids) for ids in prompt_ids]
-    mask = [[0] * len(ids) for ids in prompt_ids]
-    logp = [[0.0] * len(ids) for ids in prompt_ids]
-    sample_logp = [[0.0] * len(ids) for ids in prompt_ids]
+    # A prompt that does not fit (it must leave room for one sampled token) is kept cut to max_seq_len,
+    # so that every sequence packs into rows of max_seq_len; its episode ends at once as runaway.
+    tokens = [list(ids[:seq_len]) for ids in prompt_ids]
+    mask = [[0] * len(t) for t in tokens]
+    logp = [[0.0] * len(t) for t in tokens]
+    sample_logp = [[0.0] * len(t) for t in tokens]
     turn_cost = np.zeros((n_episodes, max_turns), np.float64)
     turn_latency = np.zeros((n_episodes, max_turns), np.float64)
     turn_new = np.zeros((n_episodes, max_turns), np.int32)
@@ -199,7 +201,6 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
     actions: list[list[str]] = [[] for _ in range(n_episodes)]
     observations: list[list[str]] = [[] for _ in range(n_episodes)]
 
-    # A prompt must leave room for at least one sampled token.
     too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) >= seq_len]
     for i in too_long:
         done_reason[i] = DONE_LENGTH_BUDGET
@@ -306,7 +307,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         assistant_mask=[np.asarray(m, np.int32) for m in mask],
         sampled_logp=[np.asarray(x, np.float32) for x in logp],
         sampling_logp=[np.asarray(x, np.float32) for x in sample_logp],
-        prompt_len=np.array([len(ids) for ids in prompt_ids], np.int32),
+        prompt_len=np.array([len(ids) for ids in prompt_ids], np.int32),  # before any cut
         turn_cost_usd=turn_cost, turn_latency_s=turn_latency, turn_new_tokens=turn_new, n_turns=n_turns,
         done_reason=[r if r is not None else DONE_TURN_BUDGET for r in done_reason],
         actions=actions, observations=observations, results=results,

@@ -19,16 +19,28 @@ CACHE = 40
 
 @pytest.fixture(scope="module")
 def params():
-    return spread_params(init_params(CFG, jax.random.key(0)))
+    # Weights 10x the default init scale and final norm 2: the default init gives near-uniform logits
+    # that only repeat the last token, with tiny argmax margins; these spread the logits (std ~2).
+    return random_params(CFG, 0, std=0.2, final_norm_scale=2.0)
 
 
-def spread_params(p):
-    """Scale a random init so that the layers matter and logits are spread (std ~2): the default init
-    gives near-uniform logits that only repeat the last token, with tiny argmax margins."""
-    p = jax.tree_util.tree_map_with_path(
-        lambda path, x: x * 10.0 if ("kernel" in str(path) or "embedding" in str(path)) else x, p)
-    p["final_norm"]["scale"] = p["final_norm"]["scale"] * 2.0
-    return p
+def random_params(cfg, seed, std=0.02, final_norm_scale=1.0):
+    """Random parameters with init_params' structure, filled on the host (normal(std) weights, unit norm
+    scales): skips init_params' eager per-op compilations, which dominate a tiny test's run time."""
+    shapes = jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            value = np.full(leaf.shape, final_norm_scale if "final_norm" in name else 1.0)
+        elif "bias" in name:
+            value = np.zeros(leaf.shape)
+        else:
+            value = rng.normal(0.0, std, leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @jax.jit
