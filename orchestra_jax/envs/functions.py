@@ -17,6 +17,7 @@ observation and never changes the database (domain calls validate fully before t
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import zlib
@@ -239,7 +240,7 @@ def info_given(message: str, facts: Sequence[str]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- state
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class EpisodeGold:
     """What reset precomputes per episode from its task."""
 
@@ -289,6 +290,7 @@ class FunctionsEnv(Env):
         self.initial_db = {name: d.generate_db(np.random.default_rng(_domain_seed(fc.db_seed, name)), fc.db_size)
                            for name, d in self.domains.items()}
         self.db_digests = {name: db_digest(db) for name, db in self.initial_db.items()}
+        self._gold_cache: dict[tuple[str, str], EpisodeGold] = {}  # values are never mutated (copy-on-write)
 
     # -------------------------------------------------------------------------------- tasks
     def sample_tasks(self, seed: int, n: int, split: str = "train") -> list[FunctionsTask]:
@@ -394,6 +396,16 @@ class FunctionsEnv(Env):
 
     # -------------------------------------------------------------------------------- episodes
     def _gold(self, task: FunctionsTask) -> EpisodeGold:
+        """Gold database, touched entries, prefixes and segments (cached: a group repeats its task)."""
+        key = (task.domain, json.dumps([a.to_dict() for a in task.gold_actions], sort_keys=True))
+        gold = self._gold_cache.get(key)
+        if gold is None:
+            if len(self._gold_cache) >= 20_000:
+                self._gold_cache.clear()
+            gold = self._gold_cache[key] = self._compute_gold(task)
+        return gold
+
+    def _compute_gold(self, task: FunctionsTask) -> EpisodeGold:
         domain, db = self.domains[task.domain], self.initial_db[task.domain]
         prefix, segments, seg, touched = [db], [], [], set()
         for a in task.gold_actions:
