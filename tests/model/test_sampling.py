@@ -61,7 +61,8 @@ def _policy_logp(params, seq):
     if token_logprobs is not None:
         positions = np.arange(CACHE, dtype=np.int32)[None]
         segment_ids = (positions < len(seq)).astype(np.int32)
-        logp, _ = token_logprobs(CFG, params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids))
+        logp, _ = jax.jit(token_logprobs, static_argnums=0)(
+            CFG, params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids))
         return np.asarray(logp)[0, :len(seq)]
     logp_TV = np.asarray(jax.nn.log_softmax(_full_logits(params, jnp.asarray(tokens), len(seq))[0]))
     out = np.zeros(len(seq), np.float32)
@@ -156,32 +157,32 @@ def test_temperature_policy_logp_equals_full_forward_and_is_reproducible(params)
 
 
 def test_top_p_to_zero_equals_greedy(params):
-    prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11]]
-    cache = init_cache(CFG, 2, CACHE)
-    last, cache = prefill(CFG, params, cache, _pad(prompts, 8), [3, 6])
-    greedy = decode(CFG, params, cache, last, jax.random.key(0), np.ones(2, bool), (),
-                    SamplingConfig(greedy=True, max_new_tokens=12))
-    nucleus = decode(CFG, params, cache, last, jax.random.key(5), np.ones(2, bool), (),
-                     SamplingConfig(temperature=1.5, top_p=1e-6, max_new_tokens=12))
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11], [12]]
+    cache = init_cache(CFG, 3, CACHE)
+    last, cache = prefill(CFG, params, cache, _pad(prompts, 16), [3, 6, 1])
+    greedy = decode(CFG, params, cache, last, jax.random.key(0), np.ones(3, bool), (),
+                    SamplingConfig(greedy=True, max_new_tokens=8))
+    nucleus = decode(CFG, params, cache, last, jax.random.key(5), np.ones(3, bool), (),
+                     SamplingConfig(temperature=1.5, top_p=1e-6, max_new_tokens=8))
     np.testing.assert_array_equal(np.asarray(greedy.tokens_BN), np.asarray(nucleus.tokens_BN))
     np.testing.assert_allclose(np.asarray(greedy.logp_BN), np.asarray(nucleus.logp_BN), atol=1e-6)
     np.testing.assert_allclose(np.asarray(nucleus.sample_logp_BN), 0.0, atol=1e-6)  # one token kept
 
 
 def test_stops_when_cache_row_is_full(params):
-    prompts = [[3] * 30, [4] * 5]
-    cache = init_cache(CFG, 2, 34)
-    last, cache = prefill(CFG, params, cache, _pad(prompts, 32), [30, 5])
-    out = decode(CFG, params, cache, last, jax.random.key(0), np.ones(2, bool), (),
-                 SamplingConfig(greedy=True, max_new_tokens=8))
-    np.testing.assert_array_equal(np.asarray(out.num_generated_B), [4, 8])
-    np.testing.assert_array_equal(np.asarray(out.stop_reason_B), [STOP_CACHE_FULL, STOP_MAX_NEW])
-    np.testing.assert_array_equal(np.asarray(out.cache.lengths), [34, 13])
+    prompts = [[3] * (CACHE - 4), [4] * 5, [5] * 10]
+    cache = init_cache(CFG, 3, CACHE)
+    last, cache = prefill(CFG, params, cache, _pad(prompts, 64), [len(p) for p in prompts])
+    cfg = SamplingConfig(greedy=True, max_new_tokens=8)
+    out = decode(CFG, params, cache, last, jax.random.key(0), np.ones(3, bool), (), cfg)
+    np.testing.assert_array_equal(np.asarray(out.num_generated_B), [4, 8, 8])
+    np.testing.assert_array_equal(np.asarray(out.stop_reason_B), [STOP_CACHE_FULL, STOP_MAX_NEW, STOP_MAX_NEW])
+    np.testing.assert_array_equal(np.asarray(out.cache.lengths), [CACHE, 13, 18])
     # a full row that is asked to generate again stops at once
-    again = decode(CFG, params, out.cache, out.last_logits_BV, jax.random.key(0), np.array([True, False]), (),
-                   SamplingConfig(greedy=True, max_new_tokens=8))
-    np.testing.assert_array_equal(np.asarray(again.num_generated_B), [0, 0])
-    np.testing.assert_array_equal(np.asarray(again.stop_reason_B), [STOP_CACHE_FULL, STOP_NONE])
+    again = decode(CFG, params, out.cache, out.last_logits_BV, jax.random.key(0), np.array([True, False, False]),
+                   (), cfg)
+    np.testing.assert_array_equal(np.asarray(again.num_generated_B), [0, 0, 0])
+    np.testing.assert_array_equal(np.asarray(again.stop_reason_B), [STOP_CACHE_FULL, STOP_NONE, STOP_NONE])
 
 
 def _chi_square(counts, probs):
