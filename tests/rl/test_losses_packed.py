@@ -122,3 +122,30 @@ def test_bad_inputs_raise():
         policy_loss(x, x, x, x, x.astype(np.int32), LossConfig(kl_coef=0.1))
     with pytest.raises(ValueError, match="advantages"):
         policy_loss(x, x, np.zeros((2, 4)), x, x.astype(np.int32), LossConfig())
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_micro_batches_with_global_counts_sum_to_full_batch(aggregation):
+    seqs, fields = _sequences(2, n=10)
+    batch = pack(seqs, row_len=16, fields=fields, num_rows=6)
+    cfg = LossConfig(clip_high=0.28, dual_clip=3.0, kl_coef=0.1, aggregation=aggregation, max_tokens=16,
+                     entropy_coef=0.01)
+    full_loss, full_grad, full_metrics = _loss_and_grad(batch.fields, batch.segment_ids, cfg)
+    num_tokens, num_segments = count_tokens_and_segments(batch.fields["loss_mask"], batch.segment_ids)
+    total, grads, metrics = 0.0, [], {}
+    for rows in (slice(0, 2), slice(2, 3), slice(3, 6)):  # uneven micro-batches
+        part = {k: v[rows] for k, v in batch.fields.items()}
+
+        def fn(logp):
+            return policy_loss(logp, part["old_logp"], part["advantages"], part["loss_mask"],
+                               batch.segment_ids[rows], cfg, ref_logp=part["ref_logp"], entropy=part["entropy"],
+                               num_tokens=num_tokens, num_segments=num_segments)
+        (loss, m), g = jax.value_and_grad(fn, has_aux=True)(jnp.asarray(part["logp"]))
+        total += float(loss)
+        grads.append(np.asarray(g))
+        for k in ("clip/low_frac", "approx_kl", "entropy", "ratio/mean"):
+            metrics[k] = metrics.get(k, 0.0) + float(m[k])
+    np.testing.assert_allclose(total, full_loss, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.concatenate(grads), full_grad, rtol=1e-5, atol=1e-7)
+    for k, v in metrics.items():
+        np.testing.assert_allclose(v, float(full_metrics[k]), rtol=1e-5, atol=1e-7)
