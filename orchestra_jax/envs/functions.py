@@ -39,6 +39,7 @@ class FunctionsConfig:
     min_actions: int = 1                  # fewest write actions (user requests) in a task
     max_actions: int = 3                  # most write actions (user requests) in a task
     distractor_prob: float = 0.4          # chance a task's instruction carries 1-2 distractor sentences
+    level_offsets: tuple[float, ...] = (0.0, 1.0, 2.0)  # expert difficulty (logits x slope) per tier
     hidden_difficulty_std: float = 0.5    # per-task logit offset of the experts the policy never sees
     check_touched: bool = True            # success also needs the set of written entries to match gold
     wrong_action_prob: float = 0.5        # a failing expert writes a plausible wrong call (else does nothing)
@@ -57,11 +58,14 @@ class FunctionsConfig:
         for name in ("distractor_prob", "wrong_action_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"functions.{name} must be in [0, 1], got {getattr(self, name)}")
+        if len(self.level_offsets) != 3:
+            raise ValueError(f"functions.level_offsets needs one offset per tier (3), got {self.level_offsets}")
         if self.max_turns < 0:
             raise ValueError(f"functions.max_turns must be >= 0, got {self.max_turns}")
 
 
 # Imports below the config: envs/config.py imports FunctionsConfig from this module.
+from orchestra_jax.envs import preferences as prefs  # noqa: E402
 from orchestra_jax.envs.base import Env, StepOutput, episode_rng  # noqa: E402
 from orchestra_jax.envs.budget import Budget, Ledger, orchestrator_charge  # noqa: E402
 from orchestra_jax.envs.domains import DB, Action, Domain, db_digest, get_domain  # noqa: E402
@@ -312,45 +316,44 @@ class FunctionsEnv(Env):
         return tasks
 
     def _sample_menu(self, rng: np.random.Generator, split: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
-        cfg = self.cfg
-        pool = [a for a in self.tool_aliases if split == "unseen_tools" or a not in cfg.heldout_aliases]
-        if not pool:
-            pool = list(self.tool_aliases)
-        keep = [a for a in pool if not cfg.randomize_tools or rng.random() < cfg.keep_prob]
-        if not keep:
-            keep = [pool[int(rng.integers(len(pool)))]]
+        """Offered expert aliases and their price multipliers (same rules as the QA setting)."""
+        cfg, aliases = self.cfg, list(self.tool_aliases)
+        if split == "unseen_tools":
+            pool = aliases
+        elif cfg.randomize_tools:
+            pool = [a for a in aliases if a not in cfg.heldout_aliases] or aliases
+        else:
+            pool = None
+        if pool is None:
+            chosen = set(aliases)
+        else:
+            chosen = {a for a, k in zip(pool, rng.random(len(pool)) < cfg.keep_prob) if k}
+            held = [a for a in cfg.heldout_aliases if a in aliases]
+            if split == "unseen_tools" and held:
+                chosen.add(held[int(rng.integers(len(held)))])
+            if not chosen:  # at least one expert
+                chosen.add(pool[int(rng.integers(len(pool)))])
+        offered = tuple(a for a in aliases if a in chosen)
         scales = []
-        for _ in keep:
-            if not cfg.randomize_prices:
+        for _ in offered:
+            if split == "unseen_prices":
+                lo1, hi1, lo2, hi2 = cfg.price_scale_unseen
+                lo, hi = (lo1, hi1) if rng.random() < 0.5 else (lo2, hi2)
+            elif cfg.randomize_prices:
+                lo, hi = cfg.price_scale_train
+            else:
                 scales.append(1.0)
                 continue
-            if split == "unseen_prices":
-                r = cfg.price_scale_unseen
-                lo, hi = (r[0], r[1]) if rng.random() < 0.5 else (r[2], r[3])
-            else:
-                lo, hi = cfg.price_scale_train
-            scales.append(round(float(math.exp(rng.uniform(math.log(lo), math.log(hi)))), 4))
-        return tuple(keep), tuple(scales)
+            scales.append(float(round(math.exp(rng.uniform(math.log(lo), math.log(hi))), 3)))
+        return offered, tuple(scales)
 
     def _sample_preference(self, rng: np.random.Generator, aliases: Sequence[str]) -> tuple[tuple[float, ...], str]:
         """P over [all aliases..., outcome, cost, latency] and its instruction ("" in fixed mode)."""
         cfg = self.cfg
-        p = np.zeros(len(self.tool_aliases) + 3)
         if cfg.preference_mode == "fixed":
-            p[-3:] = (cfg.pref_outcome, cfg.pref_cost, cfg.pref_latency)
-            return tuple(float(x) for x in p), ""
-        p[-3] = 1.0
-        p[-2], p[-1] = (float(rng.choice([0.0, 0.5, 1.0])) for _ in range(2))
-        parts = []
-        if p[-2] > 0:
-            parts.append("keep the cost low" if p[-2] < 1 else "spend as little money as possible")
-        if p[-1] > 0:
-            parts.append("be reasonably quick" if p[-1] < 1 else "finish as fast as possible")
-        if aliases and rng.random() < 0.3:
-            a = aliases[int(rng.integers(len(aliases)))]
-            p[self.alias_index[a]] = 1.0
-            parts.append(f"prefer {a} when you delegate")
-        text = ("Preference: solve the request, and " + ", ".join(parts) + ".") if parts else ""
+            return prefs.fixed_preference(len(self.tool_aliases), cfg.pref_outcome, cfg.pref_cost,
+                                          cfg.pref_latency), ""
+        p, text = prefs.sample_preference(rng, self.tool_aliases, aliases)
         return tuple(float(x) for x in p), text
 
     def task_from_dict(self, d: Mapping[str, Any]) -> FunctionsTask:
@@ -364,10 +367,11 @@ class FunctionsEnv(Env):
         for a, scale in zip(task.aliases, task.price_scales):
             m = self.roster.alias_model(SETTING, a)
             if self.cfg.description_style == "full":
+                typical_s = m.latency_base_s + m.mean_tokens_out(CALL_EXPERT) / m.tokens_per_s
                 experts.append(f"{a}: {m.display} ({m.tag}), ${price_text(m.price_in * scale)} in / "
-                               f"${price_text(m.price_out * scale)} out per 1M tokens")
+                               f"${price_text(m.price_out * scale)} out per 1M tokens, ~{typical_s:.0f} s")
             else:
-                experts.append(f"{a} (${price_text(m.price_in * scale)}/${price_text(m.price_out * scale)})")
+                experts.append(f"{a} {m.tag} ${price_text(m.price_out * scale)}")
         expert_tool = {"type": "function", "function": {
             "name": CALL_EXPERT,
             "description": "Delegate the next step of the request to an expert model, who sees the whole "
@@ -390,7 +394,7 @@ class FunctionsEnv(Env):
             messages.append({"role": "system", "content": (
                 f"{domain.description} Carry out the user's requests in order with the tools, one call per "
                 f"turn, then call {RESPOND} with the answer.")})
-        user = task.instruction + (" " + task.preference_text if task.preference_text else "")
+        user = task.instruction + (f"\n{task.preference_text}" if task.preference_text else "")
         messages.append({"role": "user", "content": user})
         return {"messages": messages, "tools": self.tool_schemas(task)}
 
@@ -546,7 +550,7 @@ class FunctionsEnv(Env):
         if not ok:
             return (f"[{alias}] Budget exhausted ({led.end_reason[i]}) during the expert call.",
                     {"outcome": "budget", **info})
-        p = sigmoid(success_logit(model, task.domain, task.level, task.hidden_difficulty))
+        p = sigmoid(success_logit(model, task.domain, self.fcfg.level_offsets[task.level], task.hidden_difficulty))
         info["p"] = p
         j = self.progress(state, i)
         if j is None:

@@ -297,7 +297,7 @@ def test_expert_success_rate_matches_skill_and_cost_matches_prices(env, tasks):
     state, out = env.step(state, [format_tool_call("call_expert", {"expert": "expert-2"})] * n,
                           policy_tokens_in=[1000] * n, policy_tokens_out=[20] * n)
     m = env.roster.models["gpt-5-mini"]
-    p = sigmoid(m.skill_in(base.domain) - m.slope * base.level - base.hidden_difficulty)
+    p = sigmoid(m.skill_in(base.domain) - m.slope * (0.0, 1.0, 2.0)[base.level] - base.hidden_difficulty)
     correct = np.array([o["outcome"] == "correct" for o in out.info])
     assert abs(correct.mean() - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
     assert {o["outcome"] for o in out.info} <= {"correct", "wrong", "nothing"}
@@ -407,3 +407,23 @@ def test_random_policies_never_exceed_budgets(limits):
     over = res.budget_exceeded
     assert over.any() and not res.solved[over].any()
     assert set(np.array(res.end_reason)[over]) == {"max_" + next(iter(limits))[4:]}
+
+
+def test_yaml_config_builds_the_env():
+    import pathlib
+
+    import yaml
+
+    from orchestra_jax.envs import env_config_from_dict
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "conf/env/functions.yaml"
+    cfg = env_config_from_dict(yaml.safe_load(path.read_text()))
+    env = make_env(cfg)
+    assert isinstance(env, FunctionsEnv) and env.budget.max_turns == 16
+    assert env.tool_aliases == ("expert-1", "expert-2", "expert-3")
+    tasks = env.sample_tasks(0, 20)
+    assert any(t.preference_text for t in tasks)
+    with pytest.raises(ValueError, match="db_size"):
+        env_config_from_dict({"setting": "functions", "functions": {"db_size": 3}})
+    with pytest.raises(ValueError, match="unknown function-calling domain"):
+        make_env({"setting": "functions", "functions": {"domains": ["space"]}})
