@@ -284,7 +284,7 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, rules: LogicalRules = DEFA
 
 # ---------------------------------------------------------------------------------------- sharded update
 def _batch_signature(batch: Mapping[str, Any]) -> tuple:
-    return tuple(sorted((k, tuple(np.shape(v)), str(getattr(v, "dtype", np.asarray(v).dtype)))
+    return tuple(sorted((k, tuple(np.shape(v)), str(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype))
                         for k, v in batch.items()))
 
 

@@ -1,4 +1,6 @@
 """Shared by the sharded-update tests and the multi-process worker: a tiny policy and a synthetic batch."""
+import functools
+
 import jax
 import numpy as np
 
@@ -23,9 +25,19 @@ def optimizer():
     return make_optimizer(ALGO.optim)
 
 
+@functools.lru_cache(maxsize=None)
+def _host_params(seed):
+    # Drawn with numpy over the model's parameter shapes: no init compile (slow on a loaded 2-core box).
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: init_params(MODEL, jax.random.key(0)))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: (np.ones(s.shape, np.float32) if "scale" in jax.tree_util.keystr(path)
+                         else rng.normal(0.0, 0.05, s.shape).astype(np.float32)), shapes)
+
+
 def params(seed=0):
     """Host (numpy) parameters, so every placement makes fresh buffers (the sharded update donates them)."""
-    return jax.tree.map(np.asarray, init_params(MODEL, jax.random.key(seed)))
+    return jax.tree.map(np.copy, _host_params(seed))
 
 
 def batch(seed=0, rows=ROWS):

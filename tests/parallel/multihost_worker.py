@@ -1,0 +1,59 @@
+"""One process of a 2-process jax.distributed job on CPU (run by test_parallel_multihost.py).
+
+usage: multihost_worker.py COORDINATOR NUM_PROCESSES PROCESS_ID OUT_DIR STEPS
+Each process has 4 CPU devices (XLA_FLAGS from the parent); the mesh (data=2, fsdp=2, tensor=2) spans all
+8. Every process feeds only its own rows of a fixed synthetic batch; process 0 writes the per-step metrics
+and the final parameters (gathered) to OUT_DIR.
+"""
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+
+import parallel_common as pc
+from orchestra_jax.parallel import (DistributedConfig, MeshConfig, host_local_batch_to_global, initialize,
+                                    is_main_process, make_mesh, make_sharded_update_fn)
+from orchestra_jax.parallel.distributed import local_row_range, shutdown
+from orchestra_jax.parallel.sharding import batch_spec
+
+
+def main(coordinator: str, num_processes: int, process_id: int, out_dir: str, steps: int) -> None:
+    info = initialize(DistributedConfig(coordinator_address=coordinator, num_processes=num_processes,
+                                        process_id=process_id, initialization_timeout_s=60))
+    assert (info.source, info.process_index, info.process_count) == ("explicit", process_id, num_processes)
+    assert jax.local_device_count() == 4 and jax.device_count() == 4 * num_processes, jax.devices()
+
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    update = make_sharded_update_fn(pc.MODEL, pc.ALGO, pc.optimizer(), mesh)
+    params = update.shard_params(pc.params())  # same host values everywhere; each process keeps its shards
+    opt_state = update.init_opt_state(params)
+
+    full = pc.batch()
+    rows = full["tokens"].shape[0]
+    start, stop = local_row_range(rows, NamedSharding(mesh, batch_spec(2, mesh)))
+    assert stop - start == rows // num_processes
+    batch = host_local_batch_to_global({k: v[start:stop] for k, v in full.items()}, mesh)
+    assert batch["tokens"].shape == full["tokens"].shape and not batch["tokens"].is_fully_addressable
+
+    history = []
+    for _ in range(steps):
+        params, opt_state, metrics = update(params, opt_state, batch)
+        history.append(pc.to_floats(metrics))
+    gathered = multihost_utils.process_allgather(params, tiled=True)
+    if is_main_process():
+        out = Path(out_dir)
+        (out / "metrics.json").write_text(json.dumps({"history": history, "rows": [start, stop]}))
+        flat = {jax.tree_util.keystr(path): np.asarray(leaf)
+                for path, leaf in jax.tree_util.tree_flatten_with_path(gathered)[0]}
+        np.savez(out / "params.npz", **flat)
+    else:
+        (Path(out_dir) / f"rows_{process_id}.json").write_text(json.dumps([start, stop]))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
