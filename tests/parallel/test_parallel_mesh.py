@@ -151,3 +151,29 @@ def test_logical_to_sharding_tree():
     out = logical_to_sharding(tree, mesh, DEFAULT_RULES, {"w": jnp.zeros((6, 6)), "b": jnp.zeros((5,)),
                                                           "scalar": jnp.zeros(())})
     assert out["w"].spec == P(None, "tensor") and out["b"].spec == P(None)
+
+
+@pytest.mark.parametrize("preset, devices, expected", [
+    ("cpu", 1, (1, 1, 1)), ("cpu8", 8, (2, 2, 2)), ("gpu1", 1, (1, 1, 1)), ("gpu8", 8, (1, 8, 1)),
+    ("tpu_v5e_8", 8, (1, 8, 1)), ("tpu_v5p_32", 16, (2, 8, 1)),
+])
+def test_mesh_presets_validate_and_fit_their_hardware(preset, devices, expected):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+    path = Path(__file__).resolve().parents[2] / "conf" / "mesh" / f"{preset}.yaml"
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert lines and all("#" in line for line in lines), "every key needs a comment"
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MeshConfig), OmegaConf.load(path)))
+    assert isinstance(cfg, MeshConfig)
+    assert resolve_axis_sizes(cfg, devices) == expected
+    make_rules(cfg)  # overrides parse
+    if devices <= 8:
+        assert tuple(make_mesh(cfg, jax.devices()[:devices]).shape.values()) == expected
+
+
+def test_structured_config_rejects_unknown_keys():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError
+    with pytest.raises(ConfigKeyError, match="tensr"):
+        OmegaConf.merge(OmegaConf.structured(MeshConfig), {"tensr": 2})
