@@ -226,6 +226,8 @@ class Trajectory:
     n_turns: int
     end_reason: str
     policy: str
+    seed: int = 0          # env seed and episode id: reset([task], seed, [episode_id]) + actions replays it
+    episode_id: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,7 +271,7 @@ def rollout(env: Env, policy, tasks: Sequence, seed: int, batch_size: int = 256,
                 task=t.to_dict(), prompt=prompts[i], actions=[a for a, _ in hist[i]],
                 observations=[o for _, o in hist[i]], solved=bool(res.solved[i]), cost_usd=float(res.cost_usd[i]),
                 latency_s=float(res.latency_s[i]), n_turns=int(res.n_turns[i]), end_reason=res.end_reason[i],
-                policy=getattr(policy, "name", type(policy).__name__)))
+                policy=getattr(policy, "name", type(policy).__name__), seed=int(seed), episode_id=ids[i]))
     return EpisodeResults.concatenate(parts), trajs
 
 
