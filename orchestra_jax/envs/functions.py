@@ -601,3 +601,149 @@ class FunctionsEnv(Env):
     def db_digest(self, state: FunctionsState, i: int) -> str:
         """Content hash of episode i's database."""
         return db_digest(state.dbs[i])
+
+
+# ---------------------------------------------------------------------------------------------- policies
+# Scripted policies for the function-calling setting, with the interface of envs/baselines.py
+# (``act(prompt, history, rng) -> str``, acting only on what a policy sees), under the same names, so
+# the factory and the stats CLI can use them when ``env.setting == "functions"`` (see make_function_policy).
+
+_ID_RE = re.compile(r"\b[A-Z]{2}\d{5}\b")
+_COMPACT_ITEM_RE = re.compile(r"(expert-[\w-]+) ([\w-]+) \$(\d+(?:\.\d+)?)")
+_FULL_ITEM_RE = re.compile(r"(expert-[\w-]+): .*? \(([\w-]+)\), \$[\d.]+ in / \$(\d+(?:\.\d+)?) out")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertItem:
+    """One offered expert as the policy reads it from the call_expert description."""
+
+    alias: str
+    tag: str
+    price_out: float
+
+
+def parse_experts(tools: Sequence[Mapping[str, Any]]) -> list[ExpertItem]:
+    """The experts offered in a prompt's tool list (both description styles); [] if none."""
+    for tool in tools:
+        fn = tool.get("function", tool)
+        if fn.get("name") == CALL_EXPERT:
+            desc = fn.get("description", "")
+            found = _FULL_ITEM_RE.findall(desc) or _COMPACT_ITEM_RE.findall(desc)
+            return [ExpertItem(a, t, float(p)) for a, t, p in found]
+    return []
+
+
+def request_count(prompt: Mapping[str, Any]) -> int:
+    """The visible cue of a task's size: how many requests the user's message makes."""
+    user = prompt["messages"][-1]["content"]
+    return 1 + user.count("Then, ")
+
+
+def _strongest(items: Sequence[ExpertItem]) -> ExpertItem:
+    top = [m for m in items if m.tag == "general-top"]
+    return top[0] if top else max(items, key=lambda m: (m.price_out, m.alias))
+
+
+def _cheapest(items: Sequence[ExpertItem]) -> ExpertItem:
+    return min(items, key=lambda m: (m.price_out, m.alias))
+
+
+def _rule(n_requests: int, items: Sequence[ExpertItem]) -> ExpertItem:
+    """Cheap experts for short requests, the strongest for long ones (errors compound per step)."""
+    if n_requests <= 1:
+        return _cheapest(items)
+    if n_requests == 2:
+        mid = [m for m in items if m.tag in ("general-mid", "general-top")]
+        return _cheapest(mid) if mid else _strongest(items)
+    return _strongest(items)
+
+
+@dataclasses.dataclass
+class ExpertRouter:
+    """Delegates every step to an expert chosen by ``choose(n_requests, items, rng)``."""
+
+    name: str
+    choose: Any
+
+    def act(self, prompt: Mapping[str, Any], history, rng: np.random.Generator) -> str:
+        items = parse_experts(prompt["tools"])
+        if not items:
+            return format_tool_call(RESPOND, {"message": "I cannot help with this."})
+        return format_tool_call(CALL_EXPERT, {"expert": self.choose(request_count(prompt), items, rng).alias})
+
+
+@dataclasses.dataclass
+class RandomFunctionPolicy:
+    """A random call each turn: an expert, a domain function with random well-typed arguments (ids taken
+    from the conversation), or respond."""
+
+    name: str = "random"
+
+    def act(self, prompt: Mapping[str, Any], history, rng: np.random.Generator) -> str:
+        u = rng.random()
+        items = parse_experts(prompt["tools"])
+        if u < 0.4 and items:
+            return format_tool_call(CALL_EXPERT, {"expert": items[int(rng.integers(len(items)))].alias})
+        if u < 0.5:
+            return format_tool_call(RESPOND, {"message": "Done."})
+        text = prompt["messages"][-1]["content"] + " ".join(o for _, o in history)
+        ids = sorted(set(_ID_RE.findall(text))) or ["XX00000"]
+        fns = [t["function"] for t in prompt["tools"] if t["function"]["name"] not in (CALL_EXPERT, RESPOND)]
+        fn = fns[int(rng.integers(len(fns)))]
+        args = {}
+        for name, p in fn["parameters"]["properties"].items():
+            if "enum" in p:
+                args[name] = p["enum"][int(rng.integers(len(p["enum"])))]
+            elif p["type"] == "integer":
+                args[name] = int(rng.integers(p.get("minimum", 0), p.get("maximum", 10) + 1))
+            elif p["type"] == "number":
+                args[name] = round(float(rng.uniform(p.get("minimum", 0), min(p.get("maximum", 1e3), 1e3))), 2)
+            elif p["type"] == "boolean":
+                args[name] = bool(rng.random() < 0.5)
+            else:
+                args[name] = ids[int(rng.integers(len(ids)))]
+        return format_tool_call(fn["name"], args)
+
+
+@dataclasses.dataclass
+class NoisyFunctionPolicy:
+    """``base`` with probability ``1 - eps``, else ``RandomFunctionPolicy``."""
+
+    base: Any
+    eps: float
+    name: str = ""
+
+    def __post_init__(self):
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps must be in [0, 1], got {self.eps}")
+        self.name = self.name or f"{self.base.name}_eps{self.eps:g}"
+
+    def act(self, prompt, history, rng):
+        if rng.random() < self.eps:
+            return RandomFunctionPolicy().act(prompt, history, rng)
+        return self.base.act(prompt, history, rng)
+
+
+FUNCTION_POLICIES = {
+    "always_strongest": lambda: ExpertRouter("always_strongest", lambda n, items, rng: _strongest(items)),
+    "cheapest": lambda: ExpertRouter("cheapest", lambda n, items, rng: _cheapest(items)),
+    "random_router": lambda: ExpertRouter("random_router", lambda n, items, rng: items[int(rng.integers(len(items)))]),
+    "rule_based": lambda: ExpertRouter("rule_based", lambda n, items, rng: _rule(n, items)),
+    "random": RandomFunctionPolicy,
+}
+
+
+def make_function_policy(name: str):
+    """A scripted policy for this setting by the baselines' names (always_strongest | cheapest | random |
+    random_router | rule_based, or ``<name>_eps<p>`` for a noisy variant)."""
+    if name in FUNCTION_POLICIES:
+        return FUNCTION_POLICIES[name]()
+    if "_eps" in name:
+        base, eps = name.rsplit("_eps", 1)
+        if base in FUNCTION_POLICIES:
+            try:
+                return NoisyFunctionPolicy(FUNCTION_POLICIES[base](), float(eps))
+            except ValueError:
+                pass
+    raise ValueError(f"unknown function-calling policy {name!r}; known {sorted(FUNCTION_POLICIES)} "
+                     "(+ '_eps<p>' variants)")
