@@ -88,6 +88,7 @@ WHERE=(--project "$PROJECT" --zone "$ZONE")
 
 teardown() {
   local status=$?
+  trap - EXIT INT TERM  # run once, also after Ctrl-C
   if [[ "$KEEP" == 1 ]]; then
     echo "# --keep: TPU VM $NAME is still running (and billing). Delete it with:" >&2
     echo "#   $(quote_cmd "${GCLOUD_TPU[@]}" delete "$NAME" "${WHERE[@]}" --quiet)" >&2
@@ -100,8 +101,9 @@ teardown() {
 
 CREATE=("${GCLOUD_TPU[@]}" create "$NAME" "${WHERE[@]}" --accelerator-type "$ACCELERATOR" --version "$VERSION")
 [[ "$SPOT" == 1 ]] && CREATE+=(--spot)
-run "${CREATE[@]}"
+# The trap is set before create: a Ctrl-C during a slow pod-slice creation still deletes what exists.
 trap teardown EXIT INT TERM
+run "${CREATE[@]}"
 
 # Ship the working tree (not .git, venvs or previous runs), unpack and install on every worker.
 run tar -C "$REPO_ROOT" --exclude=.git --exclude=.venv --exclude=runs --exclude=results \

@@ -160,3 +160,21 @@ def test_slurm_dry_run(sandbox):
     # The rendered batch script itself is clean shell.
     check = subprocess.run([shellcheck(), "-s", "bash", str(script)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout
+
+
+def test_tpu_vm_deletes_the_vm_when_a_step_fails(sandbox):
+    """Real (not dry) run against stub gcloud/tar: the training ssh fails, the trap still deletes the VM."""
+    log = sandbox / "calls.log"
+    for tool, body in (("gcloud", 'case "$*" in *"ssh"*"ORCHESTRA_DISTRIBUTED"*) exit 17 ;; esac; exit 0'),
+                       ("tar", "exit 0")):
+        stub = sandbox / "bin" / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n{body}\n')
+        stub.chmod(0o755)
+    result = dry_run("tpu_vm.sh", "--project", "p", "--zone", "z", "--accelerator", "v5p-8", "--name", "vm",
+                     "--", "x=1", tmp_path=sandbox)
+    assert result.returncode == 17
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("gcloud compute tpus tpu-vm create vm")
+    assert calls[-1] == "gcloud compute tpus tpu-vm delete vm --project p --zone z --quiet"
+    assert sum(c.startswith("gcloud compute tpus tpu-vm delete") for c in calls) == 1
+    assert not any("scp --recurse" in c for c in calls)  # nothing fetched after the failure
