@@ -144,5 +144,14 @@ class Env(abc.ABC):
     def results(self, state: Any) -> EpisodeResults:
         """Features, solved flags and preferences of the batch (valid at any time; unfinished = unsolved)."""
 
+    def abort(self, state: Any, indices: Sequence[int], reason: str = "aborted") -> None:
+        """Ends episodes from outside (e.g. the rollout ran out of sequence length): unsolved, no more charges.
+        Works for any env whose state keeps a ``budget.Ledger`` as ``state.ledger``."""
+        ledger = getattr(state, "ledger", None)
+        if ledger is None:
+            raise ValueError(f"{type(self).__name__}.abort: the state has no ledger")
+        for i in indices:
+            ledger.finish(int(i), solved=False, reason=reason)
+
     def tasks_from_dicts(self, records: Sequence[dict[str, Any]]) -> list:
         return [self.task_from_dict(r) for r in records]

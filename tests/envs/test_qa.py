@@ -234,3 +234,13 @@ def test_random_preferences_are_rendered():
             assert p[env.tool_aliases.index(alias)] == 1.0 and alias in t.available
     fixed = make_env(QUICK).sample_tasks(0, 3)
     assert fixed[0].preference[-3:] == (1.0, 0.5, 0.0) and fixed[0].preference_text == ""
+
+
+def test_abort_ends_episodes_unsolved(env):
+    tasks = env.sample_tasks(0, 3)
+    state, _ = env.reset(tasks, seed=0)
+    env.abort(state, [1], reason="too_long")
+    state, out = env.step(state, [call("answer", "answer-1")] * 3)
+    res = env.results(state)
+    assert out.observations[1] == "" and out.cost_usd[1] == 0 and out.done.all()
+    assert res.end_reason[1] == "too_long" and not res.solved[1] and res.n_turns[1] == 0
