@@ -42,6 +42,20 @@ _MIN_METRICS = ("ratio/min",)
 _MAX_METRICS = ("ratio/max",)
 
 
+def _merge_metric(key, a, b):
+    """Micro-batch metrics: policy_loss's means are already divided by the global token count, so they add."""
+    if key in _MIN_METRICS:
+        return jnp.minimum(a, b)
+    if key in _MAX_METRICS:
+        return jnp.maximum(a, b)
+    return a + b
+
+
+def _metric_identity(key):
+    value = jnp.inf if key in _MIN_METRICS else -jnp.inf if key in _MAX_METRICS else 0.0
+    return jnp.asarray(value, jnp.float32)
+
+
 def logprobs_from_logits(logits_BTV, tokens_BT, segment_ids_BT):
     """(logp_BT, entropy_BT) in the ARCHITECTURE.md convention.
 
@@ -116,20 +130,23 @@ def build_update(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.
             batch = {k: v[None] for k, v in batch.items()}
         num_tokens, num_segments = count_tokens_and_segments(batch["loss_mask"], batch["segment_ids"])
 
-        first = {k: v[0] for k, v in batch.items()}
-        (loss, metrics), grads = grad_fn(params, first, num_tokens, num_segments)
-        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-        if batch["tokens"].shape[0] > 1:
+        if batch["tokens"].shape[0] == 1:
+            (loss, metrics), grads = grad_fn(params, {k: v[0] for k, v in batch.items()}, num_tokens, num_segments)
+            grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        else:
+            # One traced copy of the forward/backward inside the scan (compile time), sums in float32.
             def body(carry, mb):
                 loss_acc, metrics_acc, grads_acc = carry
                 (loss_m, metrics_m), grads_m = grad_fn(params, mb, num_tokens, num_segments)
-                merged = {k: (jnp.minimum if k in _MIN_METRICS else jnp.maximum if k in _MAX_METRICS else jnp.add)(
-                    metrics_acc[k], metrics_m[k]) for k in metrics_acc}
+                merged = {k: _merge_metric(k, metrics_acc[k], metrics_m[k]) for k in metrics_acc}
                 grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads_m)
                 return (loss_acc + loss_m, merged, grads_acc), None
 
-            rest = {k: v[1:] for k, v in batch.items()}
-            (loss, metrics, grads), _ = jax.lax.scan(body, (loss, metrics, grads), rest)
+            metric_shapes = jax.eval_shape(lambda mb: grad_fn(params, mb, num_tokens, num_segments)[0][1],
+                                           {k: v[0] for k, v in batch.items()})
+            init = (jnp.zeros((), jnp.float32), {k: _metric_identity(k) for k in metric_shapes},
+                    jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+            (loss, metrics, grads), _ = jax.lax.scan(body, init, batch)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
         finite = jnp.isfinite(loss) & tree_all_finite(grads)
