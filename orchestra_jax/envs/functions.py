@@ -44,6 +44,7 @@ class FunctionsConfig:
     check_touched: bool = True            # success also needs the set of written entries to match gold
     wrong_action_prob: float = 0.5        # a failing expert writes a plausible wrong call (else does nothing)
     function_latency_s: float = 0.05      # seconds one domain function call takes (free of charge)
+    max_message_chars: int = 600          # a longer final message fails the required-information check
     expert_context_tokens: int = 400      # expert input tokens besides the conversation (its instructions)
     max_turns: int = 16                   # > 0: overrides env.max_turns for this setting
 
@@ -237,10 +238,13 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def info_given(message: str, facts: Sequence[str]) -> bool:
-    """Every required fact occurs in the message (after `normalise_text`)."""
+def info_given(message: str, facts: Sequence[str], max_chars: int = 0) -> bool:
+    """Every required fact occurs in the message as a whole token (after `normalise_text`: '155.00' does
+    not contain '55.00'); a message over `max_chars` (> 0) fails, so dumping every record cannot game it."""
+    if max_chars > 0 and len(message) > max_chars:
+        return False
     m = normalise_text(message)
-    return all(normalise_text(f) in m for f in facts)
+    return all(re.search(r"(?<![\w.])" + re.escape(normalise_text(f)) + r"(?!\w)", m) for f in facts)
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -382,7 +386,7 @@ class FunctionsEnv(Env):
         respond_tool = {"type": "function", "function": {
             "name": RESPOND,
             "description": "Final answer to the user; ends the conversation. Include every piece of "
-                           "information the user asked for.",
+                           f"information the user asked for (at most {self.fcfg.max_message_chars} characters).",
             "parameters": {"type": "object", "properties": {"message": {
                 "type": "string", "description": "Message to the user."}}, "required": ["message"]}}}
         return [f.json_schema() for f in domain.functions] + [expert_tool, respond_tool]
@@ -472,21 +476,30 @@ class FunctionsEnv(Env):
             if led.done[i]:
                 continue
             usd0, lat0 = led.usd[i], led.latency[i]
+            # the orchestrator's own tokens, at its price (latency: its decode time), as in the QA setting
             o_usd, o_tok = orchestrator_charge(self.orchestrator.price_in, self.orchestrator.price_out,
                                                policy_tokens_in, policy_tokens_out, i)
-            if led.charge(i, o_usd, o_tok, 0.0)[0]:
+            o_lat = (0 if policy_tokens_out is None else int(policy_tokens_out[i])) / self.orchestrator.tokens_per_s
+            if led.charge(i, o_usd, o_tok, o_lat)[0]:
                 obs[i], tool_index[i], valid[i], infos[i] = self._act(state, i, actions[i], policy_tokens_in)
+                if not valid[i]:
+                    led.n_invalid[i] += 1
             else:
-                obs[i], infos[i] = f"Budget exhausted ({led.end_reason[i]}); the episode ends.", {"tool": None}
-            if not valid[i]:
-                led.n_invalid[i] += 1
+                obs[i], infos[i] = self._budget_text(led.end_reason[i]), {"tool": None, "error": "budget"}
             led.end_turn(i)
+            if led.done[i] and led.end_reason[i] == "max_turns":
+                obs[i] += ("\n" if obs[i] else "") + self._budget_text("max_turns")
             state.context_chars[i] += len(actions[i]) if isinstance(actions[i], str) else 0
             state.context_chars[i] += len(obs[i])
             cost[i], lat[i] = led.usd[i] - usd0, led.latency[i] - lat0
             infos[i]["end_reason"] = led.end_reason[i]
         return state, StepOutput(observations=obs, done=led.done.copy(), cost_usd=cost, latency_s=lat,
                                  tool_index=tool_index, valid=valid, info=infos)
+
+    def _budget_text(self, reason: str) -> str:
+        what = {"max_usd": f"${self.budget.max_usd:g}", "max_tokens": f"{self.budget.max_tokens} tokens",
+                "max_turns": f"{self.budget.max_turns} turns"}[reason]
+        return f"Budget exceeded ({what}): episode ended."
 
     def _act(self, state: FunctionsState, i: int, action: Any, policy_tokens_in) -> tuple[str, int, bool, dict]:
         """Runs one parsed action of episode i: (observation, alias index, valid, info)."""
@@ -521,7 +534,7 @@ class FunctionsEnv(Env):
     def _finish(self, state: FunctionsState, i: int, message: str) -> None:
         gold = state.gold[i]
         checks = {"db_match": state.dbs[i] == gold.db,
-                  "info_given": info_given(message, state.tasks[i].required_info),
+                  "info_given": info_given(message, state.tasks[i].required_info, self.fcfg.max_message_chars),
                   "touched_match": frozenset(state.touched[i]) == gold.touched}
         state.checks[i], state.final_message[i] = checks, message
         solved = checks["db_match"] and checks["info_given"] and (checks["touched_match"] or not self.fcfg.check_touched)
@@ -548,8 +561,7 @@ class FunctionsEnv(Env):
         ok, _, _ = led.charge(i, usd, tokens_in + tokens_out, sample_latency_s(model, tokens_out, rng))
         info = {"tokens_in": tokens_in, "tokens_out": tokens_out, "expert_usd": usd}
         if not ok:
-            return (f"[{alias}] Budget exhausted ({led.end_reason[i]}) during the expert call.",
-                    {"outcome": "budget", **info})
+            return f"[{alias}] {self._budget_text(led.end_reason[i])}", {"outcome": "budget", **info}
         p = sigmoid(success_logit(model, task.domain, self.fcfg.level_offsets[task.level], task.hidden_difficulty))
         info["p"] = p
         j = self.progress(state, i)

@@ -10,7 +10,7 @@ import pytest
 from orchestra_jax.envs import EnvConfig, make_env
 from orchestra_jax.envs.domains import DOMAINS, Action, db_digest, get_domain
 from orchestra_jax.envs.domains.base import perturb_arguments
-from orchestra_jax.envs.functions import FunctionsConfig, FunctionsEnv, FunctionsTask, execute
+from orchestra_jax.envs.functions import FunctionsConfig, FunctionsEnv, FunctionsTask, execute, info_given
 from orchestra_jax.envs.tools import sigmoid
 from orchestra_jax.text.chat import format_tool_call
 
@@ -207,6 +207,14 @@ def test_missing_required_information_fails(env, tasks):
         "$" + f if f[0].isdigit() else f.upper() for f in t.required_info)})] for t in with_facts]
     _, res, _ = play(env, with_facts, [texts(b) for b in fancy])
     assert res.solved.all()
+
+
+def test_required_information_matching():
+    assert info_given("Refund: $55.00.", ["55.00"]) and info_given("it was 1,234.50", ["1234.50"])
+    assert info_given("booked at THE BLUE VINE, 19:00", ["The Blue Vine", "19:00"])
+    assert not info_given("refund 155.00", ["55.00"]) and not info_given("refund 55.001", ["55.00"])
+    assert not info_given("19:00 " + "x" * 700, ["19:00"], max_chars=600)
+    assert info_given("anything", [])
 
 
 def _segments(env, task):
