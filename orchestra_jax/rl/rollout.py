@@ -123,10 +123,10 @@ class Rollout:
         return np.array([len(t) for t in self.tokens], np.int32)
 
 
-def _bucket(n: int, min_bucket: int) -> int:
-    """Smallest power of two >= max(n, min_bucket)."""
+def _bucket(n: int, min_bucket: int, cap: int) -> int:
+    """Smallest power of two >= max(n, min_bucket), at most cap (the cache size; n <= cap)."""
     size = 1 << max(0, int(n) - 1).bit_length()
-    return max(size, 1 << max(0, min_bucket - 1).bit_length())
+    return min(max(size, 1 << max(0, min_bucket - 1).bit_length()), cap)
 
 
 def _pad_rows(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
@@ -209,7 +209,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
     cache = init_cache(model_cfg, n_episodes, seq_len)
     last_logits = None
     if num_new.any():
-        window = _bucket(int(num_new.max()), cfg.min_prefill_bucket)
+        window = _bucket(int(num_new.max()), cfg.min_prefill_bucket, seq_len)
         rows = [ids if n else [] for ids, n in zip(prompt_ids, num_new)]
         last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new)
     lengths = num_new.astype(np.int64)  # host mirror of cache.lengths
@@ -283,7 +283,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                 logp[i] += [0.0] * len(ids)
                 sample_logp[i] += [0.0] * len(ids)
                 lengths[i] += len(ids)
-            window = _bucket(int(num_new.max()), cfg.min_prefill_bucket)
+            window = _bucket(int(num_new.max()), cfg.min_prefill_bucket, seq_len)
             last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new, last_logits)
 
     # Episodes ended by the env at a </tool_call> stop: close the turn so the transcript is well formed.

@@ -1,4 +1,9 @@
-"""Multi-turn rollouts: token in / token out, masks, log-probs against a packed full forward pass."""
+"""Multi-turn rollouts: token in / token out, masks, log-probs against a packed full forward pass.
+
+The main test runs the real QA env. A tiny random policy never writes a valid tool call, so with the QA env
+episodes only end by budgets; a small fake env (same API) that ends episodes after seeded numbers of turns
+checks episodes that the env finishes at different turns.
+"""
 import dataclasses
 
 import jax
@@ -8,12 +13,13 @@ import pytest
 
 import orchestra_jax.rl.rollout as rollout_mod
 from orchestra_jax.data.packing import pack
-from orchestra_jax.envs import make_env
+from orchestra_jax.envs import EnvConfig, make_env
 from orchestra_jax.envs.base import Env, EpisodeResults, StepOutput, episode_rng
 from orchestra_jax.envs.budget import Budget, Ledger
 from orchestra_jax.model.config import ModelConfig
 from orchestra_jax.model.sampling import SamplingConfig
 from orchestra_jax.model.transformer import Policy, init_params
+from orchestra_jax.rl.rewards import paper_reward
 from orchestra_jax.rl.rollout import (DONE_FINISHED, DONE_LENGTH_BUDGET, DONE_REASONS, DONE_TURN_BUDGET,
                                       RolloutConfig, rollout, rollout_to_sequences)
 from orchestra_jax.text import chat
@@ -215,7 +221,64 @@ def check_rollout(ro, calls, env, tasks, tok, model_cfg, params, rcfg, seed):
     np.testing.assert_allclose(batch.fields["sampled_logp"][m], logp_ref[m], atol=1e-5)
 
 
-def test_rollout_token_in_token_out_with_fake_env(fake_setup, monkeypatch):
+@pytest.fixture(scope="module")
+def qa_setup():
+    env = make_env(EnvConfig(setting="qa", randomize_tools=False, randomize_prices=False))
+    tasks = env.sample_tasks(0, 3)
+    _, prompts = env.reset(env.sample_tasks(1, 20), 0)
+    texts = [chat.render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts]
+    texts += [chat.tool_response_turn("Error: tool call is not valid JSON")] * 3
+    tok = train_tokenizer(texts, vocab_size=1000)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, intermediate_size=64, tie_word_embeddings=False)
+    return env, tasks, tok, cfg, stop_biased_params(cfg, tok, seed=1, stop_logit=STOP_LOGIT)
+
+
+STOP_LOGIT = 3.0
+
+
+def stop_biased_params(cfg, tok, seed, stop_logit):
+    """Random untied params plus a constant hidden feature that adds ~stop_logit to the logits of the stop
+    tokens (</tool_call>, <|im_end|>), so that a random policy ends its turns at different lengths."""
+    params = random_params(cfg, seed, std=0.1)
+    emb = np.array(params["embed"]["embedding"])
+    emb[:, 0] = 1.0  # every token writes the same value to hidden dim 0: it dominates the normed dim 0
+    head = np.array(params["lm_head"]["kernel"])
+    head[0, :] = 0.0
+    head[0, [tok.token_id(chat.TOOL_CALL_CLOSE), tok.eos_id]] = stop_logit
+    params["embed"]["embedding"], params["lm_head"]["kernel"] = jnp.asarray(emb), jnp.asarray(head)
+    return params
+
+
+def test_rollout_with_qa_env(qa_setup, monkeypatch):
+    env, tasks, tok, model_cfg, params = qa_setup
+    rcfg = RolloutConfig(group_size=3, max_turns=4, max_new_tokens=16, max_seq_len=448, compact_tools=True,
+                         sampling=SamplingConfig(temperature=1.0))
+    ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
+    check_rollout(ro, calls, env, tasks, tok, model_cfg, params, rcfg, 7)
+    # the reward functions take the grouped results as they are
+    rewards = paper_reward(ro.features, ro.solved, ro.preference)
+    assert rewards.shape == (3, 3) and np.all(np.isfinite(np.asarray(rewards)))
+    np.testing.assert_array_equal(ro.grouped(ro.results.task_ids), [[t.task_id] * 3 for t in tasks])
+    # episodes of different lengths; some run out of max_seq_len (runaway: unsolved, outcome 0, env ended)
+    assert len(set(ro.lengths.tolist())) > 1 and max(ro.lengths) <= rcfg.max_seq_len
+    runaway = np.array([r == DONE_LENGTH_BUDGET for r in ro.done_reason])
+    assert runaway.any() and not runaway.all(), ro.done_reason
+    assert len(set(ro.n_turns.tolist())) > 1
+    assert not ro.results.solved[runaway].any() and np.all(ro.results.features[runaway, -3] == 0.0)
+    assert all(ro.results.end_reason[i] == rollout_mod.ENV_LENGTH_REASON for i in np.flatnonzero(runaway))
+    np.testing.assert_allclose(ro.turn_cost_usd.sum(1), ro.results.cost_usd)
+    # reproducible: same key -> identical rollout; another key -> different samples
+    again = rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
+    assert all(np.array_equal(a, b) for a, b in zip(ro.tokens, again.tokens))
+    assert all(np.array_equal(a, b) for a, b in zip(ro.sampled_logp, again.sampled_logp))
+    np.testing.assert_array_equal(ro.turn_cost_usd, again.turn_cost_usd)
+    assert ro.done_reason == again.done_reason
+    other = rollout(model_cfg, params, env, tok, tasks, jax.random.key(2), rcfg, 7)
+    assert not all(np.array_equal(a, b) for a, b in zip(ro.tokens, other.tokens))
+
+
+def test_episodes_end_at_different_turns_with_fake_env(fake_setup, monkeypatch):
     env, tasks, tok, model_cfg, params = fake_setup
     rcfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=12, max_seq_len=512, compact_tools=True,
                          sampling=SamplingConfig(temperature=1.0))
@@ -229,13 +292,6 @@ def test_rollout_token_in_token_out_with_fake_env(fake_setup, monkeypatch):
         expected = min(int(state.end_turn[i]), rcfg.max_turns)
         assert ro.n_turns[i] == expected
         assert ro.done_reason[i] == (DONE_FINISHED if state.end_turn[i] <= rcfg.max_turns else DONE_TURN_BUDGET)
-    # reproducible: same key -> identical rollout; another key -> different samples
-    again = rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 0)
-    assert all(np.array_equal(a, b) for a, b in zip(ro.tokens, again.tokens))
-    assert all(np.array_equal(a, b) for a, b in zip(ro.sampled_logp, again.sampled_logp))
-    np.testing.assert_array_equal(ro.turn_cost_usd, again.turn_cost_usd)
-    other = rollout(model_cfg, params, env, tok, tasks, jax.random.key(2), rcfg, 0)
-    assert not all(np.array_equal(a, b) for a, b in zip(ro.tokens, other.tokens))
 
 
 def test_env_sees_decoded_actions_and_orchestrator_token_counts(fake_setup, monkeypatch):
@@ -258,20 +314,6 @@ def test_env_sees_decoded_actions_and_orchestrator_token_counts(fake_setup, monk
         turn_starts = [s for s, e, v in _runs(ro.assistant_mask[i]) if v == 1]
         assert state.tokens_in[i] == turn_starts[:ro.n_turns[i]]
         np.testing.assert_allclose(ro.turn_cost_usd[i].sum(), ro.results.cost_usd[i])
-
-
-def test_sequences_hitting_max_seq_len_end_as_runaway(fake_setup, monkeypatch):
-    env, tasks, tok, model_cfg, params = fake_setup
-    rcfg = RolloutConfig(group_size=3, max_turns=4, max_new_tokens=12, max_seq_len=128, min_prefill_bucket=8,
-                         compact_tools=True)
-    ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(4), rcfg, 0)
-    runaway = np.array([r == DONE_LENGTH_BUDGET for r in ro.done_reason])
-    assert runaway.any() and not runaway.all()
-    assert not ro.results.solved[runaway].any()
-    assert np.all(ro.results.features[runaway, -3] == 0.0)
-    assert all(ro.results.end_reason[i] == rollout_mod.ENV_LENGTH_REASON for i in np.flatnonzero(runaway))
-    assert max(ro.lengths) <= rcfg.max_seq_len
-    check_rollout(ro, calls, env, tasks, tok, model_cfg, params, rcfg, 0)
 
 
 def test_rollout_config_rejects_bad_values():
