@@ -23,6 +23,11 @@ def main(raw: DictConfig) -> float:
         cfg = to_config(resolve_hydra_run_dir(raw))
     except ValueError as e:  # one clear line, no traceback, before any work
         sys.exit(f"{e}")
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:  # reruns and resumes skip most XLA compilation
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/orchestra_jax/xla"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from orchestra_jax.train import run
 
     summary = run(cfg)

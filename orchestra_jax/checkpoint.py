@@ -58,8 +58,18 @@ def describe_mismatch(saved: dict[str, tuple], expected: dict[str, tuple]) -> st
 
 
 def abstract_like(tree):
-    """ShapeDtypeStruct pytree (with shardings of jax arrays) to restore onto."""
-    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+    """ShapeDtypeStruct pytree with each jax array's own sharding (numpy leaves: the first local
+    device), so a restore lands where the live state lives, not replicated over every device."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def one(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x if x.sharding is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=default)
+        sharding = getattr(x, "sharding", None) if isinstance(x, jax.Array) else None
+        return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if sharding is None else x.dtype,
+                                    sharding=sharding or default)
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 class CheckpointError(ValueError):

@@ -75,7 +75,7 @@ class EvalConfig:
     seed: int = 12345  # task and episode seed (the same for every policy)
     group_size: int = 4  # rollouts per task for the policies (mean_reward is computed within these groups)
     greedy: bool = False  # greedy decoding for the learned policies (False = sample as in training)
-    batch_size: int = 64  # episodes per rollout batch
+    batch_size: int = 0  # episodes per rollout batch; 0 = as in training (tasks_per_step x group_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,13 +135,14 @@ def _validate(cfg: Config) -> None:
                 "train.checkpoint_every": t.checkpoint_every, "train.checkpoint_keep": t.checkpoint_keep,
                 "train.log_every": t.log_every, "sft.num_tasks": s.num_tasks, "sft.batch_rows": s.batch_rows,
                 "sft.row_len": s.row_len, "sft.teacher_samples": s.teacher_samples,
-                "eval.num_tasks": e.num_tasks, "eval.group_size": e.group_size, "eval.batch_size": e.batch_size,
+                "eval.num_tasks": e.num_tasks, "eval.group_size": e.group_size,
                 "tokenizer_vocab_size": cfg.tokenizer_vocab_size}
     for key, value in positive.items():
         if value <= 0:
             raise ValueError(f"config error at {key}: must be > 0, got {value}")
     for key, value in {"train.samples_every": t.samples_every,
-                       "sft.steps": s.steps, "sft.warmup_steps": s.warmup_steps}.items():
+                       "sft.steps": s.steps, "sft.warmup_steps": s.warmup_steps,
+                       "eval.batch_size": e.batch_size}.items():
         if value < 0:
             raise ValueError(f"config error at {key}: must be >= 0, got {value}")
     if t.wandb_mode not in WANDB_MODES:
