@@ -260,16 +260,19 @@ def put_on_mesh(tree: Any, shardings: Any) -> Any:
     for per-process rows use `distributed.host_local_batch_to_global`.
     """
     def put(x, sharding):
-        if isinstance(x, jax.Array) and (x.is_fully_addressable is False or jax.process_count() == 1):
-            return jax.device_put(x, sharding)
-        if jax.process_count() == 1:
-            return jax.device_put(x, sharding)
+        if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+            return jax.device_put(x, sharding)  # single process, or resharding an existing global array
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     if isinstance(shardings, NamedSharding):
         return jax.tree_util.tree_map(lambda x: put(x, shardings), tree)
     return jax.tree_util.tree_map(put, tree, shardings)
+
+
+def _place_host_leaves(batch: dict, shardings: dict) -> dict:
+    return {k: v if isinstance(v, jax.Array) and not v.is_fully_addressable else put_on_mesh(v, shardings[k])
+            for k, v in batch.items()}
 
 
 def shard_params(params: Any, logical_axes: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
@@ -330,6 +333,8 @@ class ShardedUpdate:
     def __call__(self, params, opt_state, batch):
         batch = dict(batch)
         fn = self.jitted(batch)
+        if jax.process_count() > 1:  # host arrays = the global batch, identical on every process
+            batch = _place_host_leaves(batch, batch_shardings(batch, self.mesh, self.rules))
         with jax.set_mesh(self.mesh):
             return fn(params, opt_state, batch)
 
@@ -377,6 +382,8 @@ def make_sharded_logprob_fn(model_cfg, mesh: Mesh, rules: LogicalRules | None = 
             out = b["tokens"]
             compiled[signature] = jax.jit(traced, in_shardings=(p_shard, b["tokens"], b["positions"],
                                                                 b["segment_ids"]), out_shardings=(out, out))
+        if jax.process_count() > 1:
+            arrays = _place_host_leaves(arrays, batch_shardings(arrays, mesh, rules))
         with jax.set_mesh(mesh):
             return compiled[signature](params, arrays["tokens"], arrays["positions"], arrays["segment_ids"])
 

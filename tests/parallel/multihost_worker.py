@@ -2,8 +2,9 @@
 
 usage: multihost_worker.py COORDINATOR NUM_PROCESSES PROCESS_ID OUT_DIR STEPS
 Each process has 4 CPU devices (XLA_FLAGS from the parent); the mesh (data=2, fsdp=2, tensor=2) spans all
-8. Every process feeds only its own rows of a fixed synthetic batch; process 0 writes the per-step metrics
-and the final parameters (gathered) to OUT_DIR.
+8. Even steps feed each process only its own rows of a fixed synthetic batch, odd steps the whole host
+batch (identical on every process); process 0 writes the per-step metrics, the final parameters
+(gathered) and sharded log-probs to OUT_DIR.
 """
 import json
 import sys
@@ -16,7 +17,8 @@ from jax.sharding import NamedSharding
 
 import parallel_common as pc
 from orchestra_jax.parallel import (DistributedConfig, MeshConfig, host_local_batch_to_global, initialize,
-                                    is_main_process, make_mesh, make_sharded_update_fn)
+                                    is_main_process, make_mesh, make_sharded_logprob_fn,
+                                    make_sharded_update_fn)
 from orchestra_jax.parallel.distributed import local_row_range, shutdown
 from orchestra_jax.parallel.sharding import batch_spec
 
@@ -40,16 +42,20 @@ def main(coordinator: str, num_processes: int, process_id: int, out_dir: str, st
     assert batch["tokens"].shape == full["tokens"].shape and not batch["tokens"].is_fully_addressable
 
     history = []
-    for _ in range(steps):
-        params, opt_state, metrics = update(params, opt_state, batch)
+    for step in range(steps):
+        # Odd steps pass the host (numpy) global batch, identical on every process: the update places it.
+        params, opt_state, metrics = update(params, opt_state, full if step % 2 else batch)
         history.append(pc.to_floats(metrics))
     gathered = multihost_utils.process_allgather(params, tiled=True)
+    logp, _ = make_sharded_logprob_fn(pc.MODEL, mesh)(params, full)
+    logp = multihost_utils.process_allgather(logp, tiled=True)
     if is_main_process():
         out = Path(out_dir)
         (out / "metrics.json").write_text(json.dumps({"history": history, "rows": [start, stop]}))
         flat = {jax.tree_util.keystr(path): np.asarray(leaf)
                 for path, leaf in jax.tree_util.tree_flatten_with_path(gathered)[0]}
         np.savez(out / "params.npz", **flat)
+        np.save(out / "logp.npy", np.asarray(logp))
     else:
         (Path(out_dir) / f"rows_{process_id}.json").write_text(json.dumps([start, stop]))
     shutdown()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import parallel_common as pc
-from orchestra_jax.rl.step import make_update_fn
+from orchestra_jax.rl.step import make_update_fn, token_logprobs
 
 HERE = Path(__file__).resolve().parent
 STEPS = 3
@@ -78,3 +78,7 @@ def test_two_processes_match_one(tmp_path):
     assert saved.files and set(saved.files) == set(flat)
     for key in flat:
         np.testing.assert_allclose(saved[key], flat[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    batch = pc.batch()
+    want_logp, _ = jax.jit(token_logprobs, static_argnums=0)(pc.MODEL, want_params, batch["tokens"],
+                                                             batch["positions"], batch["segment_ids"])
+    np.testing.assert_allclose(np.load(tmp_path / "logp.npy"), np.asarray(want_logp), rtol=1e-5, atol=1e-5)
