@@ -2,7 +2,7 @@
 
     python experiments/factory.py --out data/qa_quickstart               # conf/env/qa_quickstart.yaml
     python experiments/factory.py --env qa --out data/qa --train 4000 --eval 500 --k 4 \
-        --teachers rule_based rule_based_eps0.3 random_router random
+        --teachers rule_based rule_based_eps0.1 random_router random
 
 Writes <out>/tasks_<split>.jsonl for train, val, test, unseen_tools, unseen_prices, and
 <out>/sft_trajectories.jsonl (the most efficient successful teacher trajectory per solved train task),

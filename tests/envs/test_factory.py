@@ -9,6 +9,8 @@ from orchestra_jax.envs import factory
 from orchestra_jax.envs.baselines import Trajectory
 from orchestra_jax.envs.qa import QATask
 
+TEACHERS = ("rule_based", "rule_based_eps0.3", "random")
+
 
 @pytest.fixture(scope="module")
 def env():
@@ -18,7 +20,7 @@ def env():
 @pytest.fixture(scope="module")
 def per_task(env):
     tasks = env.sample_tasks(0, 40)
-    return tasks, factory.teacher_trajectories(env, tasks, seed=3, k=2)
+    return tasks, factory.teacher_trajectories(env, tasks, seed=3, k=2, teachers=TEACHERS)
 
 
 def _traj(cost, turns, solved, policy="p"):
@@ -37,7 +39,7 @@ def test_pass_at_k_keeps_cheapest_successful_then_fewest_turns():
 
 def test_teacher_trajectories_and_filter_on_the_env(env, per_task):
     tasks, per = per_task
-    assert len(per) == len(tasks) and all(len(ts) == 2 * len(factory.DEFAULT_TEACHERS) for ts in per)
+    assert len(per) == len(tasks) and all(len(ts) == 2 * len(TEACHERS) for ts in per)
     kept = factory.pass_at_k_filter(per)
     solved_tasks = [ts for ts in per if any(t.solved for t in ts)]
     assert len(kept) == len(solved_tasks) > 30
