@@ -54,7 +54,8 @@ class EnvConfig:
     max_usd: float = 0.25                   # per-episode budget: dollars
     randomize_tools: bool = True            # per-task random subset of the alias menu
     keep_prob: float = 0.7                  # chance each alias is offered (at least one per tool is kept)
-    heldout_aliases: tuple[str, ...] = ("answer-4", "search-3")  # only offered in split "unseen_tools"
+    heldout_aliases: tuple[str, ...] = ("answer-4", "search-3")  # only offered in split "unseen_tools" (when
+    #                                         randomize_tools is off, every split but unseen_tools offers all)
     randomize_prices: bool = True           # per-task random price multiplier per model
     price_scale_train: tuple[float, float] = (0.5, 2.0)     # log-uniform range of multipliers (train/val/test)
     price_scale_unseen: tuple[float, float, float, float] = (0.15, 0.4, 2.5, 6.0)  # split "unseen_prices": two ranges
@@ -80,6 +81,9 @@ class EnvConfig:
         lo, hi = self.price_scale_train
         if not 0 < lo <= hi:
             raise ValueError(f"env.price_scale_train must be 0 < lo <= hi, got {self.price_scale_train}")
+        u = self.price_scale_unseen
+        if len(u) != 4 or not (0 < u[0] <= u[1] and 0 < u[2] <= u[3]):
+            raise ValueError(f"env.price_scale_unseen must be (lo1, hi1, lo2, hi2) with 0 < lo <= hi, got {u}")
         for name in ("pref_outcome", "pref_cost", "pref_latency"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"env.{name} must be in [0, 1], got {getattr(self, name)}")

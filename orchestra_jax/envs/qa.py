@@ -178,6 +178,10 @@ class QAEnv(Env):
             raise ValueError(f"env.qa.domain_weights has {len(q.domain_weights)} entries for {len(q.domains)} domains")
         if not (len(q.levels) == len(q.level_weights) == len(q.level_offsets)):
             raise ValueError("env.qa.levels, level_weights and level_offsets must have the same length")
+        for name in ("domain_weights", "level_weights"):
+            w = getattr(q, name)
+            if any(x < 0 for x in w) or sum(w) <= 0:
+                raise ValueError(f"env.qa.{name} must be >= 0 with a positive sum, got {w}")
         unknown = sorted(set(q.domains) - {"math", "science", "factual", "code"})
         if unknown:
             raise ValueError(f"env.qa.domains: no problem generator for {unknown}")

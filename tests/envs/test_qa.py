@@ -244,3 +244,16 @@ def test_abort_ends_episodes_unsolved(env):
     res = env.results(state)
     assert out.observations[1] == "" and out.cost_usd[1] == 0 and out.done.all()
     assert res.end_reason[1] == "too_long" and not res.solved[1] and res.n_turns[1] == 0
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(price_scale_unseen=(0.1, 0.2, 3.0, 2.0)), "price_scale_unseen"),
+    (dict(price_scale_train=(2.0, 1.0)), "price_scale_train"),
+    (dict(description_style="verbose"), "description_style"),
+    (dict(setting="chess"), "setting"),
+    (dict(max_turns=0), "budgets"),
+    (dict(heldout_aliases=("answer-9",)), "heldout_aliases"),
+])
+def test_bad_config_names_the_field(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        make_env(dataclasses.replace(QUICK, **kw) if "setting" not in kw else EnvConfig(**kw))
