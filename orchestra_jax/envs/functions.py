@@ -81,7 +81,6 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test", "unseen_tools", "unseen_prices")
 RESPOND = "respond"
 CALL_EXPERT = "call_expert"
-LEVEL_NAMES = ("basic", "standard", "expert")
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -524,7 +523,8 @@ class FunctionsEnv(Env):
         res = domain.call(name, args, state.dbs[i])
         if res.stage == "unknown":
             tools = [f.name for f in domain.functions] + [CALL_EXPERT, RESPOND]
-            return f"Error: unknown tool {name!r}; available: {tools}", -1, False, {"tool": name, "error": "unknown"}
+            return (f"Error: unknown tool {name[:40]!r}; available: {tools}", -1, False,
+                    {"tool": name[:40], "error": "unknown"})
         state.ledger.charge(i, 0.0, 0, self.fcfg.function_latency_s)
         if res.ok:
             state.dbs[i] = res.db

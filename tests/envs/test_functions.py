@@ -284,12 +284,15 @@ def test_bad_calls_give_errors_and_never_change_the_database(env, tasks):
         format_tool_call("call_expert", {"expert": "expert-9"}),
         format_tool_call("respond", {"msg": "hi"}),
         format_tool_call("get_booking", {"booking_id": "BK00001"}) * 2,                      # two calls
+        format_tool_call("get_booking", {"booking_id": "B" * 100_000}),                      # huge value
+        format_tool_call("x" * 5000, {"y" * 5000: 1}),                                       # huge name
     ]
     state, _ = env.reset([t] * len(cases), 0)
     before = [db_digest(db) for db in state.dbs]
     state, out = env.step(state, cases)
     assert not out.valid.any() and not out.done.any()
     assert all(o.startswith("Error") for o in out.observations), out.observations
+    assert max(len(o) for o in out.observations) < 1000     # errors quote at most a short excerpt
     assert [db_digest(db) for db in state.dbs] == before and all(not s for s in state.touched)
     assert (env.results(state).n_invalid == 1).all()
 

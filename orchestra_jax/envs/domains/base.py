@@ -98,15 +98,21 @@ def validate_arguments(spec: FunctionSpec, arguments: Any, db: DB) -> dict[str, 
     if not isinstance(arguments, Mapping):
         raise DomainError(f"{spec.name}: arguments must be a JSON object, got {type(arguments).__name__}")
     known = {p.name for p in spec.params}
-    unknown = sorted(str(k) for k in arguments if k not in known)
+    unknown = sorted(str(k)[:40] for k in arguments if k not in known)
     if unknown:
-        raise DomainError(f"{spec.name}: unknown argument(s) {unknown}; expected {sorted(known)}")
+        raise DomainError(f"{spec.name}: unknown argument(s) {unknown[:5]}; expected {sorted(known)}")
     out: dict[str, Any] = {}
     for p in spec.params:
         if p.name not in arguments:
             raise DomainError(f"{spec.name}: missing required argument {p.name!r}")
         out[p.name] = _check_value(spec.name, p, arguments[p.name], db)
     return out
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """Short repr of a (possibly huge, policy-written) value for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_value(fn: str, p: Param, value: Any, db: DB) -> Any:
@@ -122,19 +128,19 @@ def _check_value(fn: str, p: Param, value: Any, db: DB) -> Any:
             raise DomainError(f"{where} must be an integer, got {type(value).__name__}")
     else:  # number
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DomainError(f"{where} must be a finite number, got {value!r}")
+            raise DomainError(f"{where} must be a finite number, got {_show(value)}")
     if p.enum is not None and value not in p.enum:
-        raise DomainError(f"{where} must be one of {list(p.enum)}, got {value!r}")
+        raise DomainError(f"{where} must be one of {list(p.enum)}, got {_show(value)}")
     if p.minimum is not None and value < p.minimum:
-        raise DomainError(f"{where} must be >= {p.minimum}, got {value!r}")
+        raise DomainError(f"{where} must be >= {p.minimum}, got {_show(value)}")
     if p.maximum is not None and value > p.maximum:
-        raise DomainError(f"{where} must be <= {p.maximum}, got {value!r}")
+        raise DomainError(f"{where} must be <= {p.maximum}, got {_show(value)}")
     if p.ref is not None and value not in db[p.ref]:
-        raise DomainError(f"{where}: no {p.ref[:-1] if p.ref.endswith('s') else p.ref} with id {value!r}")
+        raise DomainError(f"{where}: no {p.ref[:-1] if p.ref.endswith('s') else p.ref} with id {_show(value)}")
     if p.money:
         cents = round(value * 100)
         if abs(cents - value * 100) > 1e-6:
-            raise DomainError(f"{where} must have at most two decimals, got {value!r}")
+            raise DomainError(f"{where} must have at most two decimals, got {_show(value)}")
         return int(cents)
     return value
 
