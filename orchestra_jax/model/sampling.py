@@ -96,30 +96,40 @@ def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig):
     return tokens_B, sample_logp_B, policy_logp_B
 
 
-def _prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV):
+def _prefill(model_cfg, chunk, params, cache, tokens_BT, num_new_B, prev_last_logits_BV):
     num_new_B = num_new_B.astype(jnp.int32)
-    logits_BTV, cache = _extend(model_cfg, params, cache, tokens_BT, num_new_B)
-    last_index_B = jnp.maximum(num_new_B - 1, 0)
-    last_BV = jnp.take_along_axis(logits_BTV, last_index_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    if prev_last_logits_BV is None:
-        prev_last_logits_BV = jnp.zeros_like(last_BV)
-    last_BV = jnp.where((num_new_B > 0)[:, None], last_BV, prev_last_logits_BV.astype(jnp.float32))
+    batch, window = tokens_BT.shape
+    last_BV = (jnp.zeros((batch, model_cfg.vocab_size), jnp.float32) if prev_last_logits_BV is None
+               else prev_last_logits_BV.astype(jnp.float32))
+    # Chunks bound the logits buffer to [B, chunk, V] (a real vocabulary times a long prompt is large).
+    for start in range(0, window, chunk):
+        width = min(chunk, window - start)
+        n_B = jnp.clip(num_new_B - start, 0, width)
+        logits_BTV, cache = _extend(model_cfg, params, cache, tokens_BT[:, start:start + width], n_B)
+        chunk_last_BV = jnp.take_along_axis(
+            logits_BTV, jnp.maximum(n_B - 1, 0)[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        last_BV = jnp.where((n_B > 0)[:, None], chunk_last_BV, last_BV)
     return last_BV, cache
 
 
-_prefill_jit = jax.jit(_prefill, static_argnums=(0,))
+_prefill_jit = jax.jit(_prefill, static_argnums=(0, 1))
 
 
-def prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV=None):
+def prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV=None, chunk_size=None):
     """Appends num_new_B[b] tokens of tokens_BT[b] to cache row b; returns (last_logits_BV float32, cache).
 
     tokens_BT: int32 [B, T], real tokens left-aligned (the rest is ignored); num_new_B: int32 [B], 0..T.
     last_logits_BV[b] are the logits after row b's last new token; rows with num_new_B[b] == 0 carry
-    prev_last_logits_BV[b] (zeros when not given). Jitted; compiles once per (B, T, S). The caller must
-    keep cache.lengths + num_new_B <= S.
+    prev_last_logits_BV[b] (zeros when not given). chunk_size: run the window in chunks of this many
+    tokens (None = one chunk), which bounds the logits buffer to [B, chunk_size, V]. Jitted; compiles
+    once per (B, T, S, chunk_size). The caller must keep cache.lengths + num_new_B <= S.
     """
-    return _prefill_jit(model_cfg, params, cache, jnp.asarray(tokens_BT, jnp.int32),
-                        jnp.asarray(num_new_B, jnp.int32), prev_last_logits_BV)
+    tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+    chunk = tokens_BT.shape[1] if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"prefill chunk_size must be >= 1, got {chunk_size}")
+    return _prefill_jit(model_cfg, chunk, params, cache, tokens_BT, jnp.asarray(num_new_B, jnp.int32),
+                        prev_last_logits_BV)
 
 
 class DecodeOutput(NamedTuple):

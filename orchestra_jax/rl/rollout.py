@@ -50,6 +50,7 @@ class RolloutConfig:
     max_seq_len: KV-cache size = the longest episode (prompt + turns + observations); a sequence that
       reaches it ends as runaway (done reason length_budget, solved False).
     min_prefill_bucket: smallest prefill window; windows are powers of two >= this (few compilations).
+    prefill_chunk: prefill runs its window in chunks of this many tokens (bounds the [B, chunk, V] logits).
     compact_tools: render the tools section of the prompt in the compact wording (tiny CPU policies).
     sampling: temperature / top-p / greedy.
     """
@@ -59,11 +60,13 @@ class RolloutConfig:
     max_new_tokens: int = 64
     max_seq_len: int = 1024
     min_prefill_bucket: int = 16
+    prefill_chunk: int = 512
     compact_tools: bool = False
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
 
     def __post_init__(self):
-        for name in ("group_size", "max_turns", "max_new_tokens", "max_seq_len", "min_prefill_bucket"):
+        for name in ("group_size", "max_turns", "max_new_tokens", "max_seq_len", "min_prefill_bucket",
+                     "prefill_chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RolloutConfig.{name} must be a positive int, got {value!r}")
@@ -211,7 +214,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
     if num_new.any():
         window = _bucket(int(num_new.max()), cfg.min_prefill_bucket, seq_len)
         rows = [ids if n else [] for ids, n in zip(prompt_ids, num_new)]
-        last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new)
+        last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new,
+                                     chunk_size=cfg.prefill_chunk)
     lengths = num_new.astype(np.int64)  # host mirror of cache.lengths
 
     for turn in range(max_turns):
@@ -284,7 +288,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                 sample_logp[i] += [0.0] * len(ids)
                 lengths[i] += len(ids)
             window = _bucket(int(num_new.max()), cfg.min_prefill_bucket, seq_len)
-            last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new, last_logits)
+            last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new, last_logits,
+                                         chunk_size=cfg.prefill_chunk)
 
     # Episodes ended by the env at a </tool_call> stop: close the turn so the transcript is well formed.
     for i in range(n_episodes):

@@ -135,6 +135,19 @@ def test_greedy_with_cache_equals_full_recomputation_over_two_turns(params):
     assert int(out2.cache.lengths[1]) == len(seqs[1])
 
 
+def test_chunked_prefill_equals_one_chunk(params):
+    rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [], [14, 15, 16, 17, 18]]
+    cache = init_cache(CFG, 4, CACHE)
+    prev = jnp.arange(4 * CFG.vocab_size, dtype=jnp.float32).reshape(4, CFG.vocab_size)
+    lengths = [len(r) for r in rows]
+    one, cache_one = prefill(CFG, params, cache, _pad(rows, 8), lengths, prev)
+    three, cache_three = prefill(CFG, params, cache, _pad(rows, 8), lengths, prev, chunk_size=3)
+    np.testing.assert_allclose(np.asarray(three), np.asarray(one), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(one[2]), np.asarray(prev[2]))  # no new tokens: carried
+    np.testing.assert_allclose(np.asarray(cache_three.k), np.asarray(cache_one.k), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(cache_three.lengths), lengths)
+
+
 def test_temperature_policy_logp_equals_full_forward_and_is_reproducible(params):
     prompts = [[5, 6, 7, 8], [9, 10]]
     cfg = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=10)
