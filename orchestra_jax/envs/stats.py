@@ -32,11 +32,13 @@ class Row:
     turns: float
 
 
-def rows_of(name: str, res: EpisodeResults, domains: Sequence[str]) -> list[Row]:
+def rows_of(name: str, res: EpisodeResults, domains: Sequence[str], keep: np.ndarray | None = None) -> list[Row]:
+    """One row for all episodes and one per domain (only episodes with ``keep`` True, when given)."""
     out = []
     doms = np.array(res.domains)
+    keep = np.ones(len(doms), bool) if keep is None else keep
     for d in ("all", *domains):
-        m = np.ones(len(doms), bool) if d == "all" else doms == d
+        m = keep & (np.ones(len(doms), bool) if d == "all" else doms == d)
         if m.any():
             out.append(Row(name, d, int(m.sum()), float(res.solved[m].mean()), float(res.cost_usd[m].mean()),
                            float(res.latency_s[m].mean()), float(res.n_turns[m].mean())))
@@ -50,7 +52,10 @@ def compute_stats(env, tasks, seed: int, routers: Sequence[str] = ROUTERS) -> di
     answer_aliases = [a.alias for a in env.menu if a.tool == "answer"]
     direct = {a: run_policy(env, f"direct:{a}", tasks, seed) for a in answer_aliases}
     rows = [r for name, res in results.items() for r in rows_of(name, res, domains)]
-    model_rows = [r for a, res in direct.items() for r in rows_of(f"direct:{a}", res, domains)]
+    # a direct-answer policy falls back to the strongest alias when its own is not offered: count only the
+    # tasks that offer it (every task when the menu is not randomised)
+    offered = {a: np.array([a in t.available for t in tasks]) for a in answer_aliases}
+    model_rows = [r for a, res in direct.items() for r in rows_of(f"direct:{a}", res, domains, offered[a])]
     checks = {}
     if "always_strongest" in results and "cheapest" in results:
         gap = results["always_strongest"].solved.mean() - results["cheapest"].solved.mean()
@@ -72,7 +77,9 @@ def compute_stats(env, tasks, seed: int, routers: Sequence[str] = ROUTERS) -> di
             dom = tag.split("-")[0]
             if dom not in domains:
                 continue
-            m = doms == dom
+            m = (doms == dom) & offered[a] & offered[top]
+            if m.sum() < 50:
+                continue
             acc_gap = direct[top].solved[m].mean() - direct[a].solved[m].mean()
             ratio = direct[a].cost_usd[m].mean() / direct[top].cost_usd[m].mean()
             spec.append({"alias": a, "domain": dom, "acc_gap_points": 100 * float(acc_gap),
