@@ -438,17 +438,26 @@ def evaluate_policies(cfg: Config, env, tokenizer, model_cfg: ModelConfig, learn
 
 
 # ------------------------------------------------------------------------------------------------ run
-def run(cfg: Config) -> dict:
-    """The whole job (see module docstring). Returns the summary dict (also in <run_dir>/summary.json)."""
+@dataclasses.dataclass
+class Prepared:
+    """What every stage needs: the env, the tokenizer, the model config and its initial params, the
+    training task file, and the SFT teacher records (empty when SFT is off)."""
+
+    env: Any
+    tokenizer: Any
+    model_cfg: ModelConfig
+    init_params: Any
+    train_path: str
+    records: list
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Env, task pool (written once, read through grain), teacher data, tokenizer, initial params."""
     from orchestra_jax.envs import make_env
     from orchestra_jax.text.chat import render_prompt
-    from orchestra_jax.evaluate import format_table
 
-    t_start = time.perf_counter()
     _save_config(cfg)
     env = make_env(cfg.env)
-
-    # Tasks: the training pool is written once and read through grain.
     train_path = os.path.join(cfg.run_dir, "data", "train_tasks.jsonl")
     if not os.path.exists(train_path):
         write_jsonl(train_path, [t.to_dict() for t in env.sample_tasks(cfg.train.seed, cfg.train.num_tasks, "train")])
@@ -467,20 +476,37 @@ def run(cfg: Config) -> dict:
     model_cfg, params = init_model(cfg, tokenizer)
     print(f"run_dir {os.path.abspath(cfg.run_dir)} | tokenizer {tokenizer.vocab_size} ids | model "
           f"{sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)) / 1e6:.2f}M params", flush=True)
-    if records:
-        params, skipped = run_sft(cfg, model_cfg, params, tokenizer, records)
-        print(("SFT checkpoint found, SFT skipped" if skipped else
-               f"SFT done on {len(records)} teacher trajectories"), f"({time.perf_counter() - t_start:.0f}s)",
-              flush=True)
-    start_params = params
+    return Prepared(env, tokenizer, model_cfg, params, train_path, records)
 
+
+def start_params(cfg: Config, prep: Prepared):
+    """The GRPO start: the SFT checkpoint (trained now if missing) or the initial params."""
+    if not prep.records:
+        return prep.init_params
+    t0 = time.perf_counter()
+    params, skipped = run_sft(cfg, prep.model_cfg, prep.init_params, prep.tokenizer, prep.records)
+    print("SFT checkpoint found, SFT skipped" if skipped else
+          f"SFT done on {len(prep.records)} teacher trajectories ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return params
+
+
+def run(cfg: Config) -> dict:
+    """The whole job (see module docstring). Returns the summary dict (also in <run_dir>/summary.json)."""
+    from orchestra_jax.evaluate import format_table
+
+    t_start = time.perf_counter()
+    prep = prepare(cfg)
+    start = start_params(cfg, prep)
+    # the SFT step donates the initial params; keep a copy of the start for the "sft" evaluation
+    start_copy = jax.tree_util.tree_map(jnp.copy, start) if cfg.eval.enabled else None
     logger = make_logger(cfg, initial_step=_latest_step(cfg))
+    summary = {}
     try:
-        final_params, _ = train_grpo(cfg, env, tokenizer, model_cfg, start_params, train_path, logger)
-        print(f"GRPO done ({time.perf_counter() - t_start:.0f}s)", flush=True)
-        summary = {}
+        final_params, _ = train_grpo(cfg, prep.env, prep.tokenizer, prep.model_cfg, start, prep.train_path, logger)
+        logger.write(f"GRPO done ({time.perf_counter() - t_start:.0f}s)")
         if cfg.eval.enabled:
-            summary = evaluate_policies(cfg, env, tokenizer, model_cfg, {"grpo": final_params, "sft": start_params})
+            summary = evaluate_policies(cfg, prep.env, prep.tokenizer, prep.model_cfg,
+                                        {"grpo": final_params, "sft": start_copy})
             logger.summary({f"eval/{n}/{k}": v for n, m in summary["policies"].items() for k, v in m.items()})
     finally:
         logger.close()
@@ -497,3 +523,37 @@ def _latest_step(cfg: Config) -> int:
         return 0
     steps = [int(x) for x in os.listdir(d) if x.isdigit()]
     return max(steps) if steps else 0
+
+
+def evaluate_run(cfg: Config) -> dict:
+    """Evaluates the latest GRPO checkpoint and the start of an existing run_dir (experiments/evaluate.py)."""
+    from orchestra_jax.evaluate import format_table
+
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+    if _latest_step(cfg) == 0:
+        raise ValueError(f"no GRPO checkpoint in {ckpt_dir}: train first (experiments/train.py run_dir={cfg.run_dir})")
+    prep = prepare(cfg)
+    start = start_params(cfg, prep)
+    ck = Checkpointer(ckpt_dir)
+
+    step = ck.latest_step()
+    meta = ck._mngr.item_metadata(step)["state"]
+    keys = set(getattr(meta, "tree", meta).keys())
+    # restore only the params: build a full target of the saved structure from a fresh optimizer state
+    from orchestra_jax.rl.optim import make_optimizer as _mk
+
+    target = {"params": start, "opt_state": _mk(cfg.algo.optim).init(start), "rng": jax.random.PRNGKey(0),
+              "step": jnp.zeros((), jnp.int32), "reward_state": init_reward_state()}
+    if "ref_params" in keys:
+        target["ref_params"] = start
+    state, _ = ck.restore(step, target)
+    ck.close()
+    summary = evaluate_policies(cfg, prep.env, prep.tokenizer, prep.model_cfg,
+                                {"grpo": state["params"], "sft": jax.tree_util.tree_map(jnp.copy, start)})
+    summary["eval"]["grpo_step"] = int(step)
+    from orchestra_jax.evaluate import write_summary
+
+    write_summary(cfg.run_dir, summary)
+    print(format_table(summary))
+    print(f"summary: {os.path.join(cfg.run_dir, 'summary.json')} (GRPO step {step})")
+    return summary

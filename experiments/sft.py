@@ -1,0 +1,34 @@
+"""Hydra entry point of the SFT warm start alone: tokenizer, pass@k teacher data, behaviour cloning.
+
+    python experiments/sft.py +experiment=quickstart run_dir=runs/quickstart
+
+Writes <run_dir>/sft/ (the checkpoint GRPO starts from; experiments/train.py on the same run_dir reuses
+it and skips SFT) and <run_dir>/sft_metrics.jsonl.
+"""
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from orchestra_jax.config import resolve_hydra_run_dir, to_config  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(raw: DictConfig) -> None:
+    try:
+        cfg = to_config(resolve_hydra_run_dir(raw))
+    except ValueError as e:
+        sys.exit(f"{e}")
+    if cfg.init != "sft" or not cfg.sft.enabled:
+        sys.exit(f"config error at init: experiments/sft.py needs init=sft and sft.enabled=true (got init={cfg.init})")
+    from orchestra_jax.train import prepare, start_params
+
+    start_params(cfg, prepare(cfg))
+    print(f"SFT checkpoint: {os.path.join(cfg.run_dir, 'sft')}")
+
+
+if __name__ == "__main__":
+    main()
