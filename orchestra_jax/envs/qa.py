@@ -451,7 +451,10 @@ class QAEnv(Env):
                 state.found[i].append(doc)
             else:
                 pool = [d for d in range(len(task.docs)) if d not in task.relevant]
-                fresh = [d for d in pool if d not in state.shown[i]] or pool or list(range(len(task.docs)))
+                fresh = [d for d in pool if d not in state.shown[i]] or pool
+                if not fresh:
+                    extra["retrieved_relevant"] = False
+                    return f"{alias}: no documents found.", usd_c, lat_c, extra
                 doc = fresh[int(rng.integers(len(fresh)))]
             state.shown[i].add(doc)
             state.n_docs[i] += 1

@@ -257,3 +257,11 @@ def test_abort_ends_episodes_unsolved(env):
 def test_bad_config_names_the_field(kw, needle):
     with pytest.raises(ValueError, match=needle):
         make_env(dataclasses.replace(QUICK, **kw) if "setting" not in kw else EnvConfig(**kw))
+
+
+def test_search_with_no_distractors_and_nothing_left_to_find():
+    env = make_env(dataclasses.replace(QUICK, qa=dataclasses.replace(QUICK.qa, n_distractors=0)))
+    task = next(t for t in env.sample_tasks(0, 20) if t.domain == "math")
+    state, _ = env.reset([task], seed=0)
+    state, out = env.step(state, [call("search", "search-1")])
+    assert out.valid[0] and out.observations[0] == "search-1: no documents found."
