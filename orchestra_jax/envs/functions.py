@@ -597,7 +597,8 @@ class FunctionsEnv(Env):
             if res.ok:
                 state.dbs[i] = res.db
                 state.touched[i].update(res.touched)
-            lines.append(f"[{alias}] called {format_tool_call(a.name, a.arguments)} -> {res.output}")
+            # plain name(args) rather than <tool_call> tags: observations never contain the policy's markup
+            lines.append(f"[{alias}] called {a.name}({json.dumps(a.arguments, sort_keys=True)}) -> {res.output}")
         return "\n".join(lines)
 
     def results(self, state: FunctionsState):

@@ -312,6 +312,7 @@ def test_expert_success_rate_matches_skill_and_cost_matches_prices(env, tasks):
     correct = np.array([o["outcome"] == "correct" for o in out.info])
     assert abs(correct.mean() - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
     assert {o["outcome"] for o in out.info} <= {"correct", "wrong", "nothing"}
+    assert all(o.startswith("[expert-2]") and "<tool_call>" not in o for o in out.observations)
     for k in range(20):
         info = out.info[k]
         assert info["tokens_in"] == 1000 + env.fcfg.expert_context_tokens
