@@ -95,7 +95,10 @@ def _splash_kernel(num_heads: int, seq_len: int, interpret: bool):
     sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                           block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                           block_q_dq=block, block_kv_dq=block)
-    return sa.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=interpret)
+    # The kernel holds mask-info arrays; build them concretely even when first called under jit, so the
+    # cached kernel never captures a tracer.
+    with jax.ensure_compile_time_eval():
+        return sa.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=interpret)
 
 
 def splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, interpret: bool = False):
