@@ -271,7 +271,9 @@ class RestaurantDomain(Domain):
             return None
         r = pick(rng, mine)
         name = db["restaurants"][r.restaurant_id].name
-        same = [x for x in self._mine(db, user, set()) if x.restaurant_id == r.restaurant_id and x.date == r.date]
+        # the user names the restaurant, and names repeat across cities: unique by (name, date)
+        same = [x for x in self._mine(db, user, set())
+                if db["restaurants"][x.restaurant_id].name == name and x.date == r.date]
         if len(same) != 1:
             return None
         used.add(r.reservation_id)
