@@ -54,3 +54,30 @@ def test_cli_rejects_unknown_key_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "config error at train.bogus" in proc.stderr
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_multirun_sweep_gives_each_point_its_own_run_dir(tmp_path):
+    """A 2-point --multirun sweep (0 GRPO steps: config, tokenizer, init only) writes two run dirs named
+    after the swept value, each with its own resolved config."""
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "train.py"), "--multirun", f"run_dir={sweep}",
+         "train.steps=0", "init=random", "sft.enabled=false", "eval.enabled=false", "train.wandb_mode=disabled",
+         "train.progress_bar=false", "train.num_tasks=8", "train.seed=1,2"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for seed in (1, 2):
+        cfg = yaml.safe_load(open(sweep / f"train.seed={seed}" / "config.yaml"))
+        assert cfg["train"]["seed"] == seed and cfg["run_dir"] == f"{sweep}/train.seed={seed}"
+    assert (sweep / "multirun.yaml").exists()
+    assert sorted(os.listdir(tmp_path)) == ["sweep"]  # no outputs/ or multirun/ in the working directory
+
+
+def test_swept_keys_parsing():
+    from orchestra_jax.config import swept_keys
+
+    argv = ["+experiment=quickstart", "run_dir=runs/s", "algo.optim.lr=1e-4,3e-4", "train.seed=range(0,3)",
+            "env.pref_cost=0.1", "hydra.sweeper.params=x,y"]
+    assert swept_keys(argv) == ["algo.optim.lr", "train.seed"]
