@@ -132,14 +132,20 @@ def prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV=
                         prev_last_logits_BV)
 
 
-class DecodeOutput(NamedTuple):
+class _DecodeTuple(NamedTuple):
     tokens_BN: jax.Array         # int32, sampled ids; 0 after each row's num_generated
     logp_BN: jax.Array           # float32, policy log-prob (temperature 1) of each sampled token; 0 after
     num_generated_B: jax.Array   # int32, tokens sampled per row (includes the stop token)
     stop_reason_B: jax.Array     # int32, STOP_* code; STOP_NONE for rows that were not active
     cache: Any                   # KVCache with every sampled token appended
     last_logits_BV: jax.Array    # float32, logits after each row's last token (carried for inactive rows)
-    sample_logp_BN: jax.Array    # float32, log-prob under the sampling distribution (0 when greedy)
+
+
+class DecodeOutput(_DecodeTuple):
+    """The contract's 6-tuple (unpacks as tokens, logp, num_generated, stop_reason, cache, last_logits)
+    plus ``sample_logp_BN``: float32 log-probs under the sampling distribution (0 when greedy)."""
+
+    sample_logp_BN: jax.Array  # set by `decode` (an attribute, not a tuple element)
 
 
 class _Carry(NamedTuple):
@@ -200,8 +206,8 @@ def _decode(model_cfg, cfg, params, cache, last_logits_BV, key, active_B, stop_i
             cache=cache, last_logits_BV=last_logits_BV)
 
     out = jax.lax.while_loop(cond, body, init)
-    return DecodeOutput(out.tokens_BN, out.logp_BN, out.num_generated_B, out.stop_reason_B, out.cache,
-                        out.last_logits_BV, out.sample_logp_BN)
+    return (out.tokens_BN, out.logp_BN, out.num_generated_B, out.stop_reason_B, out.cache, out.last_logits_BV,
+            out.sample_logp_BN)
 
 
 _decode_jit = jax.jit(_decode, static_argnums=(0, 1))
@@ -215,11 +221,14 @@ def decode(model_cfg, params, cache, last_logits_BV, key, active_B, stop_ids, cf
     stop_ids: int sequence [K] of single-token stop ids (the stop token is sampled, kept and counted).
     A row stops at a stop id (STOP_TOKEN), after max_new_tokens tokens (STOP_MAX_NEW) or when its cache row
     is full (STOP_CACHE_FULL). The loop ends as soon as no row is running. Jitted; compiles once per
-    (B, S, V, cfg). Returns DecodeOutput(tokens_BN, logp_BN, num_generated_B, stop_reason_B, cache,
-    last_logits_BV, sample_logp_BN); the first six are the contract's tuple order.
+    (B, S, V, cfg). Returns DecodeOutput: the tuple (tokens_BN, logp_BN, num_generated_B, stop_reason_B,
+    cache, last_logits_BV), plus the attribute sample_logp_BN.
     """
     stop_ids_K = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
     if stop_ids_K.size == 0:
         stop_ids_K = jnp.full((1,), -1, jnp.int32)  # no stop ids: a value no token can take
-    return _decode_jit(model_cfg, cfg, params, cache, jnp.asarray(last_logits_BV, jnp.float32), key,
-                       jnp.asarray(active_B, bool), stop_ids_K)
+    *fields, sample_logp_BN = _decode_jit(model_cfg, cfg, params, cache, jnp.asarray(last_logits_BV, jnp.float32),
+                                          key, jnp.asarray(active_B, bool), stop_ids_K)
+    out = DecodeOutput(*fields)
+    out.sample_logp_BN = sample_logp_BN
+    return out

@@ -154,6 +154,8 @@ def test_temperature_policy_logp_equals_full_forward_and_is_reproducible(params)
     cache = init_cache(CFG, 2, CACHE)
     last, cache = prefill(CFG, params, cache, _pad(prompts, 8), [4, 2])
     out_a = decode(CFG, params, cache, last, jax.random.key(3), np.ones(2, bool), (), cfg)
+    tokens_BN, logp_BN, num_generated_B, stop_reason_B, cache_out, last_out = out_a  # the contract's 6-tuple
+    assert tokens_BN is out_a.tokens_BN and cache_out is out_a.cache and last_out is out_a.last_logits_BV
     out_b = decode(CFG, params, cache, last, jax.random.key(3), np.ones(2, bool), (), cfg)
     out_c = decode(CFG, params, cache, last, jax.random.key(4), np.ones(2, bool), (), cfg)
     np.testing.assert_array_equal(np.asarray(out_a.tokens_BN), np.asarray(out_b.tokens_BN))
