@@ -1,4 +1,6 @@
 """Packed rows give the same loss and log-prob gradients as one sequence per padded row."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,11 +41,18 @@ def _padded(seqs, fields):
     return out, segment_ids
 
 
-def _loss_and_grad(arrays, segment_ids, cfg):
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _jit_loss_and_grad(arrays, segment_ids, cfg, num_tokens=None, num_segments=None):
     def fn(logp):
         return policy_loss(logp, arrays["old_logp"], arrays["advantages"], arrays["loss_mask"], segment_ids, cfg,
-                           ref_logp=arrays["ref_logp"], entropy=arrays["entropy"])
-    (loss, metrics), grad = jax.value_and_grad(fn, has_aux=True)(jnp.asarray(arrays["logp"]))
+                           ref_logp=arrays["ref_logp"], entropy=arrays["entropy"], num_tokens=num_tokens,
+                           num_segments=num_segments)
+    return jax.value_and_grad(fn, has_aux=True)(arrays["logp"])
+
+
+def _loss_and_grad(arrays, segment_ids, cfg, num_tokens=None, num_segments=None):
+    (loss, metrics), grad = _jit_loss_and_grad({k: jnp.asarray(arrays[k]) for k in FIELDS}, segment_ids, cfg,
+                                               num_tokens, num_segments)
     return float(loss), np.asarray(grad), metrics
 
 
@@ -135,17 +144,30 @@ def test_micro_batches_with_global_counts_sum_to_full_batch(aggregation):
     total, grads, metrics = 0.0, [], {}
     for rows in (slice(0, 2), slice(2, 3), slice(3, 6)):  # uneven micro-batches
         part = {k: v[rows] for k, v in batch.fields.items()}
-
-        def fn(logp):
-            return policy_loss(logp, part["old_logp"], part["advantages"], part["loss_mask"],
-                               batch.segment_ids[rows], cfg, ref_logp=part["ref_logp"], entropy=part["entropy"],
-                               num_tokens=num_tokens, num_segments=num_segments)
-        (loss, m), g = jax.value_and_grad(fn, has_aux=True)(jnp.asarray(part["logp"]))
-        total += float(loss)
-        grads.append(np.asarray(g))
+        loss, g, m = _loss_and_grad(part, batch.segment_ids[rows], cfg, num_tokens, num_segments)
+        total += loss
+        grads.append(g)
         for k in ("clip/low_frac", "approx_kl", "entropy", "ratio/mean"):
             metrics[k] = metrics.get(k, 0.0) + float(m[k])
     np.testing.assert_allclose(total, full_loss, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.concatenate(grads), full_grad, rtol=1e-5, atol=1e-7)
     for k, v in metrics.items():
         np.testing.assert_allclose(v, float(full_metrics[k]), rtol=1e-5, atol=1e-7)
+
+
+def test_kl_in_reward_moves_the_kl_into_the_advantage():
+    from orchestra_jax.rl.losses import kl_penalised_advantages, sequence_kl
+    old = np.array([[0.0, -1.0, -2.0, -0.5]], np.float32)
+    ref = np.array([[0.0, -1.5, -1.0, -0.5]], np.float32)
+    adv = np.array([[0.0, 2.0, 2.0, -1.0]], np.float32)
+    mask = np.array([[0.0, 1.0, 1.0, 1.0]], np.float32)
+    seg = np.array([[1, 1, 1, 2]], np.int32)
+    cfg = LossConfig(kl_estimator="k2", kl_coef=0.5, kl_in_reward=True)
+    penalised = np.asarray(kl_penalised_advantages(adv, old, ref, mask, cfg))
+    np.testing.assert_allclose(penalised, [[0.0, 2.0 - 0.5 * 0.125, 2.0 - 0.5 * 0.5, -1.0]], rtol=1e-6)
+    # with kl_in_reward the loss has no KL term and needs no ref_logp
+    loss, metrics = policy_loss(old, old, penalised, mask, seg, cfg)
+    assert "kl_ref" not in metrics
+    np.testing.assert_allclose(float(loss), -np.sum(penalised * mask) / 3, rtol=1e-6)
+    sums = np.asarray(sequence_kl(old, ref, mask, seg, "k2")).reshape(1, 5)
+    np.testing.assert_allclose(sums[0, :3], [0.0, 0.625, 0.0], rtol=1e-6)
