@@ -253,6 +253,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
             lengths[i] += n
         _abort(env, state, runaway)
         stepped = active & np.array([done_reason[i] is None for i in range(n_episodes)])
+        if not stepped.any():
+            continue
         state, step_out = env.step(state, step_actions, policy_tokens_in=tokens_in.tolist(),
                                    policy_tokens_out=tokens_out.tolist())
         env_done = np.asarray(step_out.done, bool)
@@ -291,6 +293,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
             last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new, last_logits,
                                          chunk_size=cfg.prefill_chunk)
 
+    if not np.array_equal(np.asarray(cache.lengths), lengths):  # cheap guard on the host bookkeeping
+        raise AssertionError(f"rollout: cache lengths {np.asarray(cache.lengths)} != trajectory lengths {lengths}")
     # Episodes ended by the env at a </tool_call> stop: close the turn so the transcript is well formed.
     for i in range(n_episodes):
         if done_reason[i] in (DONE_FINISHED, DONE_ENV_BUDGET, DONE_TURN_BUDGET) and tokens[i][-1] != eos_id \

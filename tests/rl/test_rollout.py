@@ -317,6 +317,22 @@ def test_env_sees_decoded_actions_and_orchestrator_token_counts(fake_setup, monk
         np.testing.assert_allclose(ro.turn_cost_usd[i].sum(), ro.results.cost_usd[i])
 
 
+def test_prompt_longer_than_max_seq_len_ends_at_once(fake_setup, monkeypatch):
+    env, tasks, tok, model_cfg, params = fake_setup
+    rcfg = RolloutConfig(group_size=1, max_turns=2, max_new_tokens=12, max_seq_len=96, compact_tools=True)
+    ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(0), rcfg, 0)
+    too_long = ro.prompt_len >= rcfg.max_seq_len
+    assert too_long.any() and not too_long.all(), ro.prompt_len
+    for i in np.flatnonzero(too_long):
+        assert ro.done_reason[i] == DONE_LENGTH_BUDGET and ro.n_turns[i] == 0 and ro.actions[i] == []
+        assert len(ro.tokens[i]) == rcfg.max_seq_len and not ro.assistant_mask[i].any()
+        assert ro.results.end_reason[i] == rollout_mod.ENV_LENGTH_REASON and not ro.results.solved[i]
+    for i in np.flatnonzero(~too_long):  # the others sample their first turn
+        assert ro.assistant_mask[i].sum() > 0 and len(ro.tokens[i]) <= rcfg.max_seq_len
+    seqs, fields = rollout_to_sequences(ro)
+    pack(seqs, rcfg.max_seq_len, fields=fields)  # every sequence fits a row of max_seq_len
+
+
 def test_rollout_config_rejects_bad_values():
     with pytest.raises(ValueError, match="RolloutConfig.group_size"):
         RolloutConfig(group_size=0)
