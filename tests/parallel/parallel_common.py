@@ -8,7 +8,7 @@ from orchestra_jax.data.packing import pack
 from orchestra_jax.model import ModelConfig, init_params
 from orchestra_jax.rl.losses import LossConfig
 from orchestra_jax.rl.optim import OptimConfig, make_optimizer
-from orchestra_jax.rl.step import AlgoConfig
+from orchestra_jax.rl.step import AlgoConfig, make_update_fn
 
 # Every sharded dimension divides by 2 (tensor) and 4 (fsdp): vocab 64, embed 32, heads 4, kv 2, mlp 64.
 MODEL = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -21,8 +21,15 @@ ALGO = AlgoConfig(loss=LossConfig(kl_coef=0.05, clip_high=0.28, entropy_coef=0.0
 ROWS, ROW_LEN = 8, 24
 
 
+@functools.lru_cache(maxsize=None)
 def optimizer():
     return make_optimizer(ALGO.optim)
+
+
+@functools.lru_cache(maxsize=None)
+def single_device_update():
+    """The plain jitted update (one device), shared by the tests so it compiles once per batch shape."""
+    return make_update_fn(MODEL, ALGO, optimizer())
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,4 @@
 """launch/*.sh: shellcheck clean, and every --dry-run prints the exact commands with overrides passed through."""
-import os
-import re
 import shlex
 import shutil
 import subprocess

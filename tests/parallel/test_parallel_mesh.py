@@ -120,7 +120,7 @@ def test_model_rules_replicate_undividable_heads(caplog):
 def test_shard_params_puts_real_shards_on_devices():
     cfg = tiny_cfg()
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    params = init_params(cfg, jax.random.key(0))
+    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
     sharded = shard_params(params, param_logical_axes(cfg), mesh)
     emb = sharded["embed"]["embedding"]  # [V=64, D=32] -> (tensor, fsdp)
     assert {s.data.shape for s in emb.addressable_shards} == {(32, 16)}

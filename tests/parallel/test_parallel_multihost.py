@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import parallel_common as pc
-from orchestra_jax.rl.step import make_update_fn, token_logprobs
+from orchestra_jax.rl.step import token_logprobs
 
 HERE = Path(__file__).resolve().parent
 STEPS = 3
@@ -29,7 +29,7 @@ def single_process_run():
     optimizer = pc.optimizer()
     params = jax.device_put(pc.params(), device)
     opt_state = jax.jit(optimizer.init)(params)
-    update = make_update_fn(pc.MODEL, pc.ALGO, optimizer)
+    update = pc.single_device_update()
     batch = pc.batch()
     history = []
     for _ in range(STEPS):

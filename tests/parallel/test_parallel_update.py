@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding
 
 import parallel_common as pc
 from orchestra_jax.parallel import MeshConfig, make_mesh, make_sharded_logprob_fn, make_sharded_update_fn
-from orchestra_jax.rl.step import make_update_fn, split_micro_batches, token_logprobs
+from orchestra_jax.rl.step import split_micro_batches, token_logprobs
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -19,7 +19,7 @@ def reference():
     device = jax.devices()[0]
     optimizer = pc.optimizer()
     params = jax.device_put(pc.params(), device)
-    update = make_update_fn(pc.MODEL, pc.ALGO, optimizer)
+    update = pc.single_device_update()
     new_params, new_state, metrics = update(params, jax.jit(optimizer.init)(params), pc.batch())
     return jax.tree.map(np.asarray, new_params), jax.tree.map(np.asarray, new_state), pc.to_floats(metrics)
 
@@ -84,7 +84,7 @@ def test_micro_batched_update_and_logprobs_on_a_mesh(reference):
     mesh = make_mesh(MeshConfig(2, 2, 2))
     optimizer = pc.optimizer()
     batch = split_micro_batches(pc.batch(rows=16), 2)  # [2, 8, L]: rows of each micro-batch split
-    single = make_update_fn(pc.MODEL, pc.ALGO, optimizer)
+    single = pc.single_device_update()
     host = jax.device_put(pc.params(), jax.devices()[0])
     want_params, _, want = single(host, jax.jit(optimizer.init)(host), batch)
 
