@@ -140,7 +140,7 @@ def config_from_hf(hf: Mapping, **overrides) -> ModelConfig:
         intermediate_size=int(_require(hf, "intermediate_size", model_type)),
         rope_theta=_rope_theta(hf),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type != "llama")),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),  # transformers default
         qk_norm=model_type == "qwen3",
         qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
     )

@@ -200,7 +200,19 @@ class Policy(nn.Module):
 
     def logits_from_hidden(self, x_BTD):
         """Final norm + output head; float32 logits [B, T, V]."""
-        h = self.final_norm(x_BTD)
+        return self.head_logits(self.final_norm(x_BTD))
+
+    def final_hidden(self, tokens_BT, positions_BT, segment_ids_BT):
+        """Final-normed hidden states [B, T, D] (compute dtype): apply head_logits to chunks of them to
+        avoid materialising the full [B, T, V] float32 logits of a large vocabulary."""
+        x_BTD = self.embed_tokens(tokens_BT)
+        for layer in self.layers:
+            x_BTD = layer(x_BTD, positions_BT.astype(jnp.int32), segment_ids_BT.astype(jnp.int32))
+        return self.final_norm(x_BTD)
+
+    def head_logits(self, h_BTD):
+        """Output head on final-normed hidden states: float32 logits [B, T, V]."""
+        h = h_BTD
         if self.cfg.tie_word_embeddings:
             table_VD = self.embed.table().astype(self.cfg.jnp_dtype)
             logits = jnp.einsum("btd,vd->btv", h, table_VD, preferred_element_type=jnp.float32)

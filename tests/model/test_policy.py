@@ -71,6 +71,14 @@ def test_packed_equals_unpacked(backend):
         assert diff <= 1e-5, f"{backend}: segment at {start} differs by {diff}"
         start += n
     assert np.abs(packed).max() > 0.5
+    # the chunked-logits path (final_hidden + head_logits) gives the same logits
+    policy, variables = Policy(cfg), {"params": params}
+    hidden = jax.jit(lambda v, *b: policy.apply(v, *b, method=Policy.final_hidden))(variables,
+                                                                                     *_packed_row(seqs))
+    head = jax.jit(lambda v, h: policy.apply(v, h, method=Policy.head_logits))
+    chunked = np.concatenate([np.asarray(head(variables, hidden[:, i:i + 10])) for i in range(0, ROW, 10)],
+                             axis=1)[0]
+    assert np.abs(chunked - packed).max() <= 1e-5
 
 
 @pytest.mark.parametrize("backend", ["xla", "reference"])
