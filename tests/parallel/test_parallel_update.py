@@ -109,3 +109,20 @@ def test_micro_batched_update_and_logprobs_on_a_mesh(reference):
     np.testing.assert_allclose(np.asarray(logp), np.asarray(want_logp), **TOL)
     np.testing.assert_allclose(np.asarray(entropy), np.asarray(want_entropy), **TOL)
     assert {s.data.shape for s in logp.addressable_shards} == {(2, pc.ROW_LEN)}
+
+
+def test_model_activation_constraints_resolve_against_the_mesh():
+    """The update traces under nn.logical_axis_rules + the mesh, so the Policy's logical activation
+    constraints become real sharding constraints (without them flax's constraints are no-ops)."""
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    update = make_sharded_update_fn(pc.MODEL, pc.ALGO, pc.optimizer(), mesh)
+    params = update.shard_params(pc.params())
+    batch = pc.batch()
+    with jax.set_mesh(mesh):
+        text = update.jitted(batch).lower(params, update.init_opt_state(params), batch).as_text()
+    rows = pc.ROWS, pc.ROW_LEN
+    # mlp hidden [batch, sequence, mlp]: rows over data x fsdp, mlp over tensor.
+    assert (f'sharding_constraint %' in text and
+            f'<@mesh, [{{"data", "fsdp"}}, {{}}, {{"tensor"}}]> : tensor<{rows[0]}x{rows[1]}x64xf32>' in text)
+    # residual stream [batch, sequence, embed]: embed unsplit because batch already took fsdp.
+    assert f'<@mesh, [{{"data", "fsdp"}}, {{}}, {{}}]> : tensor<{rows[0]}x{rows[1]}x32xf32>' in text
