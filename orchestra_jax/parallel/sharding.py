@@ -183,8 +183,7 @@ def logical_to_sharding(logical_axes_tree: Any, mesh: Mesh, rules: LogicalRules 
                                                                    _path_name(path))),
             logical_axes_tree, is_leaf=_is_axes_leaf)
     return jax.tree_util.tree_map_with_path(
-        lambda path, axes, x: NamedSharding(mesh, logical_to_spec(tuple(axes), mesh, rules, np.shape(x)
-                                                                  if not hasattr(x, "shape") else x.shape,
+        lambda path, axes, x: NamedSharding(mesh, logical_to_spec(tuple(axes), mesh, rules, np.shape(x),
                                                                   _path_name(path))),
         logical_axes_tree, shapes_tree, is_leaf=_is_axes_leaf)
 
