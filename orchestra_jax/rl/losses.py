@@ -63,7 +63,8 @@ def kl_estimate(logp, ref_logp, estimator: str):
     if estimator == "k2":
         return 0.5 * jnp.square(logp - ref_logp)
     if estimator == "k3":
-        log_ratio = ref_logp - logp
+        # exp overflows float32 past ~88; clamp like verl's low_var_kl (identical to trl inside +-20)
+        log_ratio = jnp.clip(ref_logp - logp, -20.0, 20.0)
         return jnp.exp(log_ratio) - log_ratio - 1.0
     raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}; got {estimator!r}")
 

@@ -171,3 +171,11 @@ def test_kl_in_reward_moves_the_kl_into_the_advantage():
     np.testing.assert_allclose(float(loss), -np.sum(penalised * mask) / 3, rtol=1e-6)
     sums = np.asarray(sequence_kl(old, ref, mask, seg, "k2")).reshape(1, 5)
     np.testing.assert_allclose(sums[0, :3], [0.0, 0.625, 0.0], rtol=1e-6)
+
+
+def test_k3_stays_finite_for_far_reference():
+    logp = np.array([[0.0, -150.0]], np.float32)
+    ref = np.array([[0.0, -1.0]], np.float32)
+    mask, seg = np.array([[0.0, 1.0]], np.float32), np.ones((1, 2), np.int32)
+    loss, _ = policy_loss(logp, logp, np.zeros_like(logp), mask, seg, LossConfig(kl_coef=1.0), ref_logp=ref)
+    np.testing.assert_allclose(float(loss), np.exp(20.0) - 21.0, rtol=1e-5)
