@@ -200,3 +200,28 @@ def test_auto_backend_resolution():
     assert resolve_backend("auto", jnp.float32, "gpu") == "xla"  # cuDNN flash has no float32 kernel
     with pytest.raises(ValueError, match="bfloat16"):
         resolve_backend("cudnn", jnp.float32, "gpu")
+
+
+def test_sharded_forward_matches_unsharded():
+    """Logical axis names + activation constraints work under a (data, model) mesh of 8 CPU devices."""
+    from flax import linen as nn
+    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (host) devices")
+    cfg = CFG.replace(num_layers=1, vocab_size=96)  # vocab divisible by the model axis
+    params = _params(cfg)
+    tokens, positions, segments = (jnp.asarray(np.repeat(a, 4, axis=0)) for a in _packed_row(_sequences()))
+    tokens = tokens % cfg.vocab_size
+    expected = _apply(cfg, params, tokens, positions, segments)
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    rules = (("batch", "data"), ("heads", "model"), ("kv_heads", "model"), ("mlp", "model"),
+             ("vocab", "model"), ("embed", None), ("sequence", None), ("head_dim", None))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        shardings = jax.tree.map(lambda names: NamedSharding(mesh, nn.logical_to_mesh_axes(names)),
+                                 param_logical_axes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+        sharded = jax.device_put(params, shardings)
+        assert sharded["layers_0"]["attn"]["q_proj"]["kernel"].sharding.spec == PartitionSpec(None, "model", None)
+        out = jax.jit(lambda p, *b: Policy(cfg).apply({"params": p}, *b))(sharded, tokens, positions, segments)
+        assert out.sharding.spec == PartitionSpec("data", None, "model")
+    assert np.abs(np.asarray(out) - expected).max() <= 1e-5
