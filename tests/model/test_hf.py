@@ -116,9 +116,16 @@ def test_sharded_checkpoint_loads(tmp_path):
 
 def test_mismatched_tensor_shape_names_key_and_both_shapes(tmp_path):
     cfg = ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                      head_dim=16, intermediate_size=48)
+                      head_dim=16, intermediate_size=48, tie_word_embeddings=False, param_dtype="bfloat16")
     from orchestra_jax.model import init_params
-    save_hf_checkpoint(str(tmp_path), cfg, init_params(cfg, jax.random.key(0)), architecture="llama")
+    params = init_params(cfg, jax.random.key(0))
+    save_hf_checkpoint(str(tmp_path), cfg, params, architecture="llama")
+    # bfloat16 round trip is exact too; by default parameters load as float32
+    cfg_bf16, params_bf16 = load_hf_checkpoint(str(tmp_path), param_dtype="bfloat16")
+    assert cfg_bf16 == cfg
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_bf16)):
+        assert b.dtype == jnp.bfloat16 and np.array_equal(np.asarray(a), np.asarray(b))
+    assert load_hf_checkpoint(str(tmp_path))[1]["lm_head"]["kernel"].dtype == jnp.float32
     with open(tmp_path / "config.json") as fh:
         hf = json.load(fh)
     hf["intermediate_size"] = 40
