@@ -195,9 +195,15 @@ BASELINES: dict[str, Callable[[], Any]] = {
 }
 
 
-def make_policy(name: str):
+def make_policy(name: str, env: Env | None = None):
     """A baseline by name: always_strongest | cheapest | random | random_router | rule_based,
-    ``<name>_eps<p>`` for a noisy variant (e.g. ``rule_based_eps0.2``), or ``direct:<alias>``."""
+    ``<name>_eps<p>`` for a noisy variant (e.g. ``rule_based_eps0.2``), or ``direct:<alias>``.
+
+    With ``env`` given, the policy of that env's setting: the function-calling setting has its own
+    scripted routers under the same names (``functions.make_function_policy``)."""
+    if env is not None and getattr(env, "setting", "qa") == "functions":
+        from orchestra_jax.envs.functions import make_function_policy
+        return make_function_policy(name)
     if name in BASELINES:
         return BASELINES[name]()
     if name.startswith("direct:"):
@@ -278,5 +284,5 @@ def rollout(env: Env, policy, tasks: Sequence, seed: int, batch_size: int = 256,
 def run_policy(env: Env, policy, tasks: Sequence, seed: int, batch_size: int = 256) -> EpisodeResults:
     """Runs ``policy`` (an object with ``act(prompt, history, rng) -> str``, or a baseline name) on ``tasks``."""
     if isinstance(policy, str):
-        policy = make_policy(policy)
+        policy = make_policy(policy, env)
     return rollout(env, policy, tasks, seed, batch_size)[0]

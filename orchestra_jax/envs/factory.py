@@ -64,7 +64,7 @@ def teacher_trajectories(env: Env, tasks: Sequence, seed: int, k: int = 4,
     per_task: list[list[Trajectory]] = [[] for _ in tasks]
     episodes = [t for t in tasks for _ in range(k)]
     for j, name in enumerate(teachers):
-        policy = make_policy(name)
+        policy = make_policy(name, env)
         _, trajs = rollout(env, policy, episodes, seed, batch_size=batch_size, episode_offset=j * len(episodes))
         for e, traj in enumerate(trajs):
             per_task[e // k].append(traj)
