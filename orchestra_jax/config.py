@@ -54,6 +54,7 @@ class SFTConfig:
     enabled: bool = True  # False: GRPO starts from init params (random or hf:) without SFT
     num_tasks: int = 1024  # tasks given to the factory (tasks no teacher solves are dropped)
     teacher_samples: int = 4  # k: trajectories per teacher per task for pass@k filtering
+    teachers: tuple[str, ...] = ("rule_based_eps0.1", "always_strongest_eps0.1", "random_router")  # envs.baselines names
     steps: int = 300  # optimizer steps
     batch_rows: int = 8  # packed rows per step
     row_len: int = 512  # packed row length in tokens

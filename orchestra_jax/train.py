@@ -298,15 +298,13 @@ def teacher_trajectories(cfg: Config, env) -> list[dict]:
     if os.path.exists(path):
         return read_jsonl(path)
     tasks = env.sample_tasks(cfg.sft.seed + 10_000, cfg.sft.num_tasks, split="train")
-    records = pass_at_k_teacher_data(env, tasks, seed=cfg.sft.seed, k=cfg.sft.teacher_samples)
+    records = pass_at_k_teacher_data(env, tasks, seed=cfg.sft.seed, k=cfg.sft.teacher_samples,
+                                     teachers=cfg.sft.teachers)
     write_jsonl(path, records)
     return records
 
 
-TEACHERS = ("rule_based_eps0.1", "always_strongest_eps0.1", "cheapest_eps0.1", "random_router")
-
-
-def pass_at_k_teacher_data(env, tasks, seed: int, k: int, teachers=TEACHERS) -> list[dict]:
+def pass_at_k_teacher_data(env, tasks, seed: int, k: int, teachers) -> list[dict]:
     """k episodes of every teacher on every task (scripted routers from envs.baselines, seeded); per task the
     solved trajectory with the lowest $ cost (then fewest turns) is kept, tasks nobody solves are dropped."""
     from orchestra_jax.envs.baselines import make_policy, rollout as scripted_rollout
