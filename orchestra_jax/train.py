@@ -42,7 +42,7 @@ from orchestra_jax.rl.optim import make_optimizer
 from orchestra_jax.rl.rewards import compute_rewards, init_reward_state
 from orchestra_jax.rl.step import make_update_fn, token_logprobs
 
-CONSOLE_KEYS = ("reward/mean", "eval/accuracy", "rollout/accuracy", "rollout/cost_usd", "kl", "loss")
+CONSOLE_KEYS = ("reward/mean", "reward/preference_score", "rollout/accuracy", "rollout/cost_usd", "loss")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -155,6 +155,11 @@ def rollout_metrics(ro, env) -> dict[str, float]:
         "rollout/tokens_per_episode": float(np.mean(ro.lengths)),
         "rollout/sampled_tokens": float(np.sum(ro.turn_new_tokens)),
     }
+    from orchestra_jax.envs.preferences import preference_score
+
+    # comparable across steps (fixed scales), unlike the group-normalised training reward whose batch mean
+    # falls when more groups solve every episode (a constant outcome feature normalises to 0)
+    m["reward/preference_score"] = float(preference_score(res.features, res.solved, res.preference))
     calls = np.asarray(res.features)[:, :n_tools]
     for j, alias in enumerate(env.tool_aliases):
         m[f"calls/{alias}"] = float(np.mean(calls[:, j]))
