@@ -141,6 +141,8 @@ def test_kill9_mid_training_then_rerun_matches(tmp_path):
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # it was killed mid-run, not finished
+    assert sum(1 for _ in open(killed / "metrics.jsonl")) < 6
     subprocess.run(cmd(killed), check=True, timeout=900, cwd=ROOT)
     a, b = read_metrics(str(full)), read_metrics(str(killed))
     assert [r["step"] for r in b] == list(range(1, 7))
