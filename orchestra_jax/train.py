@@ -317,7 +317,7 @@ def pass_at_k_teacher_data(env, tasks, seed: int, k: int, teachers) -> list[dict
     best: dict[int, tuple] = {}
     for t_i, name in enumerate(teachers):
         for rep in range(k):
-            _, trajs = scripted_rollout(env, make_policy(name), tasks, seed=seed * 1000 + t_i * 100 + rep)
+            _, trajs = scripted_rollout(env, make_policy(name, env), tasks, seed=seed * 1000 + t_i * 100 + rep)
             for i, tr in enumerate(trajs):
                 if tr.solved:
                     key = (tr.cost_usd, tr.n_turns)
@@ -421,7 +421,7 @@ def baseline_results(cfg: Config, env, tasks, name: str):
     from orchestra_jax.envs.baselines import make_policy, run_policy
 
     episode_tasks = [t for t in tasks for _ in range(cfg.eval.group_size)]
-    return run_policy(env, make_policy(name), episode_tasks, seed=cfg.eval.seed)
+    return run_policy(env, make_policy(name, env), episode_tasks, seed=cfg.eval.seed)
 
 
 def evaluate_policies(cfg: Config, env, tokenizer, model_cfg: ModelConfig, learned: dict[str, Any]) -> dict:
