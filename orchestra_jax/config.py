@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from orchestra_jax.envs import EnvConfig
 from orchestra_jax.model import ModelConfig
+from orchestra_jax.parallel.distributed import DistributedConfig
 from orchestra_jax.parallel.mesh import MeshConfig
 from orchestra_jax.rl.rewards import RewardConfig
 from orchestra_jax.rl.rollout import RolloutConfig
@@ -89,6 +90,7 @@ class Config:
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)

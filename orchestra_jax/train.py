@@ -37,6 +37,7 @@ from orchestra_jax.data.packing import pack
 from orchestra_jax.data.tasks import read_jsonl, task_iterator, write_jsonl
 from orchestra_jax.logging import RunLogger
 from orchestra_jax.model import ModelConfig, init_params
+from orchestra_jax.parallel.distributed import initialize as initialize_distributed
 from orchestra_jax.rl.advantages import group_advantages
 from orchestra_jax.rl.optim import make_optimizer
 from orchestra_jax.rl.rewards import compute_rewards, init_reward_state
@@ -498,6 +499,7 @@ def run(cfg: Config) -> dict:
     from orchestra_jax.evaluate import format_table
 
     t_start = time.perf_counter()
+    initialize_distributed(cfg.distributed)  # joins a multi-host job before any device is touched
     prep = prepare(cfg)
     start = start_params(cfg, prep)
     # the SFT step donates the initial params; keep a copy of the start for the "sft" evaluation
