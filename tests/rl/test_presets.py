@@ -23,9 +23,16 @@ def _load(group, name):
 
 @pytest.mark.parametrize("name", ALGOS)
 def test_algo_presets_validate(name):
-    algo = to_config({"algo": _load("algo", name)}).algo
+    raw = _load("algo", name)
+    algo = to_config({"algo": raw}).algo
     validate_loss_config(algo.loss)
-    make_optimizer(algo.optim)
+    assert callable(make_optimizer(algo.optim).update)
+    # every value written in the preset reaches the validated config unchanged
+    for group, values in raw.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                assert getattr(getattr(algo, group), key) == pytest.approx(value) or \
+                    getattr(getattr(algo, group), key) == value, f"{name}: algo.{group}.{key}"
 
 
 @pytest.mark.parametrize("name", REWARDS)
