@@ -24,14 +24,24 @@ def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> int:
     Returns the number of records written. Every line carries ``{"_schema": 1}`` so a reader can reject a
     file written by an incompatible version.
     """
+    def lines():
+        for n, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise ValueError(f"write_jsonl: record {n} is a {type(rec).__name__}, expected dict")
+            yield json.dumps({SCHEMA_KEY: SCHEMA_VERSION, **rec}, sort_keys=True)
+
+    return write_lines_atomically(path, lines())
+
+
+def write_lines_atomically(path: str, lines: Iterable[str]) -> int:
+    """Writes ``lines`` (one per line) to a temp file and renames it over ``path``, so a crash never
+    leaves a half-written file; returns the number of lines. Shared by every JSONL writer."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     n = 0
     with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            if not isinstance(rec, dict):
-                raise ValueError(f"write_jsonl: record {n} is a {type(rec).__name__}, expected dict")
-            f.write(json.dumps({SCHEMA_KEY: SCHEMA_VERSION, **rec}, sort_keys=True) + "\n")
+        for line in lines:
+            f.write(line + "\n")
             n += 1
     os.replace(tmp, path)
     return n

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import grain
 
+from orchestra_jax.data.tasks import write_lines_atomically
 from orchestra_jax.envs.base import Env
 from orchestra_jax.envs.baselines import Trajectory, make_policy, rollout
 
@@ -99,17 +100,13 @@ def write_records(path: str, records: Iterable[dict[str, Any]], kind: str) -> in
     """Writes records as JSONL (atomically), each tagged with the schema and ``kind``; returns the count."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
+    def lines():
+        for n, rec in enumerate(records):
             if not isinstance(rec, dict):
                 raise ValueError(f"{path}: record {n} is a {type(rec).__name__}, expected dict")
-            f.write(json.dumps({"schema": SCHEMA, "kind": kind, **rec}, sort_keys=True, allow_nan=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
+            yield json.dumps({"schema": SCHEMA, "kind": kind, **rec}, sort_keys=True, allow_nan=False)
+
+    return write_lines_atomically(path, lines())
 
 
 def _check_trajectory(rec: dict[str, Any], where: str) -> None:
