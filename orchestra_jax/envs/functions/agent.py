@@ -55,6 +55,10 @@ def _wrong_read(env, state, i, action: Action, rng) -> Action:
     p = spec.params[0]
     if p.enum is not None:
         choices = [v for v in p.enum if v != action.arguments[p.name]]
+    elif p.ref is None:  # find by a generated name: another row's name
+        table = next(t.table for t in env.runtimes[state.tasks[i].domain].spec.tools if t.name == action.name)
+        names = sorted({getattr(r, p.name) for r in state.dbs[i][table].values()} - {action.arguments[p.name]})
+        choices = [names[int(rng.integers(len(names)))]] if names else []
     else:
         keys = list(state.dbs[i][p.ref])
         choices = [k for k in (keys[int(j)] for j in rng.integers(len(keys), size=3)) if k != action.arguments[p.name]]

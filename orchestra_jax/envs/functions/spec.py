@@ -146,7 +146,7 @@ class DomainSpec:
                 continue
             if role and self.table(t.table).role != role:
                 continue
-            if kind == "search" and tuple(t.filters) != tuple(_placeholders(self.phrases.item_filter)):
+            if kind == "search" and set(t.filters) != set(_placeholders(self.phrases.item_filter)):
                 continue
             return t
         raise KeyError(kind + (":" + role if role else ""))
@@ -227,7 +227,8 @@ def _field(r: _Reader, name: str, d: Any, where: str, vocab: Mapping[str, tuple[
         for k in ("min", "max"):
             if k not in d:
                 r.fail(where, f"a {gen} field needs 'min' and 'max'")
-        kw["min"], kw["max"] = r.number(d["min"], f"{where}.min", 0), r.number(d["max"], f"{where}.max", 0)
+        lo = 0 if gen == "money" else None  # money is never negative; counts and readings may be
+        kw["min"], kw["max"] = r.number(d["min"], f"{where}.min", lo), r.number(d["max"], f"{where}.max", lo)
         if kw["max"] <= kw["min"]:
             r.fail(f"{where}.max", f"must be > min ({kw['min']}), got {kw['max']}")
         kw["step"] = r.number(d.get("step", 1), f"{where}.step", 0.01)
