@@ -8,6 +8,7 @@ rng) -> str``, acting only on what a policy sees: the user's message, the tool s
 - ``tools_first``: does the requests a careful script can do from the text alone with one direct call
   (profile changes, top-ups, changes of an order named by id, item look-ups) itself, delegates the others
   with the rule_based choice, and answers itself when it holds every fact (else an expert replies);
+  ``tools_first_cheapest`` / ``tools_first_strongest`` delegate to the cheapest / strongest expert instead;
 - ``random``: a random call each turn (an expert, a domain function with random arguments, or respond).
 """
 from __future__ import annotations
@@ -184,15 +185,20 @@ def _fact(output: str, rule: str) -> str | None:
     return str(rec[best]) if _stem_overlap(arg, best) > 0 else None
 
 
+def _rule(prompt, items, rng) -> ExpertItem:
+    return rule_choice(visible_size(prompt), items)
+
+
 @dataclasses.dataclass
 class ToolsFirst:
-    """Direct calls for the requests one call does, experts (rule_based choice) for the rest."""
+    """Direct calls for the requests one call does, experts (chosen by ``choose``) for the rest."""
 
     name: str = "tools_first"
+    choose: Any = _rule
 
     def act(self, prompt: Mapping[str, Any], history, rng: np.random.Generator) -> str:
         items = parse_experts(prompt["tools"])
-        choose = lambda p, its, r: rule_choice(visible_size(p), its)  # noqa: E731
+        choose = self.choose
         requests = split_requests(prompt)
         h, facts, delegated_asks = 0, [], False
         for req in requests:
@@ -282,6 +288,8 @@ FUNCTION_POLICIES = {
     "random_router": lambda: ExpertRouter("random_router", lambda p, items, rng: items[int(rng.integers(len(items)))]),
     "rule_based": lambda: ExpertRouter("rule_based", lambda p, items, rng: rule_choice(visible_size(p), items)),
     "tools_first": ToolsFirst,
+    "tools_first_cheapest": lambda: ToolsFirst("tools_first_cheapest", lambda p, items, rng: _cheapest(items)),
+    "tools_first_strongest": lambda: ToolsFirst("tools_first_strongest", lambda p, items, rng: _strongest(items)),
     "random": RandomFunctionPolicy,
 }
 
