@@ -9,6 +9,7 @@ when the whole call succeeded.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any
 
 import numpy as np
@@ -134,6 +135,15 @@ def generate_db(spec: DomainSpec, rng: np.random.Generator, size: int) -> DB:
     return db
 
 
+def rows_where(table: dict, filters: dict) -> list:
+    """Rows whose fields equal `filters` (attrgetter: the scans are the hot loop of task synthesis)."""
+    if not filters:
+        return list(table.values())
+    get_ = operator.attrgetter(*filters)
+    want = tuple(filters.values()) if len(filters) > 1 else next(iter(filters.values()))
+    return [r for r in table.values() if get_(r) == want]
+
+
 # --------------------------------------------------------------------------------------------- tools
 class Tools:
     """The tool implementations of one spec (closures over its tables); ``functions()`` -> FunctionSpecs."""
@@ -177,7 +187,7 @@ class Tools:
         return dataclasses.replace(u, **{f"{self.user.balance}_cents": cents})
 
     def sorted_search(self, db: DB, tool: ToolSpec, **filters) -> list:
-        hits = [r for r in db[tool.table].values() if all(getattr(r, k) == v for k, v in filters.items())]
+        hits = rows_where(db[tool.table], filters)
         return sorted(hits, key=lambda r: (getattr(r, tool.sort if hasattr(r, tool.sort) else column(
             self.item.field(tool.sort))), getattr(r, self.item.id_field)))[:tool.limit]
 
@@ -292,7 +302,7 @@ class Tools:
         if k == "list_orders":
             def list_orders(db, **a):
                 uid = get(db, U.name, a[U.id_field]) and a[U.id_field]
-                mine = [o for o in db[O.name].values() if getattr(o, U.id_field) == uid]
+                mine = rows_where(db[O.name], {U.id_field: uid})
                 return [self.order_view(db, o) for o in sorted(mine, key=lambda o: getattr(o, O.id_field))], ()
             return FunctionSpec(t.name, t.description, (self.id_param(U),), list_orders)
         if k == "create":

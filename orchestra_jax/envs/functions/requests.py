@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from orchestra_jax.envs.domains.base import DB, Action, DomainError, money_text
-from orchestra_jax.envs.functions.engine import Tools, column, display
+from orchestra_jax.envs.functions.engine import Tools, column, display, rows_where
 from orchestra_jax.envs.functions.spec import DomainSpec, _placeholders
 
 RESPOND = "respond"
@@ -93,8 +93,8 @@ class RequestBuilder:
         return self.t.balance(db[self.user.name][user]) >= q * self.t.price(it, opt)
 
     def _my_active(self, db, user, used):
-        return [o for o in db[self.order.name].values() if getattr(o, self.user.id_field) == user
-                and o.status == self.order.active and getattr(o, self.order.id_field) not in used]
+        return [o for o in rows_where(db[self.order.name], {self.user.id_field: user, "status": self.order.active})
+                if getattr(o, self.order.id_field) not in used]
 
     def _unique_description(self, db, user, o) -> bool:
         mine = self._my_active(db, user, set())
