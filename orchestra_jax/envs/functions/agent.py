@@ -125,6 +125,9 @@ def run_expert(env, state, i: int, alias: str, policy_tokens_in=None) -> tuple[s
                               prof.latency_s(tokens_out, rng) + fc.function_latency_s * len(calls))
     info = {"tokens_in": tokens_in, "tokens_out": tokens_out, "expert_usd": usd, "p": p, "kind": kind,
             "request": -1 if r is None else r}
+    if hasattr(led, "log_call"):  # the shared Ledger's call log (behaviour analysis only)
+        led.log_call(i, {"turn": int(led.turns[i]), "tool": "call_expert", "alias": alias, "profile": prof.model.display,
+                         "cost_usd": usd, "outcome": outcome if within else "budget", "correct": outcome == "correct"})
     if not within:
         return f"[{alias}] {env._budget_text(led.end_reason[i])}", {"outcome": "budget", **info}
     lines = []
@@ -132,6 +135,9 @@ def run_expert(env, state, i: int, alias: str, policy_tokens_in=None) -> tuple[s
         if led.done[i]:
             break
         out, stage = env.apply_call(state, i, a.name, a.arguments)
+        cut = fc.expert_read_chars
+        if cut and not domain.by_name[a.name].write and len(out) > cut:  # the expert read it, the orchestrator gets a gist
+            out = f"{out[:cut]}... ({len(out) - cut} more characters)"
         # plain name(args) rather than <tool_call> tags: observations never contain the policy's markup
         lines.append(f"[{alias}] called {a.name}({json.dumps(a.arguments, sort_keys=True)}) -> {out}")
     if r is not None and outcome == "wrong_entity" and not task.requests[r].write:

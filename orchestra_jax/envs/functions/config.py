@@ -32,6 +32,7 @@ class FunctionsConfig:
     check_touched: bool = True            # success also needs the set of written entries to match gold
     end_on_wrong_write: bool = True       # a write that leaves the gold path ends the episode, error shown
     experts_path: str = ""                # expert pool YAML; "" = envs/functions/experts.yaml
+    expert_read_chars: int = 240          # > 0: an expert reports what it read cut to this many characters
     function_latency_s: float = 0.05      # seconds one domain function call takes
     estimate_orchestrator_tokens: bool = True  # no policy token counts given: charge context/4 in, action/4 out
     max_message_chars: int = 600          # a longer final message fails the required-information check
@@ -56,5 +57,7 @@ class FunctionsConfig:
             raise ValueError(f"functions.level_offsets needs one offset per level (3), got {self.level_offsets}")
         if not 0 <= self.distractor_prob <= 1:
             raise ValueError(f"functions.distractor_prob must be in [0, 1], got {self.distractor_prob}")
+        if self.expert_read_chars < 0:
+            raise ValueError(f"functions.expert_read_chars must be >= 0, got {self.expert_read_chars}")
         if self.max_turns < 0:
             raise ValueError(f"functions.max_turns must be >= 0, got {self.max_turns}")

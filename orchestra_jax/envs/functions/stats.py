@@ -160,3 +160,47 @@ def report(env, n_tasks: int, split: str, seed: int) -> tuple[str, dict, bool]:
         "Per request kind (single-request tasks):", format_rows(stats["kind_rows"], "kind"), "",
         "Checks:", checks_text])
     return text, stats, ok
+
+
+def main(argv=None) -> int:
+    """python -m orchestra_jax.envs.functions.stats [--env functions] [--tasks 1400] [--split test] [--strict]"""
+    import argparse
+    import json
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from orchestra_jax.envs import env_config_from_dict, make_env
+    from orchestra_jax.envs.tools import resolve_path
+
+    ap = argparse.ArgumentParser(description="function-calling setting: per-domain tables and trade-off checks")
+    ap.add_argument("--env", default="functions", help="conf/env/<name>.yaml or a YAML path")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="env config overrides")
+    ap.add_argument("--tasks", type=int, default=1400, help="tasks of --split (plus 3/7 as many held-out)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default="", help="also write the stats to this JSON file")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    args = ap.parse_args(argv)
+    try:
+        p = resolve_path(args.env if args.env.endswith(".yaml") else f"conf/env/{args.env}.yaml")
+        d = OmegaConf.load(p)
+        if args.set:
+            d = OmegaConf.merge(d, OmegaConf.from_dotlist(args.set))
+        env = make_env(env_config_from_dict(d))
+        if env.setting != "functions":
+            raise ValueError(f"{p}: not a functions env config")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text, stats, ok = report(env, args.tasks, args.split, args.seed)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: ([dataclasses.asdict(r) for r in v] if k in ("rows", "kind_rows") else v)
+                       for k, v in stats.items()}, f, indent=1)
+    return 0 if ok or not args.strict else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
