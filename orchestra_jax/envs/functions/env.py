@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from orchestra_jax.envs import preferences as prefs
 from orchestra_jax.envs.base import Env, StepOutput, episode_rng
 from orchestra_jax.envs.budget import Budget, Ledger, orchestrator_charge
 from orchestra_jax.envs.domains.base import DB, Action, db_digest, perturb_arguments
 from orchestra_jax.envs.functions.engine import Tools, build_domain, generate_db
-from orchestra_jax.envs.functions.experts import draw_mistake, load_expert_pool
+from orchestra_jax.envs.functions import menu
+from orchestra_jax.envs.functions.experts import load_expert_pool
 from orchestra_jax.envs.functions.requests import Recipe, RequestBuilder, RequestRecipe
 from orchestra_jax.envs.functions.spec import load_spec
 from orchestra_jax.envs.functions.tasks import (
     CALL_EXPERT, RESPOND, SETTING, FunctionsTask, RequestInfo, info_given, reply_text,
 )
-from orchestra_jax.envs.tools import load_roster, price_text
+from orchestra_jax.envs.tools import load_roster
 from orchestra_jax.text.chat import ToolCallError, format_tool_call, parse_tool_call
 
 SPLITS = ("train", "val", "test", "unseen_tools", "unseen_prices", "heldout_domains")
@@ -168,76 +167,22 @@ class FunctionsEnv(Env):
     def _build(self, rt: DomainRuntime, recipe: Recipe):
         return rt.builder.build(rt.db, recipe, lambda db, actions: execute(rt.domain, db, actions))
 
-    def _sample_menu(self, rng, split: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
-        """Offered experts and their price multipliers (the QA setting's rules)."""
-        cfg, aliases = self.cfg, list(self.tool_aliases)
-        held = [a for a in cfg.heldout_aliases if a in aliases]
-        pool = aliases if split == "unseen_tools" else ([a for a in aliases if a not in held] or aliases)
-        if cfg.randomize_tools:
-            chosen = {a for a, k in zip(pool, rng.random(len(pool)) < cfg.keep_prob) if k}
-            if not chosen:
-                chosen.add(pool[int(rng.integers(len(pool)))])
-        else:
-            chosen = set(pool)
-        if split == "unseen_tools" and held:
-            chosen.add(held[int(rng.integers(len(held)))])
-        offered = tuple(a for a in aliases if a in chosen)
-        scales = []
-        for _ in offered:
-            if split == "unseen_prices":
-                lo1, hi1, lo2, hi2 = cfg.price_scale_unseen
-                lo, hi = (lo1, hi1) if rng.random() < 0.5 else (lo2, hi2)
-            elif cfg.randomize_prices:
-                lo, hi = cfg.price_scale_train
-            else:
-                scales.append(1.0)
-                continue
-            scales.append(float(round(math.exp(rng.uniform(math.log(lo), math.log(hi))), 3)))
-        return offered, tuple(scales)
+    def _sample_menu(self, rng, split: str):
+        return menu.sample_menu(self.cfg, self.tool_aliases, rng, split)
 
     def _sample_preference(self, rng, aliases):
-        cfg = self.cfg
-        if cfg.preference_mode == "fixed":
-            return prefs.fixed_preference(len(self.tool_aliases), cfg.pref_outcome, cfg.pref_cost, cfg.pref_latency), ""
-        p, text = prefs.sample_preference(rng, self.tool_aliases, aliases)
-        return tuple(float(x) for x in p), text
+        return menu.sample_preference(self.cfg, self.tool_aliases, rng, aliases)
 
     def task_from_dict(self, d: Mapping[str, Any]) -> FunctionsTask:
         return FunctionsTask.from_dict(d)
 
     # ------------------------------------------------------------------------------------------ prompts
     def tool_schemas(self, task: FunctionsTask) -> list[dict]:
-        experts = []
-        for a, scale in zip(task.aliases, task.price_scales):
-            m = self.pool.get(a).model
-            if self.cfg.description_style == "full":
-                experts.append(f"{a}: {m.display} ({m.tag}), ${price_text(m.price_in * scale)} in / "
-                               f"${price_text(m.price_out * scale)} out per 1M tokens")
-            else:
-                experts.append(f"{a} {m.tag} ${price_text(m.price_out * scale)}")
-        expert_tool = {"type": "function", "function": {
-            "name": CALL_EXPERT,
-            "description": "An expert agent reads the conversation and the records and carries out the next "
-                           "unfinished request with the tools (or writes the final reply when all are done). "
-                           "Experts: " + "; ".join(experts) + ".",
-            "parameters": {"type": "object", "properties": {"expert": {
-                "type": "string", "enum": list(task.aliases), "description": "Which expert."}}, "required": ["expert"]}}}
-        respond_tool = {"type": "function", "function": {
-            "name": RESPOND,
-            "description": "Final answer to the user; ends the conversation. Include every piece of information "
-                           f"the user asked for (at most {self.fcfg.max_message_chars} characters).",
-            "parameters": {"type": "object", "properties": {"message": {
-                "type": "string", "description": "Message to the user."}}, "required": ["message"]}}}
-        return [f.json_schema() for f in self.domains[task.domain].functions] + [expert_tool, respond_tool]
+        """Tools shown to the policy: the domain's functions, call_expert (offered experts), respond."""
+        return menu.tool_schemas(self, task)
 
     def prompt(self, task: FunctionsTask) -> dict[str, Any]:
-        messages = []
-        if self.cfg.system_prompt:
-            messages.append({"role": "system", "content": (
-                f"{self.domains[task.domain].description} Carry out the user's requests in order with the "
-                f"tools, one call per turn, then call {RESPOND} with the answer.")})
-        messages.append({"role": "user", "content": task.instruction + (f"\n{task.preference_text}" if task.preference_text else "")})
-        return {"messages": messages, "tools": self.tool_schemas(task)}
+        return menu.prompt(self, task)
 
     # ------------------------------------------------------------------------------------------ episodes
     def _gold(self, task: FunctionsTask) -> EpisodeGold:
