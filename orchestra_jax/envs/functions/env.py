@@ -22,6 +22,7 @@ from orchestra_jax.envs.budget import Budget, Ledger, orchestrator_charge
 from orchestra_jax.envs.domains.base import DB, Action, db_digest, perturb_arguments
 from orchestra_jax.envs.functions.engine import Tools, build_domain, generate_db
 from orchestra_jax.envs.functions import menu
+from orchestra_jax.envs.functions.agent import run_expert
 from orchestra_jax.envs.functions.experts import load_expert_pool
 from orchestra_jax.envs.functions.requests import Recipe, RequestBuilder, RequestRecipe
 from orchestra_jax.envs.functions.spec import load_spec
@@ -287,8 +288,6 @@ class FunctionsEnv(Env):
             if not isinstance(args, dict) or set(args) != {"expert"} or args["expert"] not in task.aliases:
                 return (f"Error: call_expert takes exactly one argument 'expert', one of {list(task.aliases)}", -1, False,
                         {"tool": CALL_EXPERT, "error": "arguments"})
-            from orchestra_jax.envs.functions.agent import run_expert
-
             obs, info = run_expert(self, state, i, args["expert"], policy_tokens_in)
             return obs, self.alias_index[args["expert"]], True, {"tool": CALL_EXPERT, "alias": args["expert"], **info}
         domain = self.domains[task.domain]
