@@ -61,3 +61,17 @@ def test_pass_at_k_keeps_solvable_not_trivial_tasks(env):
 def test_env_stats_checks_pass(env):
     text, stats, ok = report(env, 1400, "test", 0)
     assert ok, format_checks(stats["checks"])[0]
+
+
+@pytest.mark.parametrize("limits", [{"max_usd": 0.004}, {"max_tokens": 6000}, {"max_turns": 3}])
+def test_random_policies_never_exceed_budgets(limits):
+    from orchestra_jax.envs.functions import FunctionsConfig
+    env = make_env(EnvConfig(setting="functions", **limits,
+                             functions=FunctionsConfig(domains=("railway", "sport"), heldout_domains=(), max_turns=0)))
+    tasks = env.sample_tasks(4, 60, "test")
+    for name in ("random", "always_strongest"):
+        res = run_policy(env, name, tasks, 0)
+        assert (res.cost_usd <= env.budget.max_usd + 1e-12).all() and (res.tokens <= env.budget.max_tokens).all()
+        assert (res.n_turns <= env.budget.max_turns).all() and res.done.all()
+        assert not res.solved[res.budget_exceeded].any()
+    assert res.budget_exceeded.any()
