@@ -234,54 +234,20 @@ class Action:
         return Action(str(d["name"]), dict(d["arguments"]))
 
 
-@dataclasses.dataclass(frozen=True)
-class Intent:
-    """One user goal inside a task: its instruction sentence, gold actions and facts to report."""
-
-    text: str
-    actions: tuple[Action, ...]
-    facts: tuple[str, ...] = ()
-
-
 class Domain:
-    """A synthetic domain: database generator, functions and intent generators.
+    """A function-calling domain: name, agent description and functions (built from a spec by the engine)."""
 
-    Subclasses set `name`, `description`, `functions` (tuple[FunctionSpec]) and implement
-    `generate_db(rng, size)`, `pick_user(db, rng)`, `greeting(db, user)`, `intents` (tuple of
-    `(db, rng, user, used_ids) -> Intent | None`, returning None when the drawn goal is infeasible or
-    ambiguous on `db`; `used_ids` collects the entries earlier intents of the task refer to) and
-    `distractor(db, rng, user, used_ids) -> str` (a sentence that must not change the gold actions).
-    """
-
-    name: str = ""
-    description: str = ""
-    functions: tuple[FunctionSpec, ...] = ()
-
-    def __init__(self):
+    def __init__(self, name: str, description: str, functions: tuple[FunctionSpec, ...]):
+        self.name, self.description, self.functions = name, description, tuple(functions)
         self.by_name = {f.name: f for f in self.functions}
         if len(self.by_name) != len(self.functions):
             raise ValueError(f"domain {self.name}: duplicate function names")
 
-    def generate_db(self, rng: np.random.Generator, size: int) -> DB:
-        raise NotImplementedError
-
-    @property
-    def intents(self) -> tuple[Callable[[DB, np.random.Generator], Intent | None], ...]:
-        raise NotImplementedError
-
-    def distractor(self, db: DB, rng: np.random.Generator, user: str, used: set) -> str:
-        raise NotImplementedError
-
-    def pick_user(self, db: DB, rng: np.random.Generator) -> str:
-        raise NotImplementedError
-
-    def greeting(self, db: DB, user: str) -> str:
-        raise NotImplementedError
-
     def call(self, name: str, arguments: Any, db: DB) -> CallResult:
-        spec = self.by_name.get(name)
+        spec = self.by_name.get(name) if isinstance(name, str) else None
         if spec is None:
-            return CallResult(False, f"Error: unknown function {name!r} in domain {self.name}", db, stage="unknown")
+            return CallResult(False, f"Error: unknown function {str(name)[:40]!r} in domain {self.name}", db,
+                              stage="unknown")
         return call_function(spec, arguments, db)
 
 
