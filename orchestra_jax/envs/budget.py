@@ -47,6 +47,7 @@ class Ledger:
         self.solved = np.zeros(B, bool)
         self.n_invalid = np.zeros(B, np.int32)
         self.end_reason = ["running"] * B
+        self.call_log: list[list[dict]] = [[] for _ in range(B)]
 
     def charge(self, i: int, usd: float, tokens: int, latency_s: float) -> tuple[bool, float, float]:
         """Charges one call to episode i. Returns (within_budget, usd_charged, latency_charged).
@@ -76,6 +77,10 @@ class Ledger:
         if alias_index >= 0:
             self.calls[i, alias_index] += 1
 
+    def log_call(self, i: int, entry: dict) -> None:
+        """Appends one tool call's record to episode i's call log (see ``EpisodeResults.call_log``)."""
+        self.call_log[i].append(dict(entry))
+
     def finish(self, i: int, solved: bool, reason: str) -> None:
         if not self.done[i]:
             self.done[i] = True
@@ -96,7 +101,7 @@ class Ledger:
             n_turns=self.turns.copy(), cost_usd=self.usd.copy(), latency_s=self.latency.copy(),
             tokens=self.tokens.copy(), n_invalid=self.n_invalid.copy(), done=self.done.copy(),
             end_reason=list(self.end_reason), task_ids=list(task_ids), domains=list(domains),
-            feature_names=feature_names(tool_aliases))
+            feature_names=feature_names(tool_aliases), call_log=[list(c) for c in self.call_log])
 
 
 def orchestrator_charge(price_in: float, price_out: float, tokens_in, tokens_out, i: int) -> tuple[float, int]:
