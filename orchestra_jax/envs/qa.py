@@ -50,6 +50,8 @@ TOOL_PURPOSE = {
 }
 SYSTEM_PROMPT = "Route the task: one tool call per turn; answer ends it."
 HIDDEN_CLIP = 2.5          # hidden difficulty is truncated at +-2.5 std
+FAIR_CHANCE = 0.3         # every task has a route with at least this chance (``route_chance``)
+MAX_REDRAWS = 50
 STRONG_SIZE = 4            # every menu has a model of size index >= 4 (70B or frontier)
 
 
@@ -214,12 +216,19 @@ class QAEnv(Env):
         sw = np.asarray(q.step_weights, np.float64)
         domain = q.domains[int(rng.choice(len(dw), p=dw / dw.sum()))]
         steps = 1 + int(rng.choice(4, p=sw / sw.sum()))
-        hidden = float(round(np.clip(rng.normal(), -HIDDEN_CLIP, HIDDEN_CLIP) * q.hidden_difficulty_std, 4))
         prob = generate(rng, domain, steps, q.filler_prob)
-        if cfg.randomize_tools or split == "unseen_tools":
-            profiles, aliases = self._menu(rng, split), alias_names(rng, self.K)
+        # every task keeps a route with a fair chance: redraw the hidden difficulty and the menu otherwise
+        for _ in range(MAX_REDRAWS):
+            hidden = float(round(np.clip(rng.normal(), -HIDDEN_CLIP, HIDDEN_CLIP) * q.hidden_difficulty_std, 4))
+            if cfg.randomize_tools or split == "unseen_tools":
+                profiles = self._menu(rng, split)
+            else:
+                profiles = self.fixed_menu
+            if self.route_chance(domain, steps, hidden, prob.hops, profiles) >= FAIR_CHANCE:
+                break
         else:
-            profiles, aliases = self.fixed_menu, self.fixed_aliases
+            hidden = min(hidden, 0.0)
+        aliases = alias_names(rng, self.K) if (cfg.randomize_tools or split == "unseen_tools") else self.fixed_aliases
         scales = sample_price_scales(rng, self.K, split, cfg.price_scale_train, cfg.price_scale_unseen,
                                      cfg.randomize_prices)
         if cfg.preference_mode == "random":
@@ -231,6 +240,20 @@ class QAEnv(Env):
                       hidden_difficulty=hidden, question=prob.question, answer=prob.answer, docs=prob.docs,
                       hops=prob.hops, profiles=profiles, aliases=aliases, price_scale=scales,
                       preference=tuple(preference), preference_text=ptext)
+
+    def route_chance(self, domain: str, steps: int, hidden: float, hops: int, profiles: Sequence[int]) -> float:
+        """P(success) of the best route using one preparation model and one answer model within the turn
+        budget, with the hidden difficulty known (evidence ignored): the generator's fairness floor."""
+        q, n = self.qa, max(0, self.cfg.max_turns - 1)
+        d = difficulty(q, steps, hidden)
+        bases = [base_logit(self.pool[j], domain, d) for j in profiles]
+        pa = max(sigmoid(answer_logit(q, b, domain, hops, hops, True, True)) for b in bases)
+        if domain == "factual":
+            ps = max(sigmoid(b + q.retrieval_bonus) for b in bases)
+            prep = sum(math.comb(n, m) * ps ** m * (1 - ps) ** (n - m) for m in range(hops, n + 1))
+        else:
+            prep = 1 - (1 - max(sigmoid(b + q.reasoning_bonus) for b in bases)) ** n
+        return prep * pa
 
     def task_from_dict(self, d: dict[str, Any]) -> QATask:
         t = QATask.from_dict(d)

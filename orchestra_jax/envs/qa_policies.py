@@ -37,6 +37,7 @@ from orchestra_jax.text.chat import format_tool_call
 
 SPEED_TPS = {"fast": 170.0, "medium speed": 100.0, "slow": 60.0}
 MAX_PREP = 3
+EXPECTIMAX_DEPTH = 1    # adaptive look-ahead of the closed-loop policies (then a fixed continuation)
 MAX_MODELS = 4          # preparation models kept per plan (Pareto front on success, cost, preference)
 
 
@@ -96,44 +97,101 @@ class Planner:
         return _sig(b.base[j] + bonus, b.kappa[j])
 
     def plan(self, b: Belief, found: int, cand, calls: Sequence[int], usd: float, lat: float, n_cand: int,
-             turns_left: int, allowed: Sequence[int]) -> list[tuple[str, int]]:
-        """The best sequence [(tool, slot), ..., ("answer", slot)] from the current belief state."""
+             turns_left: int, allowed: Sequence[int], max_prep: int = MAX_PREP) -> list[tuple[str, int]]:
+        """The best fixed sequence [(tool, slot), ..., ("answer", slot)] from the current belief state."""
         tool = "search" if b.domain == "factual" else "enhance_reasoning"
         need = b.hops - found if b.domain == "factual" else MAX_PREP
-        max_prep = max(0, min(MAX_PREP, turns_left - 1, need))
+        n_max = max(0, min(max_prep, turns_left - 1, need))
         preps = self._prep_candidates(b, tool, allowed)
-        crash = self.q.crash_prob if b.domain in ("math", "code") else 0.0
         best, best_v = None, -1.0
-        for n in range(max_prep + 1):
+        for n in range(n_max + 1):
             for seq in itertools.product(preps, repeat=n):
-                # distribution over (found, cand) after the preparation calls; deterministic cost estimate
-                dist = {(found, cand): 1.0}
-                u, l, nd, nc = usd, lat, found, n_cand
-                for j in seq:
-                    c, t = self.cost(b, j, tool, nd, nc)
-                    u, l = u + c, l + t
-                    p = self.p_prep(b, j)
-                    new: dict = {}
-                    for (f, cd), w in dist.items():
-                        if tool == "search":
-                            new[(f + 1, cd)] = new.get((f + 1, cd), 0.0) + w * p
-                            new[(f, cd)] = new.get((f, cd), 0.0) + w * (1 - p)
-                        else:
-                            new[(f, 1.0)] = new.get((f, 1.0), 0.0) + w * p
-                            new[(f, cd)] = new.get((f, cd), 0.0) + w * (1 - p) * crash
-                            new[(f, 0.0)] = new.get((f, 0.0), 0.0) + w * (1 - p) * (1 - crash)
-                    dist = new
-                    if tool == "search":
-                        nd += p
-                    else:
-                        nc += 1
                 for a in allowed:
-                    c, t = self.cost(b, a, "answer", nd, nc)
-                    pa = sum(w * self.p_answer(b, a, f, cd) for (f, cd), w in dist.items())
-                    v = pa * self.utility(b, u + c, l + t, list(calls) + list(seq) + [a])
+                    v = self._evaluate(b, seq, a, found, cand, calls, usd, lat, n_cand)
                     if v > best_v + 1e-12:
                         best, best_v = [(tool, j) for j in seq] + [("answer", a)], v
         return best
+
+    def _evaluate(self, b: Belief, seq, a: int, found: int, cand, calls, usd, lat, n_cand) -> float:
+        """Expected utility of preparation calls ``seq`` then answering with ``a``, without observations:
+        a distribution over (documents found, P(best candidate right)) and a mean-cost estimate."""
+        tool = "search" if b.domain == "factual" else "enhance_reasoning"
+        crash = self.q.crash_prob if b.domain in ("math", "code") else 0.0
+        dist = {(found, cand): 1.0}
+        u, l, nd, nc = usd, lat, found, n_cand
+        for j in seq:
+            c, t = self.cost(b, j, tool, nd, nc)
+            u, l = u + c, l + t
+            p = self.p_prep(b, j)
+            new: dict = {}
+            for (f, cd), w in dist.items():
+                if tool == "search":
+                    new[(f + 1, cd)] = new.get((f + 1, cd), 0.0) + w * p
+                    new[(f, cd)] = new.get((f, cd), 0.0) + w * (1 - p)
+                else:
+                    new[(f, 1.0)] = new.get((f, 1.0), 0.0) + w * p
+                    new[(f, cd)] = new.get((f, cd), 0.0) + w * (1 - p) * crash
+                    new[(f, 0.0)] = new.get((f, 0.0), 0.0) + w * (1 - p) * (1 - crash)
+            dist = new
+            if tool == "search":
+                nd += p
+            else:
+                nc += 1
+        c, t = self.cost(b, a, "answer", nd, nc)
+        pa = sum(w * self.p_answer(b, a, min(f, b.hops) if b.hops else f, cd) for (f, cd), w in dist.items())
+        return pa * self.utility(b, u + c, l + t, list(calls) + list(seq) + [a])
+
+    def expectimax(self, b: Belief, found: int, cand, calls: tuple, usd: float, lat: float, n_cand: int,
+                   turns_left: int, allowed: Sequence[int], depth: int, oracle: bool) -> tuple[float, tuple]:
+        """(value, first action) of the best *adaptive* plan: after each preparation call the policy sees
+        its outcome (a found / missed document; a candidate's self-check, or for the oracle whether it is
+        right) and chooses again. Leaves continue with the best fixed sequence of at most one more call."""
+        best_v, best_a = -1.0, None
+        for a in allowed:
+            c, t = self.cost(b, a, "answer", found, n_cand)
+            v = self.p_answer(b, a, found, cand) * self.utility(b, usd + c, lat + t, calls + (a,))
+            if v > best_v:
+                best_v, best_a = v, ("answer", a)
+        tool = "search" if b.domain == "factual" else "enhance_reasoning"
+        if turns_left <= 1 or (tool == "search" and found >= b.hops):
+            return best_v, best_a
+        q = self.q
+        crash = q.crash_prob if b.domain in ("math", "code") else 0.0
+        for j in self._prep_candidates(b, tool, allowed):
+            c, t = self.cost(b, j, tool, found, n_cand)
+            p = self.p_prep(b, j)
+            if tool == "search":
+                branches = [(p, found + 1, cand, n_cand), (1 - p, found, cand, n_cand)]
+            elif oracle:
+                branches = [(p, found, 1.0, n_cand + 1), ((1 - p) * crash, found, cand, n_cand),
+                            ((1 - p) * (1 - crash), found, 0.0, n_cand + 1)]
+            else:
+                pr, fr = q.check_pass_if_right, q.check_pass_if_wrong
+                branches = [((1 - p) * crash, found, cand, n_cand)]
+                for good in (True, False):
+                    w_r = p * (pr if good else 1 - pr)
+                    w_w = (1 - p) * (1 - crash) * (fr if good else 1 - fr)
+                    if w_r + w_w > 0:
+                        branches.append((w_r + w_w, found, w_r / (w_r + w_w), n_cand + 1))
+            v = 0.0
+            for w, f, cd, nc in branches:
+                if w <= 0:
+                    continue
+                if depth > 1:
+                    sub, _ = self.expectimax(b, f, cd, calls + (j,), usd + c, lat + t, nc, turns_left - 1, allowed,
+                                             depth - 1, oracle)
+                else:
+                    plan = self.plan(b, f, cd, calls + (j,), usd + c, lat + t, nc, min(turns_left - 1, 2), allowed,
+                                     max_prep=1)
+                    sub = self.sequence_value(b, plan, f, cd, calls + (j,), usd + c, lat + t, nc)
+                v += w * sub
+            if v > best_v + 1e-12:
+                best_v, best_a = v, (tool, j)
+        return best_v, best_a
+
+    def sequence_value(self, b: Belief, plan, found: int, cand, calls, usd: float, lat: float, n_cand: int) -> float:
+        """Expected utility of a fixed sequence ending with an answer (no observation used)."""
+        return self._evaluate(b, [j for _, j in plan[:-1]], plan[-1][1], found, cand, calls, usd, lat, n_cand)
 
     def _prep_candidates(self, b: Belief, tool: str, allowed: Sequence[int]) -> list[int]:
         pts = []
@@ -240,8 +298,10 @@ class PlannerPolicy:
 
     def _plan(self, b, r, allowed, turns_left, obs=None, task=None):
         pl = self.planner
-        if obs is None or not obs.calls:
+        if obs is None:  # open loop: the fixed sequence planned at turn 0
             return pl.plan(b, 0, None, [], 0.0, 0.0, 0, max(1, turns_left), allowed)
+        if not obs.calls:
+            return self._first(b, 0, None, (), 0.0, 0.0, 0, max(1, turns_left), allowed)
         usd = lat = 0.0
         nd = nc = 0
         for tool, j in obs.calls:
@@ -258,8 +318,13 @@ class PlannerPolicy:
             else:
                 v, ev, j = obs.candidates[-1]
                 cand = _posterior(pl.p_prep(b, j), ev, self.env.qa, b.domain)
-        return pl.plan(b, min(obs.found, b.hops), cand, [j for _, j in obs.calls], usd, lat, len(values),
-                       max(1, turns_left), allowed)
+        return self._first(b, min(obs.found, b.hops), cand, tuple(j for _, j in obs.calls), usd, lat, len(values),
+                           max(1, turns_left), allowed)
+
+    def _first(self, b, found, cand, calls, usd, lat, n_cand, turns_left, allowed):
+        _, a = self.planner.expectimax(b, found, cand, calls, usd, lat, n_cand, turns_left, allowed, EXPECTIMAX_DEPTH,
+                                       self.oracle)
+        return [a]
 
 
 RANKS = ("cheap", "mid", "top")
