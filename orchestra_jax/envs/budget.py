@@ -35,9 +35,15 @@ class Budget:
 class Ledger:
     """Counters for B episodes and A aliases (numpy arrays, mutated in place)."""
 
-    def __init__(self, batch_size: int, num_aliases: int, budget: Budget):
+    def __init__(self, batch_size: int, num_aliases: int, budget: Budget, max_usd=None):
+        """``max_usd``: optional [B] per-episode dollar budgets (each <= budget.max_usd), e.g. a budget the
+        user states per task; default budget.max_usd for every episode."""
         self.budget = budget
         B = batch_size
+        self.max_usd = np.full(B, budget.max_usd, np.float64) if max_usd is None else np.minimum(
+            np.asarray(max_usd, np.float64), budget.max_usd)
+        if self.max_usd.shape != (B,) or not (self.max_usd > 0).all():
+            raise ValueError(f"Ledger: max_usd must be [{B}] positive budgets, got {max_usd}")
         self.turns = np.zeros(B, np.int32)
         self.tokens = np.zeros(B, np.int64)
         self.usd = np.zeros(B, np.float64)
@@ -56,7 +62,7 @@ class Ledger:
         budget exactly, ends unsolved, and ``within_budget`` is False.
         """
         usd, tokens, latency_s = max(0.0, float(usd)), max(0, int(tokens)), max(0.0, float(latency_s))
-        left_usd = self.budget.max_usd - self.usd[i]
+        left_usd = self.max_usd[i] - self.usd[i]
         left_tok = self.budget.max_tokens - self.tokens[i]
         if usd <= left_usd and tokens <= left_tok:
             self.usd[i] += usd

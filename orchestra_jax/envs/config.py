@@ -68,8 +68,8 @@ class QAConfig:
     filler_prob: float = 0.3                # chance of a filler sentence (longer, not harder)
     pool_seed: int = 0                      # seed of the synthetic model pool (envs.pool.make_pool)
     menu_size: int = 5                      # models offered per episode (= the call-count feature slots)
-    retrieval_bonus: float = 1.0            # search: P(find next needed doc) = sigmoid(base + bonus)
-    reasoning_bonus: float = 0.0            # enhance_reasoning: P(correct candidate) = sigmoid(base + bonus)
+    retrieval_bonus: float = 0.5            # search: P(find next needed doc) = sigmoid(base + bonus)
+    reasoning_bonus: float = -0.5           # enhance_reasoning: P(correct candidate) = sigmoid(base + bonus)
     missing_doc_penalty: float = 4.0        # factual answer logit penalty x fraction of needed docs missing
     doc_bonus: float = 1.0                  # factual answer logit bonus with every needed doc in context
     candidate_bonus: float = 3.0            # answer logit bonus with a correct candidate in context
@@ -79,6 +79,8 @@ class QAConfig:
     check_pass_if_right: float = 0.8        # a right candidate's self-check passes with this chance
     check_pass_if_wrong: float = 0.25       # a wrong (not crashed) candidate's self-check passes
     tool_prob: float = 0.4                  # random preferences: chance of a tool preference
+    task_budget_usd: tuple[float, ...] = (0.03, 0.5)   # per-task $ budget, log-uniform, stated in the prompt
+    #                                         ("Budget: $x."), at least 1.2 x a fair route's cost; () = none
     prompt_tokens: int = 1200               # tool-model input tokens: problem + instructions
     doc_tokens: int = 500                   # tool-model input tokens per retrieved document
     candidate_tokens: int = 300             # tool-model input tokens per candidate in context
@@ -98,6 +100,9 @@ class QAConfig:
         for name in ("filler_prob", "crash_prob", "check_pass_if_right", "check_pass_if_wrong", "tool_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"env.qa.{name} must be in [0, 1], got {getattr(self, name)}")
+        b = self.task_budget_usd
+        if b and (len(b) != 2 or not 0 < b[0] <= b[1]):
+            raise ValueError(f"env.qa.task_budget_usd must be () or (lo, hi) with 0 < lo <= hi, got {b}")
         if self.hidden_difficulty_std < 0:
             raise ValueError(f"env.qa.hidden_difficulty_std must be >= 0, got {self.hidden_difficulty_std}")
 

@@ -56,9 +56,10 @@ def pick_subset(rng: np.random.Generator, n_pool: int, k: int) -> tuple[int, ...
     return tuple(int(i) for i in rng.choice(n_pool, size=k, replace=False))
 
 
-def budget_text(reason: str, budget: Budget) -> str:
-    """'Budget exceeded (<what>): episode ended.' for reason max_usd | max_tokens | max_turns."""
-    what = {"max_usd": f"${budget.max_usd:g}", "max_tokens": f"{budget.max_tokens} tokens",
+def budget_text(reason: str, budget: Budget, max_usd: float | None = None) -> str:
+    """'Budget exceeded (<what>): episode ended.' for reason max_usd | max_tokens | max_turns; ``max_usd``
+    overrides the budget's dollars (a per-episode budget)."""
+    what = {"max_usd": f"${budget.max_usd if max_usd is None else max_usd:g}", "max_tokens": f"{budget.max_tokens} tokens",
             "max_turns": f"{budget.max_turns} turns"}
     if reason not in what:
         raise ValueError(f"budget_text: unknown reason {reason!r}")

@@ -36,7 +36,7 @@ from orchestra_jax.envs import preferences as prefs
 from orchestra_jax.envs.base import Env, EpisodeResults, StepOutput, episode_rng
 from orchestra_jax.envs.budget import Budget, Ledger, orchestrator_charge
 from orchestra_jax.envs.config import EnvConfig, QAConfig
-from orchestra_jax.envs.menu import alias_names, budget_text, pick_subset, sample_price_scales
+from orchestra_jax.envs.menu import alias_names, budget_text, log_uniform, pick_subset, sample_price_scales
 from orchestra_jax.envs.pool import DOMAINS, Profile, describe, make_pool, size_index
 from orchestra_jax.envs.qa_problems import generate
 from orchestra_jax.envs.tools import load_roster, sigmoid
@@ -74,6 +74,7 @@ class QATask:
     price_scale: tuple[float, ...]     # price multiplier per menu slot
     preference: tuple[float, ...]
     preference_text: str = ""
+    max_usd: float = 0.0               # the task's stated $ budget (0 = none: env.max_usd)
 
     @property
     def available(self) -> tuple[str, ...]:
@@ -95,7 +96,7 @@ class QATask:
         if d.pop("setting", "qa") != "qa":
             raise ValueError(f"task {d.get('task_id')!r} is not a QA task")
         names = {f.name for f in dataclasses.fields(QATask)}
-        missing = sorted(names - set(d) - {"preference_text"})
+        missing = sorted(names - set(d) - {"preference_text", "max_usd"})
         if missing:
             raise ValueError(f"QA task record {d.get('task_id')!r} is missing field(s) {missing}")
         extra = sorted(set(d) - names)
@@ -109,7 +110,7 @@ class QATask:
                 profiles=tuple(int(i) for i in d["profiles"]), aliases=tuple(str(a) for a in d["aliases"]),
                 price_scale=tuple(float(s) for s in d["price_scale"]),
                 preference=tuple(float(x) for x in d["preference"]),
-                preference_text=str(d.get("preference_text", "")))
+                preference_text=str(d.get("preference_text", "")), max_usd=float(d.get("max_usd", 0.0)))
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"QA task record {d.get('task_id')!r}: bad field value ({e})") from None
 
@@ -231,6 +232,10 @@ class QAEnv(Env):
         aliases = alias_names(rng, self.K) if (cfg.randomize_tools or split == "unseen_tools") else self.fixed_aliases
         scales = sample_price_scales(rng, self.K, split, cfg.price_scale_train, cfg.price_scale_unseen,
                                      cfg.randomize_prices)
+        max_usd = 0.0
+        if q.task_budget_usd:
+            floor = 1.2 * self.fair_route_cost(domain, steps, hidden, prob.hops, profiles, scales)
+            max_usd = float(round(min(max(log_uniform(rng, *q.task_budget_usd), floor), cfg.max_usd), 4))
         if cfg.preference_mode == "random":
             sp = prefs.sample_stated_preference(rng, aliases, [self.pool[j].local for j in profiles], q.tool_prob)
             preference, ptext = sp.vector, sp.text
@@ -239,7 +244,7 @@ class QAEnv(Env):
         return QATask(task_id=f"qa-{split}-{seed}-{i}", split=split, domain=domain, steps=steps,
                       hidden_difficulty=hidden, question=prob.question, answer=prob.answer, docs=prob.docs,
                       hops=prob.hops, profiles=profiles, aliases=aliases, price_scale=scales,
-                      preference=tuple(preference), preference_text=ptext)
+                      preference=tuple(preference), preference_text=ptext, max_usd=max_usd)
 
     def route_chance(self, domain: str, steps: int, hidden: float, hops: int, profiles: Sequence[int]) -> float:
         """P(success) of the best route using one preparation model and one answer model within the turn
@@ -254,6 +259,31 @@ class QAEnv(Env):
         else:
             prep = 1 - (1 - max(sigmoid(b + q.reasoning_bonus) for b in bases)) ** n
         return prep * pa
+
+    def fair_route_cost(self, domain: str, steps: int, hidden: float, hops: int, profiles: Sequence[int],
+                        scales: Sequence[float]) -> float:
+        """Mean $ of the cheapest route with a fair chance: as many preparation calls as the turn budget
+        allows (hops for factual) with the cheapest model whose route chance is >= FAIR_CHANCE, then an
+        answer with the cheapest adequate answer model."""
+        q = self.qa
+        n = hops if domain == "factual" else max(0, self.cfg.max_turns - 1)
+        tool = "search" if domain == "factual" else "enhance_reasoning"
+
+        def call(j, s, t, k):
+            p = self.pool[j]
+            tin = q.prompt_tokens + (q.doc_tokens if domain == "factual" else q.candidate_tokens) * k
+            return s * (tin * p.price_in + p.mean_tokens_out(t) * p.price_out) / 1e6
+
+        best = math.inf
+        for j, sj in zip(profiles, scales):
+            for a, sa in zip(profiles, scales):
+                if self.route_chance(domain, steps, hidden, hops, [j, a]) < FAIR_CHANCE:
+                    continue
+                best = min(best, sum(call(j, sj, tool, k) for k in range(n)) + call(a, sa, "answer", n))
+        if not math.isfinite(best):  # no pair alone is fair: the whole menu's costliest route
+            best = max(sum(call(j, s, tool, k) for k in range(n)) + call(j, s, "answer", n)
+                       for j, s in zip(profiles, scales))
+        return best
 
     def task_from_dict(self, d: dict[str, Any]) -> QATask:
         t = QATask.from_dict(d)
@@ -278,6 +308,8 @@ class QAEnv(Env):
         user = "Models:\n" + "\n".join(self.menu_lines(task)) + f"\nTask: {task.question}"
         if task.preference_text:
             user += f"\n{task.preference_text}"
+        if task.max_usd > 0:
+            user += f"\nBudget: ${task.max_usd:g}."
         messages = ([{"role": "system", "content": SYSTEM_PROMPT}] if self.cfg.system_prompt else []) + [
             {"role": "user", "content": user}]
         tools = []
@@ -312,7 +344,7 @@ class QAEnv(Env):
         self._seen.update((t.task_id, t) for t in tasks)
         B = len(tasks)
         state = QAState(tasks=tasks, seed=int(seed), episode_ids=[int(e) for e in episode_ids],
-                        ledger=Ledger(B, self.K, self.budget), found=[0] * B, candidates=[[] for _ in range(B)])
+                        ledger=Ledger(B, self.K, self.budget, [t.max_usd or self.budget.max_usd for t in tasks]), found=[0] * B, candidates=[[] for _ in range(B)])
         return state, [self.prompt(t) for t in tasks]
 
     def step(self, state: "QAState", actions: Sequence[str], policy_tokens_in=None, policy_tokens_out=None):
@@ -340,7 +372,7 @@ class QAEnv(Env):
             cost[i] += c
             lat[i] += l
             if not ok:
-                obs[i] = budget_text(led.end_reason[i], self.budget)
+                obs[i] = budget_text(led.end_reason[i], self.budget, led.max_usd[i])
                 led.end_turn(i)
                 continue
             call = parse_tool_call(actions[i])
@@ -389,7 +421,7 @@ class QAEnv(Env):
         extra = {"profile": p.name, "tokens_in": tokens_in, "tokens_out": tokens_out}
         if not ok:
             led.log_call(i, log)
-            return budget_text(led.end_reason[i], self.budget), usd_c, lat_c, extra
+            return budget_text(led.end_reason[i], self.budget, led.max_usd[i]), usd_c, lat_c, extra
         base = base_logit(p, task.domain, difficulty(q, task.steps, task.hidden_difficulty))
         if tool == "search":
             if task.domain == "factual" and state.found[i] < task.hops:

@@ -38,6 +38,7 @@ from orchestra_jax.text.chat import format_tool_call
 SPEED_TPS = {"fast": 170.0, "medium speed": 100.0, "slow": 60.0}
 MAX_PREP = 3
 EXPECTIMAX_DEPTH = 1    # adaptive look-ahead of the closed-loop policies (then a fixed continuation)
+BUDGET_MARGIN = 0.8     # token counts vary: keep the mean cost of a plan under 80% of the budget
 MAX_MODELS = 4          # preparation models kept per plan (Pareto front on success, cost, preference)
 
 
@@ -48,17 +49,38 @@ class Belief:
     domain: str
     hops: int
     base: list[float]           # per slot: success logit before context
-    kappa: list[float]          # per slot: probit factor for the hidden difficulty (1 = known)
+    slope: list[float]          # per slot: logit drop per unit of hidden difficulty
     price_in: list[float]
     price_out: list[float]
     verbosity: list[float]
     latency_base: list[float]
     tps: list[float]
     pref: tuple[float, ...]     # [slots..., outcome, cost, latency]
+    budget_usd: float = math.inf   # plans whose mean cost exceeds BUDGET_MARGIN x this are worth 0
+    h_pts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1))   # hidden difficulty grid
+    h_w: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(1))      # its belief weights
+
+    cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def p(self, j: int, extra: float) -> float:
+        """P(success) of a call with logit base_j - slope_j * h + extra, averaged over the belief on h."""
+        key = (j, extra)
+        v = self.cache.get(key)
+        if v is None:
+            x = self.base[j] - self.slope[j] * self.h_pts + extra
+            v = self.cache[key] = float(np.dot(self.h_w, 1.0 / (1.0 + np.exp(-x))))
+        return v
+
+    def p_h(self, j: int, extra: float) -> np.ndarray:
+        x = self.base[j] - self.slope[j] * self.h_pts + extra
+        return 1.0 / (1.0 + np.exp(-x))
 
 
-def _sig(x: float, kappa: float) -> float:
-    return sigmoid(x * kappa)
+def hidden_prior(std: float, n: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """A grid over the hidden difficulty ~ N(0, std) truncated at 2.5 std, and its weights."""
+    z = np.linspace(-2.5, 2.5, n)
+    w = np.exp(-0.5 * z ** 2)
+    return z * std, w / w.sum()
 
 
 class Planner:
@@ -73,6 +95,8 @@ class Planner:
         return (tin * b.price_in[j] + tout * b.price_out[j]) / 1e6, b.latency_base[j] + tout / b.tps[j]
 
     def utility(self, b: Belief, usd: float, lat: float, calls: Sequence[int]) -> float:
+        if usd > BUDGET_MARGIN * b.budget_usd:
+            return 0.0
         p = b.pref
         k = self.K
         s = self.scales
@@ -87,14 +111,14 @@ class Planner:
         """cand: None (no candidate) or the probability that the best candidate is right."""
         q = self.q
         if b.domain == "factual" or cand is None:
-            return _sig(answer_logit(q, b.base[j], b.domain, b.hops, found, None, False), b.kappa[j])
-        right = _sig(answer_logit(q, b.base[j], b.domain, b.hops, found, True, True), b.kappa[j])
-        wrong = _sig(answer_logit(q, b.base[j], b.domain, b.hops, found, False, True), b.kappa[j])
+            return b.p(j, answer_logit(q, 0.0, b.domain, b.hops, found, None, False))
+        right = b.p(j, answer_logit(q, 0.0, b.domain, b.hops, found, True, True))
+        wrong = b.p(j, answer_logit(q, 0.0, b.domain, b.hops, found, False, True))
         return cand * right + (1 - cand) * wrong
 
     def p_prep(self, b: Belief, j: int) -> float:
         bonus = self.q.retrieval_bonus if b.domain == "factual" else self.q.reasoning_bonus
-        return _sig(b.base[j] + bonus, b.kappa[j])
+        return b.p(j, bonus)
 
     def plan(self, b: Belief, found: int, cand, calls: Sequence[int], usd: float, lat: float, n_cand: int,
              turns_left: int, allowed: Sequence[int], max_prep: int = MAX_PREP) -> list[tuple[str, int]]:
@@ -155,39 +179,47 @@ class Planner:
         tool = "search" if b.domain == "factual" else "enhance_reasoning"
         if turns_left <= 1 or (tool == "search" and found >= b.hops):
             return best_v, best_a
-        q = self.q
-        crash = q.crash_prob if b.domain in ("math", "code") else 0.0
         for j in self._prep_candidates(b, tool, allowed):
             c, t = self.cost(b, j, tool, found, n_cand)
-            p = self.p_prep(b, j)
-            if tool == "search":
-                branches = [(p, found + 1, cand, n_cand), (1 - p, found, cand, n_cand)]
-            elif oracle:
-                branches = [(p, found, 1.0, n_cand + 1), ((1 - p) * crash, found, cand, n_cand),
-                            ((1 - p) * (1 - crash), found, 0.0, n_cand + 1)]
-            else:
-                pr, fr = q.check_pass_if_right, q.check_pass_if_wrong
-                branches = [((1 - p) * crash, found, cand, n_cand)]
-                for good in (True, False):
-                    w_r = p * (pr if good else 1 - pr)
-                    w_w = (1 - p) * (1 - crash) * (fr if good else 1 - fr)
-                    if w_r + w_w > 0:
-                        branches.append((w_r + w_w, found, w_r / (w_r + w_w), n_cand + 1))
+            branches = self.branches(b, j, tool, found, cand, n_cand, oracle)
             v = 0.0
-            for w, f, cd, nc in branches:
-                if w <= 0:
+            for w, bb, f, cd, nc in branches:
+                if w <= 1e-9:
                     continue
                 if depth > 1:
-                    sub, _ = self.expectimax(b, f, cd, calls + (j,), usd + c, lat + t, nc, turns_left - 1, allowed,
+                    sub, _ = self.expectimax(bb, f, cd, calls + (j,), usd + c, lat + t, nc, turns_left - 1, allowed,
                                              depth - 1, oracle)
                 else:
-                    plan = self.plan(b, f, cd, calls + (j,), usd + c, lat + t, nc, min(turns_left - 1, 2), allowed,
+                    plan = self.plan(bb, f, cd, calls + (j,), usd + c, lat + t, nc, min(turns_left - 1, 2), allowed,
                                      max_prep=1)
-                    sub = self.sequence_value(b, plan, f, cd, calls + (j,), usd + c, lat + t, nc)
+                    sub = self.sequence_value(bb, plan, f, cd, calls + (j,), usd + c, lat + t, nc)
                 v += w * sub
             if v > best_v + 1e-12:
                 best_v, best_a = v, (tool, j)
         return best_v, best_a
+
+    def branches(self, b: Belief, j: int, tool: str, found: int, cand, n_cand: int, oracle: bool):
+        """Outcomes of one preparation call: [(prob, belief after it, found, cand, n_cand)]. A text belief
+        is updated on the hidden-difficulty grid by the outcome (Bayes); the oracle knows the truth."""
+        q = self.q
+        crash = q.crash_prob if b.domain in ("math", "code") else 0.0
+        if tool == "search":
+            ps = b.p_h(j, q.retrieval_bonus)
+            outs = [(ps, found + 1, cand, n_cand), (1 - ps, found, cand, n_cand)]
+            return [(float(np.dot(b.h_w, lik)), _reweight(b, lik), f, cd, nc) for lik, f, cd, nc in outs]
+        pr = b.p_h(j, q.reasoning_bonus)
+        if oracle:
+            p = float(pr[0])
+            return [(p, b, found, 1.0, n_cand + 1), ((1 - p) * crash, b, found, cand, n_cand),
+                    ((1 - p) * (1 - crash), b, found, 0.0, n_cand + 1)]
+        out = [(float(np.dot(b.h_w, (1 - pr) * crash)), _reweight(b, (1 - pr) * crash), found, cand, n_cand)]
+        for good in (True, False):
+            l_r = pr * (q.check_pass_if_right if good else 1 - q.check_pass_if_right)
+            l_w = (1 - pr) * (1 - crash) * (q.check_pass_if_wrong if good else 1 - q.check_pass_if_wrong)
+            tot = float(np.dot(b.h_w, l_r + l_w))
+            if tot > 0:
+                out.append((tot, _reweight(b, l_r + l_w), found, float(np.dot(b.h_w, l_r)) / tot, n_cand + 1))
+        return out
 
     def sequence_value(self, b: Belief, plan, found: int, cand, calls, usd: float, lat: float, n_cand: int) -> float:
         """Expected utility of a fixed sequence ending with an answer (no observation used)."""
@@ -212,12 +244,12 @@ def text_belief(env, r, price_blind: bool = False, pref_blind: bool = False) -> 
     domain = read_domain(r.question)
     steps = read_steps(r.question, domain)
     d_vis = difficulty(q, steps, 0.0)
-    base, kappa, pin, pout, lb, tps = [], [], [], [], [], []
+    base, slope, pin, pout, lb, tps = [], [], [], [], [], []
     for d in r.described:
         s = SIZES[size_index(d.size)]
         skill = s[1] + STRONG_BONUS * (domain in d.strong) - WEAK_PENALTY * (domain in d.weak)
         base.append(skill - s[2] * d_vis)
-        kappa.append(1.0 / math.sqrt(1.0 + math.pi * (s[2] * q.hidden_difficulty_std) ** 2 / 8.0))
+        slope.append(s[2])
         if price_blind:  # what the size class costs at list price
             pin.append(s[3] * (0.6 if d.local else 1.0) / 5.5)
             pout.append(s[3] * (0.6 if d.local else 1.0))
@@ -228,31 +260,57 @@ def text_belief(env, r, price_blind: bool = False, pref_blind: bool = False) -> 
         tps.append(SPEED_TPS[d.speed])
     k = len(r.aliases)
     pref = (0.0,) * k + (0.85, 0.4, 0.4) if pref_blind else read_preference(r)
-    return Belief(domain, read_hops(r.question) if domain == "factual" else 0, base, kappa, pin, pout,
-                  [1.0] * k, lb, tps, pref)
+    h_pts, h_w = hidden_prior(q.hidden_difficulty_std)
+    return Belief(domain, read_hops(r.question) if domain == "factual" else 0, base, slope, pin, pout,
+                  [1.0] * k, lb, tps, pref, min(r.budget_usd or env.cfg.max_usd, env.cfg.max_usd), h_pts, h_w)
 
 
 def oracle_belief(env, task) -> Belief:
     q = env.qa
     d = difficulty(q, task.steps, task.hidden_difficulty)
     ps = [env.pool[j] for j in task.profiles]
-    return Belief(task.domain, task.hops, [base_logit(p, task.domain, d) for p in ps], [1.0] * len(ps),
+    return Belief(task.domain, task.hops, [base_logit(p, task.domain, d) for p in ps], [0.0] * len(ps),
                   [p.price_in * s for p, s in zip(ps, task.price_scale)],
                   [p.price_out * s for p, s in zip(ps, task.price_scale)], [p.verbosity for p in ps],
                   [p.latency_base_s * math.exp(p.latency_sigma ** 2 / 2) for p in ps],
-                  [p.tokens_per_s for p in ps], tuple(task.preference))
+                  [p.tokens_per_s for p in ps], tuple(task.preference), task.max_usd or env.cfg.max_usd)
 
 
 # ---------------------------------------------------------------- policies
 
 
-def _posterior(prior: float, evidence: str, q, domain: str) -> float:
-    """P(candidate right | its self-check), from the documented evidence model."""
-    crash = q.crash_prob if domain in ("math", "code") else 0.0
-    good = evidence in ("passed", "high")
-    l_right = q.check_pass_if_right if good else 1 - q.check_pass_if_right
-    l_wrong = (1 - crash) * (q.check_pass_if_wrong if good else 1 - q.check_pass_if_wrong)
-    return prior * l_right / max(prior * l_right + (1 - prior) * l_wrong, 1e-12)
+def _reweight(b: Belief, lik: np.ndarray) -> Belief:
+    w = b.h_w * lik
+    tot = w.sum()
+    return b if tot <= 0 or len(w) == 1 else dataclasses.replace(b, h_w=w / tot, cache={})
+
+
+def update_belief(b: Belief, events, q) -> tuple[Belief, float | None]:
+    """Bayes on the hidden-difficulty grid from each observed outcome; also P(the last candidate is right)
+    given its self-check, under the belief just before it."""
+    w = b.h_w.copy()
+    crash = q.crash_prob if b.domain in ("math", "code") else 0.0
+    pr_, fr = q.check_pass_if_right, q.check_pass_if_wrong
+    q_last = None
+    for tool, j, outcome, _ in events:
+        if tool == "search" and outcome in ("found", "missed"):
+            ps = b.p_h(j, q.retrieval_bonus)
+            lik = ps if outcome == "found" else 1 - ps
+        elif tool == "enhance_reasoning" and outcome != "nothing":
+            pr = b.p_h(j, q.reasoning_bonus)
+            if outcome == "crashed":
+                lik = (1 - pr) * crash
+            else:
+                good = outcome in ("passed", "high")
+                l_r = pr * (pr_ if good else 1 - pr_)
+                l_w = (1 - pr) * (1 - crash) * (fr if good else 1 - fr)
+                lik = l_r + l_w
+                q_last = float(np.dot(w, l_r) / max(np.dot(w, lik), 1e-12))
+        else:
+            continue
+        w = w * lik
+        w = w / max(w.sum(), 1e-300)
+    return dataclasses.replace(b, h_w=w, cache={}), q_last
 
 
 @dataclasses.dataclass
@@ -269,6 +327,7 @@ class PlannerPolicy:
 
     def __post_init__(self):
         self.planner = Planner(self.env)
+        self._open_plans: dict = {}      # open loop: the turn-0 plan per prompt (it never changes)
 
     def act(self, prompt: dict[str, Any], history, rng: np.random.Generator) -> str:
         r = read_prompt(prompt)
@@ -279,7 +338,12 @@ class PlannerPolicy:
         allowed = self._allowed(r, rng)
         obs = read_history(history, r.aliases)
         if not self.closed_loop:
-            plan = self._plan(b, r, allowed, self.planner.max_turns)
+            key = (r.task_id, r.aliases, r.question)
+            if key not in self._open_plans:
+                if len(self._open_plans) > 20_000:
+                    self._open_plans.clear()
+                self._open_plans[key] = self._plan(b, r, allowed, self.planner.max_turns)
+            plan = self._open_plans[key]
             tool, j = plan[min(len(history), len(plan) - 1)]
             return format_tool_call(tool, {"model": r.aliases[j]})
         plan = self._plan(b, r, allowed, self.planner.max_turns - len(history), obs, task)
@@ -315,9 +379,10 @@ class PlannerPolicy:
                 cand = 1.0 if best == task.answer else 0.0
             elif values.count(best) >= 2:
                 cand = 0.97
-            else:
-                v, ev, j = obs.candidates[-1]
-                cand = _posterior(pl.p_prep(b, j), ev, self.env.qa, b.domain)
+        if not self.oracle:  # what the outcomes say about the hidden difficulty, and the last candidate
+            b, q_last = update_belief(b, obs.events, self.env.qa)
+            if values and cand is None:
+                cand = q_last
         return self._first(b, min(obs.found, b.hops), cand, tuple(j for _, j in obs.calls), usd, lat, len(values),
                            max(1, turns_left), allowed)
 

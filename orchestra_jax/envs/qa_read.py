@@ -13,6 +13,7 @@ from orchestra_jax.envs.pool import Described, parse_description
 from orchestra_jax.envs.preferences import parse_stated_preference
 
 _MENU_LINE = re.compile(r"^([a-z]+-\d): (.+)$")
+_BUDGET = re.compile(r"^Budget: \$([\d.e-]+)\.$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,22 +25,26 @@ class Reading:
     question: str
     instruction: str
     task_id: str
+    budget_usd: float = 0.0        # the stated $ budget (0 = none stated)
 
 
 def read_prompt(prompt: dict[str, Any]) -> Reading:
     user = next((m["content"] for m in prompt.get("messages", []) if m.get("role") == "user"), "")
-    aliases, described, question, rest = [], [], "", []
+    aliases, described, question, rest, budget = [], [], "", [], 0.0
     for line in user.split("\n"):
         m = _MENU_LINE.match(line)
         d = parse_description(m.group(2)) if m else None
         if d is not None:
             aliases.append(m.group(1))
             described.append(d)
+        elif _BUDGET.match(line):
+            budget = float(_BUDGET.match(line).group(1))
         elif line.startswith("Task: "):
             question = line[len("Task: "):]
         elif line and line != "Models:":
             rest.append(line)
-    return Reading(tuple(aliases), tuple(described), question, " ".join(rest), str(prompt.get("task_id", "")))
+    return Reading(tuple(aliases), tuple(described), question, " ".join(rest), str(prompt.get("task_id", "")),
+                   budget)
 
 
 def read_domain(question: str) -> str:
@@ -97,6 +102,7 @@ class Observed:
     candidates: list = dataclasses.field(default_factory=list)   # (value, "passed"/"failed"/"high"/"low", slot)
     calls: list = dataclasses.field(default_factory=list)        # (tool, slot) of every valid call
     crashes: int = 0
+    events: list = dataclasses.field(default_factory=list)       # (tool, slot, outcome, value) per valid call
 
 
 _CALL = re.compile(r'"name": "(\w+)".*"model": "([a-z]+-\d)"', re.S)
@@ -114,12 +120,17 @@ def read_history(history: Sequence[tuple[str, str]], aliases: Sequence[str]) -> 
             continue
         tool, slot = m.group(1), list(aliases).index(m.group(2))
         o.calls.append((tool, slot))
-        if tool == "search" and "] " in obs and "different entity" not in obs:
-            o.found += 1
+        outcome, value = "nothing", None
+        if tool == "search" and "] " in obs:
+            outcome = "missed" if "different entity" in obs else "found"
+            o.found += outcome == "found"
         elif tool == "enhance_reasoning":
             r = _RESULT.search(obs) or _NOTES.search(obs)
             if r:
                 o.candidates.append((r.group(1), r.group(2), slot))
+                outcome, value = r.group(2), r.group(1)
             elif "crashed" in obs:
                 o.crashes += 1
+                outcome = "crashed"
+        o.events.append((tool, slot, outcome, value))
     return o
