@@ -67,7 +67,7 @@ class QAConfig:
     hidden_difficulty_std: float = 1.0      # per-task hidden difficulty (logits x slope)
     filler_prob: float = 0.3                # chance of a filler sentence (longer, not harder)
     pool_seed: int = 0                      # seed of the synthetic model pool (envs.pool.make_pool)
-    menu_size: int = 5                      # models offered per episode (= the call-count feature slots)
+    menu_size: int = 4                      # models offered per episode (= the call-count feature slots)
     retrieval_bonus: float = 0.5            # search: P(find next needed doc) = sigmoid(base + bonus)
     reasoning_bonus: float = -0.5           # enhance_reasoning: P(correct candidate) = sigmoid(base + bonus)
     missing_doc_penalty: float = 4.0        # factual answer logit penalty x fraction of needed docs missing

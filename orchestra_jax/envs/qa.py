@@ -44,9 +44,9 @@ from orchestra_jax.envs.tools import load_roster, sigmoid
 SPLITS = ("train", "val", "test", "unseen_tools", "unseen_prices")
 TOOLS = ("search", "enhance_reasoning", "answer")
 TOOL_PURPOSE = {
-    "search": "A model searches documents.",
-    "enhance_reasoning": "A model works the problem (code or notes).",
-    "answer": "A model gives the final answer; ends the task.",
+    "search": "Search documents.",
+    "enhance_reasoning": "Work the problem.",
+    "answer": "Final answer; ends the task.",
 }
 SYSTEM_PROMPT = "Route the task: one tool call per turn; answer ends it."
 HIDDEN_CLIP = 2.5          # hidden difficulty is truncated at +-2.5 std

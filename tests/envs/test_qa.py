@@ -238,3 +238,28 @@ def test_descriptions_parse_back_for_every_profile():
             assert (d.size, d.local, d.strong, d.weak) == (p.size, p.local, p.strong, p.weak)
             assert d.price_out == pytest.approx(p.price_out * s, rel=0.06, abs=0.0015)
     assert parse_description("nothing to see") is None
+
+
+def test_stated_task_budget_is_shown_and_enforced(env):
+    t = next(x for x in env.sample_tasks(0, 50) if x.max_usd > 0)
+    assert f"Budget: ${t.max_usd:g}." in env.prompt(t)["messages"][-1]["content"]
+    assert read_prompt(env.prompt(t)).budget_usd == pytest.approx(t.max_usd)
+    tight = dataclasses.replace(t, max_usd=1e-6)
+    state, _ = env.reset([tight], 0)
+    state, out = env.step(state, [call("enhance_reasoning", t.aliases[0])])
+    res = env.results(state)
+    assert res.end_reason == ["max_usd"] and res.cost_usd[0] == pytest.approx(1e-6) and "$1e-06" in out.observations[0]
+    # every stated budget covers a fair route (1.2 x its mean cost) or is the env's cap
+    for x in env.sample_tasks(1, 200):
+        assert 0 < x.max_usd <= env.cfg.max_usd
+
+
+def test_results_concatenate_keeps_call_logs(env):
+    from orchestra_jax.envs.base import EpisodeResults
+    tasks = env.sample_tasks(2, 6)
+    a = rollout(env, make_policy("rule_based", env), tasks[:4], seed=1)[0]
+    b = rollout(env, make_policy("rule_based", env), tasks[4:], seed=1, episode_offset=4)[0]
+    nolog = dataclasses.replace(b, call_log=[])
+    c = EpisodeResults.concatenate([a, b])
+    assert c.call_log == a.call_log + b.call_log and len(c.call_log) == 6
+    assert EpisodeResults.concatenate([a, nolog]).call_log == a.call_log + [[], []]
