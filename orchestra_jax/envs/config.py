@@ -68,8 +68,8 @@ class QAConfig:
     filler_prob: float = 0.3                # chance of a filler sentence (longer, not harder)
     pool_seed: int = 0                      # seed of the synthetic model pool (envs.pool.make_pool)
     menu_size: int = 4                      # models offered per episode (= the call-count feature slots)
-    retrieval_bonus: float = 0.5            # search: P(find next needed doc) = sigmoid(base + bonus)
-    reasoning_bonus: float = -0.5           # enhance_reasoning: P(correct candidate) = sigmoid(base + bonus)
+    retrieval_bonus: float = 0.0            # search: P(find next needed doc) = sigmoid(base + bonus)
+    reasoning_bonus: float = -1.0           # enhance_reasoning: P(correct candidate) = sigmoid(base + bonus)
     missing_doc_penalty: float = 4.0        # factual answer logit penalty x fraction of needed docs missing
     doc_bonus: float = 1.0                  # factual answer logit bonus with every needed doc in context
     candidate_bonus: float = 3.0            # answer logit bonus with a correct candidate in context
@@ -78,8 +78,8 @@ class QAConfig:
     crash_prob: float = 0.4                 # a wrong math/code candidate crashes visibly with this chance
     check_pass_if_right: float = 0.8        # a right candidate's self-check passes with this chance
     check_pass_if_wrong: float = 0.25       # a wrong (not crashed) candidate's self-check passes
-    tool_prob: float = 0.4                  # random preferences: chance of a tool preference
-    task_budget_usd: tuple[float, ...] = (0.03, 0.5)   # per-task $ budget, log-uniform, stated in the prompt
+    tool_prob: float = 0.5                  # random preferences: chance of a tool preference
+    task_budget_usd: tuple[float, ...] = (0.02, 0.3)   # per-task $ budget, log-uniform, stated in the prompt
     #                                         ("Budget: $x."), at least 1.2 x a fair route's cost; () = none
     prompt_tokens: int = 1200               # tool-model input tokens: problem + instructions
     doc_tokens: int = 500                   # tool-model input tokens per retrieved document
