@@ -1,7 +1,9 @@
 """The batched environment API shared by every setting (QA, function calling).
 
     env = make_env(env_cfg)
-    env.tool_aliases                       # tuple[str]: global alias list; F = len(tool_aliases) + 3
+    env.tool_aliases                       # tuple[str]: feature columns; F = len(tool_aliases) + 3. QA: menu
+    #                                        slots slot0..slot{K-1} (the j-th model listed in the episode's menu,
+    #                                        whose alias and profile change per episode); functions: aliases
     tasks = env.sample_tasks(seed, n, split="train")
     state, prompts = env.reset(tasks, seed)      # prompts[i] = {"messages": [...], "tools": [...]}
     state, out = env.step(state, actions, policy_tokens_in=None, policy_tokens_out=None)

@@ -30,7 +30,8 @@ import numpy as np
 
 from orchestra_jax.envs.pool import SIZES, TOKENS_OUT, STRONG_BONUS, WEAK_PENALTY, size_index
 from orchestra_jax.envs.preferences import ScoreScales
-from orchestra_jax.envs.qa import (TOOLS, answer_logit, base_logit, best_candidate, difficulty)
+from orchestra_jax.envs.qa import TOOLS
+from orchestra_jax.envs.qa_model import answer_logit, base_logit, best_candidate, difficulty
 from orchestra_jax.envs.qa_read import read_domain, read_history, read_hops, read_preference, read_prompt, read_steps
 from orchestra_jax.envs.tools import sigmoid
 from orchestra_jax.text.chat import format_tool_call

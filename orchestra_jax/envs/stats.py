@@ -27,7 +27,7 @@ import numpy as np
 from orchestra_jax.envs.base import EpisodeResults
 from orchestra_jax.envs.baselines import make_policy, run_policy
 from orchestra_jax.envs.preferences import preference_score
-from orchestra_jax.envs.qa import answer_logit, base_logit, difficulty
+from orchestra_jax.envs.qa_model import answer_logit, base_logit, difficulty
 from orchestra_jax.envs.tools import sigmoid
 
 POLICIES = ("oracle", "rule_based", "open_loop", "price_blind", "pref_blind", "always_strongest", "cheapest",
