@@ -33,7 +33,6 @@ from orchestra_jax.envs.preferences import ScoreScales
 from orchestra_jax.envs.qa import TOOLS
 from orchestra_jax.envs.qa_model import answer_logit, base_logit, best_candidate, difficulty
 from orchestra_jax.envs.qa_read import read_domain, read_history, read_hops, read_preference, read_prompt, read_steps
-from orchestra_jax.envs.tools import sigmoid
 from orchestra_jax.text.chat import format_tool_call
 
 SPEED_TPS = {"fast": 170.0, "medium speed": 100.0, "slow": 60.0}
