@@ -3,7 +3,10 @@
     from orchestra_jax.envs import EnvConfig, make_env
     env = make_env(EnvConfig(setting="qa"))
 
-See ``base.py`` for the batched API every setting implements.
+See ``base.py`` for the batched API every setting implements. QA pieces: ``pool`` (synthetic model profiles
+and their descriptions), ``menu`` (per-episode aliases, prices, budget texts; shared by the settings),
+``qa_problems`` (text-cued problems), ``qa`` (the env), ``qa_read`` / ``qa_policies`` (scripted policies),
+``stats`` (the properties measured by ``experiments/env_stats.py``).
 """
 from orchestra_jax.envs.base import Env, EpisodeResults, StepOutput, episode_rng, feature_names
 from orchestra_jax.envs.budget import Budget, Ledger

@@ -1,7 +1,9 @@
 """The batched environment API shared by every setting (QA, function calling).
 
     env = make_env(env_cfg)
-    env.tool_aliases                       # tuple[str]: global alias list; F = len(tool_aliases) + 3
+    env.tool_aliases                       # tuple[str]: feature columns; F = len(tool_aliases) + 3. QA: menu
+    #                                        slots slot0..slot{K-1} (the j-th model listed in the episode's menu,
+    #                                        whose alias and profile change per episode); functions: aliases
     tasks = env.sample_tasks(seed, n, split="train")
     state, prompts = env.reset(tasks, seed)      # prompts[i] = {"messages": [...], "tools": [...]}
     state, out = env.step(state, actions, policy_tokens_in=None, policy_tokens_out=None)
@@ -83,6 +85,11 @@ class EpisodeResults:
     task_ids: list[str]
     domains: list[str]
     feature_names: tuple[str, ...]
+    # per episode, one dict per tool call in order (settings that record calls; [] per episode otherwise):
+    # turn, tool, alias, slot (feature column), profile (hidden model name), cost_usd, latency_s, outcome
+    # (setting's word: found / missed / passed / failed / crashed / answered / ...), correct (hidden truth,
+    # None where it does not apply). For behaviour analysis only; policies never see it.
+    call_log: list = dataclasses.field(default_factory=list)
 
     @property
     def budget_exceeded(self) -> np.ndarray:
@@ -99,6 +106,8 @@ class EpisodeResults:
             vals = [getattr(p, f.name) for p in parts]
             if f.name == "feature_names":
                 out[f.name] = vals[0]
+            elif f.name == "call_log":  # parts without a log count as [] per episode
+                out[f.name] = [x for p, v in zip(parts, vals) for x in (v or [[] for _ in p.task_ids])]
             elif isinstance(vals[0], list):
                 out[f.name] = [x for v in vals for x in v]
             else:

@@ -1,170 +1,28 @@
-"""Scripted policies for evaluation and teacher data, acting only on what a policy sees.
+"""Scripted policies for evaluation and teacher data, and the runner that plays them in an env.
 
-Each policy reads the prompt (the ``[domain, level]`` cue in the problem text and the alias menu with its
-prices in the tool descriptions, via ``qa.parse_cue`` / ``qa.parse_menu``) and its own history of
-(action, observation) pairs, and writes a tool-call text. All routers follow the same *recipe* for which
-tool comes next (factual: search once, twice at the hardest level, then answer; code: reason then answer;
-math: reason first at the hardest level; science: answer) and differ only in the model alias they pick:
-
-- ``always_strongest`` (the monolith): the ``general-top`` model everywhere (else the priciest alias);
-- ``cheapest``: the cheapest alias shown for each tool;
-- ``random_router``: a random alias for each recipe step (seeded);
-- ``random``: a random (tool, alias) call each turn, no recipe (seeded);
-- ``rule_based``: reads domain and level: cheap specialists in their domain, cheap generalists on easy
-  tasks, the strongest model only where nothing cheaper is good enough.
-
-``run_policy(env, policy, tasks, seed)`` runs episodes to the end and returns ``EpisodeResults``;
-``rollout(...)`` also returns the trajectories (prompt, actions, observations).
+Every policy implements ``act(prompt, history, rng) -> str`` (the assistant text of the next turn) and
+acts only on what a policy sees: the prompt and its own (action, observation) history. The QA policies
+live in ``qa_policies`` (rule_based, open_loop, price_blind, pref_blind, oracle, always_strongest,
+cheapest, random_router, random, blind); the function-calling ones in ``functions``.
+``make_policy(name, env)`` picks the env's setting's policy by name; ``<name>_eps<p>`` adds random calls
+(teacher diversity). ``run_policy(env, policy, tasks, seed)`` runs episodes to the end and returns
+``EpisodeResults``; ``rollout(...)`` also returns the trajectories (prompt, actions, observations).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from orchestra_jax.envs.base import Env, EpisodeResults, episode_rng
-from orchestra_jax.envs.qa import TOOLS, MenuItem, parse_cue, parse_menu
-from orchestra_jax.text.chat import format_tool_call
+from orchestra_jax.envs.qa_policies import QA_POLICIES, RandomQAPolicy, make_qa_policy
 
-LEVELS = ("basic", "standard", "expert")
 POLICY_STREAM = 77_777  # keeps policy randomness apart from the env's streams
+QA_BASELINES = tuple(QA_POLICIES) + ("random", "blind")
+RandomPolicy = RandomQAPolicy  # a random (tool, model) call each turn (QA)
 
 History = Sequence[tuple[str, str]]
-
-
-def _level_index(level: str) -> int:
-    return LEVELS.index(level) if level in LEVELS else 1
-
-
-def _tools_used(history: History) -> list[str]:
-    out = []
-    for action, obs in history:
-        if obs.startswith("Error"):
-            continue
-        for tool in TOOLS:
-            if f'"name": "{tool}"' in action:
-                out.append(tool)
-    return out
-
-
-def recipe_next_tool(domain: str, level: str, history: History) -> str:
-    """Which tool the recipe calls next, given the cue and the successful calls so far."""
-    used = _tools_used(history)
-    lvl = _level_index(level)
-    if domain == "factual":
-        need = 2 if lvl == 2 else 1
-        return "search" if used.count("search") < need else "answer"
-    if domain == "code" or (domain == "math" and lvl == 2):
-        return "enhance_reasoning" if "enhance_reasoning" not in used else "answer"
-    return "answer"
-
-
-def strongest_item(items: Sequence[MenuItem]) -> MenuItem:
-    top = [m for m in items if m.tag == "general-top"]
-    return top[0] if top else max(items, key=lambda m: m.price_out)
-
-
-def cheapest_item(items: Sequence[MenuItem]) -> MenuItem:
-    return min(items, key=lambda m: (m.price_out, m.alias))
-
-
-@dataclasses.dataclass
-class RecipeRouter:
-    """Follows the recipe; ``choose(domain, level, tool, items, rng)`` picks the alias."""
-
-    name: str
-    choose: Callable[[str, int, str, Sequence[MenuItem], np.random.Generator], MenuItem]
-
-    def act(self, prompt: dict[str, Any], history: History, rng: np.random.Generator) -> str:
-        domain, level = parse_cue(prompt)
-        menu = parse_menu(prompt["tools"])
-        tool = recipe_next_tool(domain, level, history)
-        items = menu.get(tool) or []
-        if not items:  # nothing offered for this step: answer with what there is
-            tool = "answer"
-            items = menu.get("answer") or [MenuItem("answer-1", "general-top", 0.0)]
-        item = self.choose(domain, _level_index(level), tool, items, rng)
-        return format_tool_call(tool, {"model": item.alias})
-
-
-def always_strongest() -> RecipeRouter:
-    return RecipeRouter("always_strongest", lambda d, l, t, items, rng: strongest_item(items))
-
-
-def cheapest() -> RecipeRouter:
-    return RecipeRouter("cheapest", lambda d, l, t, items, rng: cheapest_item(items))
-
-
-def random_router() -> RecipeRouter:
-    return RecipeRouter("random_router", lambda d, l, t, items, rng: items[int(rng.integers(len(items)))])
-
-
-# Rule-based router: per (tool, domain, level) an ordered list of tag tiers; the cheapest alias of the first
-# tier that is offered wins, else the strongest alias. Levels: 0 basic, 1 standard, 2 expert.
-_GENERAL = ("general", "general-mid")
-RULES: dict[tuple[str, str, int], tuple[tuple[str, ...], ...]] = {
-    ("answer", "math", 0): (("math-small", "math"),),
-    ("answer", "math", 1): (("math",), ("general-mid",)),
-    ("answer", "math", 2): (("math",),),
-    ("enhance_reasoning", "math", 2): (("code",), ("general-mid",)),
-    ("enhance_reasoning", "code", 0): (("code",), _GENERAL),
-    ("enhance_reasoning", "code", 1): (("code",), _GENERAL),
-    ("enhance_reasoning", "code", 2): (("code",),),
-    ("answer", "code", 0): (_GENERAL,),
-    ("answer", "code", 1): (_GENERAL,),
-    ("answer", "code", 2): (("general-top",),),
-    ("answer", "science", 0): (_GENERAL,),
-    ("answer", "science", 1): (("general-top",),),
-    ("answer", "science", 2): (("general-top",),),
-    ("search", "factual", 0): (_GENERAL,),
-    ("search", "factual", 1): (_GENERAL,),
-    ("search", "factual", 2): (("general-top",),),
-    ("answer", "factual", 0): (_GENERAL,),
-    ("answer", "factual", 1): (("general-mid",), _GENERAL),
-    ("answer", "factual", 2): (("general-top",),),
-}
-
-
-def rule_choice(domain: str, level: int, tool: str, items: Sequence[MenuItem], rng=None) -> MenuItem:
-    for tier in RULES.get((tool, domain, level), ()):
-        ok = [m for m in items if m.tag in tier]
-        if ok:
-            return cheapest_item(ok)
-    return strongest_item(items)
-
-
-def rule_based() -> RecipeRouter:
-    return RecipeRouter("rule_based", rule_choice)
-
-
-@dataclasses.dataclass
-class RandomPolicy:
-    """A random (tool, alias) call each turn among the offered ones; no recipe."""
-
-    name: str = "random"
-
-    def act(self, prompt: dict[str, Any], history: History, rng: np.random.Generator) -> str:
-        menu = parse_menu(prompt["tools"])
-        calls = [(tool, m.alias) for tool in TOOLS for m in menu.get(tool, [])]
-        tool, alias = calls[int(rng.integers(len(calls)))]
-        return format_tool_call(tool, {"model": alias})
-
-
-@dataclasses.dataclass
-class DirectAnswer:
-    """Answers at once with ``alias`` (the strongest answer alias if it is not offered): one model, no tools."""
-
-    alias: str
-    name: str = ""
-
-    def __post_init__(self):
-        self.name = self.name or f"direct:{self.alias}"
-
-    def act(self, prompt: dict[str, Any], history: History, rng: np.random.Generator) -> str:
-        items = parse_menu(prompt["tools"]).get("answer") or [MenuItem(self.alias, "", 0.0)]
-        alias = self.alias if any(m.alias == self.alias for m in items) else strongest_item(items).alias
-        return format_tool_call("answer", {"model": alias})
 
 
 @dataclasses.dataclass
@@ -186,36 +44,27 @@ class NoisyPolicy:
         return self.base.act(prompt, history, rng)
 
 
-BASELINES: dict[str, Callable[[], Any]] = {
-    "always_strongest": always_strongest,
-    "cheapest": cheapest,
-    "random": RandomPolicy,
-    "random_router": random_router,
-    "rule_based": rule_based,
-}
-
-
 def make_policy(name: str, env: Env | None = None):
-    """A baseline by name: always_strongest | cheapest | random | random_router | rule_based,
-    ``<name>_eps<p>`` for a noisy variant (e.g. ``rule_based_eps0.2``), or ``direct:<alias>``.
-
-    With ``env`` given, the policy of that env's setting: the function-calling setting has its own
+    """A scripted policy of ``env``'s setting by name, or ``<name>_eps<p>`` for a noisy variant (e.g.
+    ``rule_based_eps0.2``). QA names: see ``QA_BASELINES``; the function-calling setting has its own
     scripted routers under the same names (``functions.make_function_policy``)."""
     if env is not None and getattr(env, "setting", "qa") == "functions":
         from orchestra_jax.envs.functions import make_function_policy
         return make_function_policy(name)
-    if name in BASELINES:
-        return BASELINES[name]()
-    if name.startswith("direct:"):
-        return DirectAnswer(name.split(":", 1)[1])
+    if env is None:
+        raise ValueError(f"make_policy({name!r}): the QA policies need the env (make_policy(name, env))")
+    pol = make_qa_policy(name, env)
+    if pol is not None:
+        return pol
     if "_eps" in name:
         base, eps = name.rsplit("_eps", 1)
-        if base in BASELINES:
+        pol = make_qa_policy(base, env)
+        if pol is not None:
             try:
-                return NoisyPolicy(BASELINES[base](), float(eps))
+                return NoisyPolicy(pol, float(eps))
             except ValueError:
                 pass
-    raise ValueError(f"unknown policy {name!r}; baselines are {sorted(BASELINES)} (+ '_eps<p>' variants)")
+    raise ValueError(f"unknown policy {name!r}; QA baselines are {sorted(QA_BASELINES)} (+ '_eps<p>' variants)")
 
 
 @dataclasses.dataclass

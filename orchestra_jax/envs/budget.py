@@ -35,9 +35,15 @@ class Budget:
 class Ledger:
     """Counters for B episodes and A aliases (numpy arrays, mutated in place)."""
 
-    def __init__(self, batch_size: int, num_aliases: int, budget: Budget):
+    def __init__(self, batch_size: int, num_aliases: int, budget: Budget, max_usd=None):
+        """``max_usd``: optional [B] per-episode dollar budgets (each <= budget.max_usd), e.g. a budget the
+        user states per task; default budget.max_usd for every episode."""
         self.budget = budget
         B = batch_size
+        self.max_usd = np.full(B, budget.max_usd, np.float64) if max_usd is None else np.minimum(
+            np.asarray(max_usd, np.float64), budget.max_usd)
+        if self.max_usd.shape != (B,) or not (self.max_usd > 0).all():
+            raise ValueError(f"Ledger: max_usd must be [{B}] positive budgets, got {max_usd}")
         self.turns = np.zeros(B, np.int32)
         self.tokens = np.zeros(B, np.int64)
         self.usd = np.zeros(B, np.float64)
@@ -47,6 +53,7 @@ class Ledger:
         self.solved = np.zeros(B, bool)
         self.n_invalid = np.zeros(B, np.int32)
         self.end_reason = ["running"] * B
+        self.call_log: list[list[dict]] = [[] for _ in range(B)]
 
     def charge(self, i: int, usd: float, tokens: int, latency_s: float) -> tuple[bool, float, float]:
         """Charges one call to episode i. Returns (within_budget, usd_charged, latency_charged).
@@ -55,7 +62,7 @@ class Ledger:
         budget exactly, ends unsolved, and ``within_budget`` is False.
         """
         usd, tokens, latency_s = max(0.0, float(usd)), max(0, int(tokens)), max(0.0, float(latency_s))
-        left_usd = self.budget.max_usd - self.usd[i]
+        left_usd = self.max_usd[i] - self.usd[i]
         left_tok = self.budget.max_tokens - self.tokens[i]
         if usd <= left_usd and tokens <= left_tok:
             self.usd[i] += usd
@@ -75,6 +82,10 @@ class Ledger:
     def record_call(self, i: int, alias_index: int) -> None:
         if alias_index >= 0:
             self.calls[i, alias_index] += 1
+
+    def log_call(self, i: int, entry: dict) -> None:
+        """Appends one tool call's record to episode i's call log (see ``EpisodeResults.call_log``)."""
+        self.call_log[i].append(dict(entry))
 
     def finish(self, i: int, solved: bool, reason: str) -> None:
         if not self.done[i]:
@@ -96,7 +107,7 @@ class Ledger:
             n_turns=self.turns.copy(), cost_usd=self.usd.copy(), latency_s=self.latency.copy(),
             tokens=self.tokens.copy(), n_invalid=self.n_invalid.copy(), done=self.done.copy(),
             end_reason=list(self.end_reason), task_ids=list(task_ids), domains=list(domains),
-            feature_names=feature_names(tool_aliases))
+            feature_names=feature_names(tool_aliases), call_log=[list(c) for c in self.call_log])
 
 
 def orchestrator_charge(price_in: float, price_out: float, tokens_in, tokens_out, i: int) -> tuple[float, int]:

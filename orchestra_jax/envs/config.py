@@ -4,15 +4,48 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-try:  # the function-calling setting's config lives with its env; functions.py must not import this module
-    from orchestra_jax.envs.functions import FunctionsConfig
-except ModuleNotFoundError as e:  # pragma: no cover - only before functions.py exists
-    if e.name != "orchestra_jax.envs.functions":
-        raise
+# FunctionsConfig lives here (not in envs/functions.py) so that this module imports no env: no cycle.
 
-    @dataclasses.dataclass(frozen=True)
-    class FunctionsConfig:  # type: ignore[no-redef]
-        """Placeholder until envs/functions.py provides the real one."""
+
+@dataclasses.dataclass(frozen=True)
+class FunctionsConfig:
+    """Function-calling setting: domains, databases, task tiers and the simulated experts.
+
+    Budgets, the roster (expert aliases -> models), tool subsets, prices and preferences come from the
+    enclosing EnvConfig; `max_turns` here overrides env.max_turns when > 0 (tasks need more turns than QA).
+    """
+
+    domains: tuple[str, ...] = ("railway", "restaurant", "finance")
+    db_seed: int = 0                      # seed of the generated databases (fixed per env)
+    db_size: int = 240                    # entries in each domain's main tables (>= 200)
+    min_actions: int = 1                  # fewest write actions (user requests) in a task
+    max_actions: int = 3                  # most write actions (user requests) in a task
+    distractor_prob: float = 0.4          # chance a task's instruction carries 1-2 distractor sentences
+    level_offsets: tuple[float, ...] = (0.0, 1.0, 2.0)  # expert difficulty (logits x slope) per tier
+    hidden_difficulty_std: float = 0.5    # per-task logit offset of the experts the policy never sees
+    check_touched: bool = True            # success also needs the set of written entries to match gold
+    wrong_action_prob: float = 0.5        # a failing expert writes a plausible wrong call (else does nothing)
+    function_latency_s: float = 0.05      # seconds one domain function call takes (free of charge)
+    max_message_chars: int = 600          # a longer final message fails the required-information check
+    expert_context_tokens: int = 400      # expert input tokens besides the conversation (its instructions)
+    max_turns: int = 16                   # > 0: overrides env.max_turns for this setting
+
+    def __post_init__(self):
+        if not self.domains:
+            raise ValueError("functions.domains must name at least one domain")
+        if self.db_size < 20:
+            raise ValueError(f"functions.db_size must be >= 20, got {self.db_size}")
+        if not 1 <= self.min_actions <= self.max_actions:
+            raise ValueError(f"functions.min_actions/max_actions must satisfy 1 <= min <= max, got "
+                             f"{self.min_actions}/{self.max_actions}")
+        for name in ("distractor_prob", "wrong_action_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"functions.{name} must be in [0, 1], got {getattr(self, name)}")
+        if len(self.level_offsets) != 3:
+            raise ValueError(f"functions.level_offsets needs one offset per tier (3), got {self.level_offsets}")
+        if self.max_turns < 0:
+            raise ValueError(f"functions.max_turns must be >= 0, got {self.max_turns}")
+
 
 SETTINGS = ("qa", "functions")
 DESCRIPTION_STYLES = ("compact", "full")
@@ -21,26 +54,57 @@ PREFERENCE_MODES = ("fixed", "random")
 
 @dataclasses.dataclass(frozen=True)
 class QAConfig:
-    """QA setting (HLE/FRAMES-like): task mix, difficulty and how context changes P(correct)."""
+    """QA setting: task mix, visible and hidden difficulty, the model pool and how context changes success.
 
-    domains: tuple[str, ...] = ("math", "science", "factual", "code")
+    A task's success logit with model m is ``skill_m[domain] - slope_m * (difficulty_step * (steps - 1) +
+    hidden) + context``, hidden ~ N(0, hidden_difficulty_std) truncated at +-2.5 std; ``steps`` (1..4) shows
+    only through the problem's structure."""
+
+    domains: tuple[str, ...] = ("math", "code", "science", "factual")
     domain_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-    levels: tuple[str, ...] = ("basic", "standard", "expert")   # difficulty cue words shown in the problem
-    level_weights: tuple[float, ...] = (0.4, 0.35, 0.25)   # task mix over levels
-    level_offsets: tuple[float, ...] = (0.0, 1.5, 3.0)     # difficulty of each level (x model slope, logits)
-    hidden_difficulty_std: float = 0.5      # per-task logit offset the policy never sees
-    n_distractors: int = 3                  # distractor documents in each task's pool
-    search_domains: tuple[str, ...] = ("factual",)          # domains whose answer needs retrieved documents
-    code_domains: tuple[str, ...] = ("math", "code")        # domains where a code result helps
-    missing_doc_penalty: float = 4.0        # answer logit penalty x fraction of needed documents missing
-    doc_bonus: float = 1.0                  # answer logit bonus when every needed document is in context
-    expert_hops: int = 2                    # documents an expert-level search-domain task needs (else 1)
-    retrieval_bonus: float = 1.5            # added to the search model's logit for finding the next document
-    code_bonus: float = 2.5                 # answer logit bonus with a correct code result in context
-    wrong_code_penalty: float = 0.3         # answer logit penalty with a wrong code result in context
-    prompt_tokens: int = 300                # tool-model input tokens: problem + instructions
-    doc_tokens: int = 250                   # tool-model input tokens per retrieved document
-    code_tokens: int = 150                  # tool-model input tokens per code result
+    step_weights: tuple[float, ...] = (0.3, 0.3, 0.25, 0.15)   # task mix over 1..4 steps
+    difficulty_step: float = 0.9            # visible difficulty per extra step (logits x slope)
+    hidden_difficulty_std: float = 1.0      # per-task hidden difficulty (logits x slope)
+    filler_prob: float = 0.3                # chance of a filler sentence (longer, not harder)
+    pool_seed: int = 0                      # seed of the synthetic model pool (envs.pool.make_pool)
+    menu_size: int = 4                      # models offered per episode (= the call-count feature slots)
+    retrieval_bonus: float = 0.0            # search: P(find next needed doc) = sigmoid(base + bonus)
+    reasoning_bonus: float = -1.0           # enhance_reasoning: P(correct candidate) = sigmoid(base + bonus)
+    missing_doc_penalty: float = 4.0        # factual answer logit penalty x fraction of needed docs missing
+    doc_bonus: float = 1.0                  # factual answer logit bonus with every needed doc in context
+    candidate_bonus: float = 3.0            # answer logit bonus with a correct candidate in context
+    wrong_candidate_penalty: float = 1.5    # answer logit penalty with a wrong candidate in context
+    no_candidate_penalty: float = 1.5       # math/code answer logit penalty without any computed candidate
+    crash_prob: float = 0.4                 # a wrong math/code candidate crashes visibly with this chance
+    check_pass_if_right: float = 0.8        # a right candidate's self-check passes with this chance
+    check_pass_if_wrong: float = 0.25       # a wrong (not crashed) candidate's self-check passes
+    tool_prob: float = 0.5                  # random preferences: chance of a tool preference
+    task_budget_usd: tuple[float, ...] = (0.02, 0.3)   # per-task $ budget, log-uniform, stated in the prompt
+    #                                         ("Budget: $x."), at least 1.2 x a fair route's cost; () = none
+    prompt_tokens: int = 1200               # tool-model input tokens: problem + instructions
+    doc_tokens: int = 500                   # tool-model input tokens per retrieved document
+    candidate_tokens: int = 300             # tool-model input tokens per candidate in context
+
+    def __post_init__(self):
+        if len(self.domain_weights) != len(self.domains):
+            raise ValueError(f"env.qa.domain_weights has {len(self.domain_weights)} entries for "
+                             f"{len(self.domains)} domains")
+        if len(self.step_weights) != 4:
+            raise ValueError(f"env.qa.step_weights needs 4 entries (1..4 steps), got {self.step_weights}")
+        for name in ("domain_weights", "step_weights"):
+            w = getattr(self, name)
+            if any(x < 0 for x in w) or sum(w) <= 0:
+                raise ValueError(f"env.qa.{name} must be >= 0 with a positive sum, got {w}")
+        if not 2 <= self.menu_size <= 12:
+            raise ValueError(f"env.qa.menu_size must be in [2, 12], got {self.menu_size}")
+        for name in ("filler_prob", "crash_prob", "check_pass_if_right", "check_pass_if_wrong", "tool_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"env.qa.{name} must be in [0, 1], got {getattr(self, name)}")
+        b = self.task_budget_usd
+        if b and (len(b) != 2 or not 0 < b[0] <= b[1]):
+            raise ValueError(f"env.qa.task_budget_usd must be () or (lo, hi) with 0 < lo <= hi, got {b}")
+        if self.hidden_difficulty_std < 0:
+            raise ValueError(f"env.qa.hidden_difficulty_std must be >= 0, got {self.hidden_difficulty_std}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -91,3 +91,114 @@ def preference_score(features: np.ndarray, solved: np.ndarray, preference: np.nd
     total = p.sum(1)
     per = np.where(total > 0, (p * phi).sum(1) / np.maximum(total, 1e-12), 0.0) * s
     return float(per.mean())
+
+
+# ---------------------------------------------------------------- stated continuous preferences (QA)
+
+# Bucket edges of a continuous weight and the value a reader of the text should assume for each bucket.
+BUCKETS = ("none", "low", "mid", "high")
+BUCKET_EDGES = (0.05, 0.35, 0.7)
+BUCKET_VALUES = {"none": 0.0, "low": 0.2, "mid": 0.52, "high": 0.85}
+PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "cost": {
+        "none": ("Cost is no concern.", "Spend what it takes.", "Ignore the price.", "Money is no object."),
+        "low": ("Cost matters a little.", "Mind the bill a bit.", "Be slightly thrifty.", "Some savings are welcome."),
+        "mid": ("Keep the cost moderate.", "Watch the spending.", "Be cost-aware.", "Balance price and quality."),
+        "high": ("Keep the cost very low.", "Spend as little as possible.", "Be frugal.", "Cheap is key."),
+    },
+    "latency": {
+        "none": ("Time is no concern.", "No rush.", "Take your time.", "Speed does not matter."),
+        "low": ("A bit of speed helps.", "Do not dawdle.", "Slightly prefer quick.", "Some haste is welcome."),
+        "mid": ("Be reasonably quick.", "Mind the wait.", "Keep it brisk.", "Balance speed and quality."),
+        "high": ("Answer very fast.", "Speed is key.", "Minimise the wait.", "Be as quick as possible."),
+    },
+}
+TOOL_PHRASES = {
+    "local": ("Prefer local models.", "Use models served locally.", "Favour local models."),
+    "prefer": ("Prefer {alias}.", "Use {alias} if you can.", "Favour {alias}."),
+    "avoid": ("Avoid {alias}.", "Do not use {alias}.", "Stay away from {alias}."),
+}
+TOOL_KINDS = tuple(TOOL_PHRASES)
+
+
+def bucket_of(w: float) -> str:
+    for name, edge in zip(BUCKETS, BUCKET_EDGES):
+        if w <= edge:
+            return name
+    return BUCKETS[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class StatedPreference:
+    """A continuous preference over [slots..., outcome, cost, latency] and the instruction stating it.
+
+    Tool terms act on the call-count features of menu slots: "local" puts ``tool_weight`` on every slot
+    served locally, "prefer" on the named alias's slot, "avoid" on every *other* slot (the reward has no
+    negative weights, so avoiding X means preferring the rest)."""
+
+    vector: tuple[float, ...]
+    text: str
+    tool_kind: str = ""          # "" | local | prefer | avoid
+    tool_slot: int = -1          # the named slot (prefer / avoid), else -1
+
+
+def sample_stated_preference(rng: np.random.Generator, aliases: Sequence[str], local: Sequence[bool],
+                             tool_prob: float = 0.4, zero_prob: float = 0.25) -> StatedPreference:
+    """Outcome weight ~ U(0.7, 1) (not stated); cost and latency weights 0 with ``zero_prob`` else U(0, 1),
+    each stated by one of 4 phrasings of its bucket; with ``tool_prob`` a tool preference of a random kind
+    and weight U(0.3, 1). 16 x 16 x (1 + 9) phrasings."""
+    k = len(aliases)
+    if k == 0 or len(local) != k:
+        raise ValueError(f"sample_stated_preference: {k} aliases and {len(local)} local flags")
+    outcome = float(round(rng.uniform(0.7, 1.0), 3))
+    weights, parts = {}, []
+    for name in ("cost", "latency"):
+        w = 0.0 if rng.random() < zero_prob else float(round(rng.uniform(0.0, 1.0), 3))
+        weights[name] = w
+        variants = PHRASES[name][bucket_of(w)]
+        parts.append(variants[int(rng.integers(len(variants)))])
+    slots = [0.0] * k
+    kind, slot = "", -1
+    if rng.random() < tool_prob:
+        kind = TOOL_KINDS[int(rng.integers(len(TOOL_KINDS)))]
+        if kind == "local" and not any(local):
+            kind = "prefer"
+        tw = float(round(rng.uniform(0.3, 1.0), 3))
+        variants = TOOL_PHRASES[kind]
+        phrase = variants[int(rng.integers(len(variants)))]
+        if kind == "local":
+            slots = [tw if lo else 0.0 for lo in local]
+        else:
+            slot = int(rng.integers(k))
+            slots = ([tw if j == slot else 0.0 for j in range(k)] if kind == "prefer"
+                     else [0.0 if j == slot else tw for j in range(k)])
+            phrase = phrase.format(alias=aliases[slot])
+        parts.append(phrase)
+    if rng.random() < 0.5:
+        parts[0], parts[1] = parts[1], parts[0]
+    return StatedPreference(tuple(slots) + (outcome, weights["cost"], weights["latency"]), " ".join(parts),
+                            kind, slot)
+
+
+_PHRASE_INDEX = {p: (field, b) for field, d in PHRASES.items() for b, ps in d.items() for p in ps}
+
+
+def parse_stated_preference(text: str, aliases: Sequence[str], local: Sequence[bool]) -> tuple[float, ...]:
+    """What a reader of the instruction should assume P is: bucket values for cost and latency (0 when not
+    stated), outcome 0.85 (the mean), tool weight 0.65 (the mean) on the slots the tool phrase names."""
+    w = {"cost": 0.0, "latency": 0.0}
+    for phrase, (field, b) in _PHRASE_INDEX.items():
+        if phrase in text:
+            w[field] = BUCKET_VALUES[b]
+    k = len(aliases)
+    slots = [0.0] * k
+    tw = 0.65
+    if any(p in text for p in TOOL_PHRASES["local"]):
+        slots = [tw if lo else 0.0 for lo in local]
+    else:
+        for kind in ("prefer", "avoid"):
+            for j, a in enumerate(aliases):
+                if any(p.format(alias=a) in text for p in TOOL_PHRASES[kind]):
+                    slots = ([tw if i == j else 0.0 for i in range(k)] if kind == "prefer"
+                             else [0.0 if i == j else tw for i in range(k)])
+    return tuple(slots) + (0.85, w["cost"], w["latency"])

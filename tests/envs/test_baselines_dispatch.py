@@ -1,5 +1,6 @@
 """Baselines and the factory pick the scripted policies of the env's own setting."""
 import numpy as np
+import pytest
 
 from orchestra_jax.envs import EnvConfig, make_env
 from orchestra_jax.envs.baselines import make_policy, run_policy
@@ -10,7 +11,14 @@ from orchestra_jax.envs.functions import ExpertRouter
 def test_make_policy_dispatches_on_setting():
     env = make_env(EnvConfig(setting="functions"))
     assert isinstance(make_policy("rule_based", env), ExpertRouter)
-    assert not isinstance(make_policy("rule_based"), ExpertRouter)
+    from orchestra_jax.envs.qa_policies import PlannerPolicy
+    qa = make_env(EnvConfig())
+    assert isinstance(make_policy("rule_based", qa), PlannerPolicy)
+    assert isinstance(make_policy("rule_based_eps0.2", qa).base, PlannerPolicy)
+    with pytest.raises(ValueError, match="need the env"):
+        make_policy("rule_based")
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("nope", qa)
 
 
 def test_function_setting_baselines_and_teachers_run():

@@ -109,7 +109,7 @@ def test_bad_files_name_file_and_line(env, per_task, tmp_path):
     tp = str(tmp_path / "tasks.jsonl")
     factory.write_tasks(tp, tasks[:3])
     rec = json.loads(open(tp).read().splitlines()[1])
-    rec["level"] = "hard"
+    rec["steps"] = "hard"
     bad = _write_lines(tmp_path / "badtask.jsonl", [json.dumps(rec)])
     with pytest.raises(ValueError, match=r"badtask\.jsonl: record 1: .*bad field value"):
         factory.read_tasks(bad, env)
