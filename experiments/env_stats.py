@@ -2,6 +2,7 @@
 
     python experiments/env_stats.py                       # conf/env/qa_quickstart.yaml, 2,000 tasks per split
     python experiments/env_stats.py --env qa --strict     # the full setting; exit 1 when a check fails
+    python experiments/env_stats.py --setting functions --strict   # per-domain table of the function-calling setting
     python experiments/env_stats.py --env qa --tasks 500 --splits test --set qa.menu_size=4
 
 Every scripted policy (oracle, rule_based and its open-loop / price-blind / preference-blind copies,
@@ -46,6 +47,8 @@ def load_env_config(name: str, overrides: list[str]):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", default="qa_quickstart", help="conf/env/<name>.yaml or a YAML path")
+    ap.add_argument("--setting", choices=("qa", "functions"), default=None,
+                    help="shorthand: functions = --env functions (per-domain table of the function-calling setting)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="env config overrides")
     ap.add_argument("--reward", default="paper", help="conf/reward/<name>.yaml")
     ap.add_argument("--tasks", type=int, default=2000, help="tasks per split")
@@ -54,8 +57,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="", help="also write the stats to this JSON file")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     args = ap.parse_args(argv)
+    if args.setting == "functions" and args.env == "qa_quickstart":
+        args.env = "functions"
     try:
         cfg = load_env_config(args.env, args.set)
+        if cfg.setting == "functions":  # the function-calling setting has its own per-domain table
+            from orchestra_jax.envs.functions.stats import report
+
+            text, _, ok = report(make_env(cfg), args.tasks, "test", args.seed)
+            print(text)
+            return 0 if (ok or not args.strict) else 1
         if cfg.setting != "qa":
             raise ValueError(f"env_stats measures the qa setting, got {cfg.setting!r}")
         env = make_env(cfg)
