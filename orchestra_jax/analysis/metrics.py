@@ -54,13 +54,13 @@ METRIC_DEFINITIONS = {
 }
 
 
-def per_episode_preference_score(features, solved, preference, scales=None) -> np.ndarray:
-    """[N] ``envs.preferences.preference_score`` of each episode alone (its mean is the env's score)."""
-    from orchestra_jax.envs.preferences import ScoreScales, preference_score
-
-    scales = scales or ScoreScales()
+def per_episode_preference_score(features, solved, preference, score_fn=None) -> np.ndarray:
+    """[N] ``score_fn(features, solved, preference)`` (default ``envs.preferences.preference_score``, a
+    mean over episodes) of each episode alone, so its mean is the score of all of them."""
+    if score_fn is None:
+        from orchestra_jax.envs.preferences import preference_score as score_fn
     f, s, p = np.asarray(features), np.asarray(solved, bool), np.asarray(preference)
-    return np.array([preference_score(f[i:i + 1], s[i:i + 1], p[i:i + 1], scales) for i in range(len(s))])
+    return np.array([float(score_fn(f[i:i + 1], s[i:i + 1], p[i:i + 1])) for i in range(len(s))])
 
 
 def reference_preference(num_features: int, outcome_cost_latency=DEFAULT_REFERENCE_PREFERENCE) -> np.ndarray:
@@ -111,7 +111,8 @@ def pooled_adherence(results, start, groups: TaskGroups | None = None) -> tuple[
 
 
 def episode_values(results, *, cost_scale_usd: float = DEFAULT_COST_SCALE_USD,
-                   reference_pref=DEFAULT_REFERENCE_PREFERENCE, start=None) -> dict[str, np.ndarray]:
+                   reference_pref=DEFAULT_REFERENCE_PREFERENCE, start=None, preference_score_fn=None
+                   ) -> dict[str, np.ndarray]:
     """Every per-episode quantity whose mean is a metric: name -> [N]."""
     f = np.asarray(results.features, np.float64)
     solved = np.asarray(results.solved, bool)
@@ -121,9 +122,10 @@ def episode_values(results, *, cost_scale_usd: float = DEFAULT_COST_SCALE_USD,
         "mean_cost_usd": cost,
         "latency_mean_s": lat,
         "mean_turns": np.asarray(results.n_turns, np.float64),
-        "preference_score": per_episode_preference_score(f, solved, results.preference),
+        "preference_score": per_episode_preference_score(f, solved, results.preference, preference_score_fn),
         "fixed_reward": per_episode_preference_score(
-            f, solved, np.tile(reference_preference(f.shape[1], reference_pref), (len(solved), 1))),
+            f, solved, np.tile(reference_preference(f.shape[1], reference_pref), (len(solved), 1)),
+            preference_score_fn),
     }
     for a in UTILITY_ALPHAS:
         vals[f"utility_a{a:g}"] = utility(solved, cost, a, cost_scale_usd)
@@ -137,10 +139,11 @@ def episode_values(results, *, cost_scale_usd: float = DEFAULT_COST_SCALE_USD,
 
 def policy_metrics(results, *, start=None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
                    cost_scale_usd: float = DEFAULT_COST_SCALE_USD, reference_pref=DEFAULT_REFERENCE_PREFERENCE,
-                   alpha: float = ALPHA) -> dict:
+                   alpha: float = ALPHA, preference_score_fn=None, extra_values=None) -> dict:
     """Metrics of one policy's EpisodeResults: ``{name: point, ..., "ci": {name: [lo, hi]}}``.
 
     ``start``: the start policy's EpisodeResults on the same tasks (for pref_adherence; None = skipped).
+    ``extra_values``: more per-episode arrays {name: [N]} to report with intervals (e.g. a pooled reward).
     The bootstrap replicates depend only on (seed, the task ids), so policies that played the same tasks
     share them and the same seed reproduces the same numbers.
     """
@@ -148,7 +151,9 @@ def policy_metrics(results, *, start=None, n_boot: int = DEFAULT_N_BOOT, seed: i
         raise ValueError("policy_metrics: no episodes")
     groups = task_groups(results.task_ids)
     W = bootstrap_counts(groups.n_tasks, n_boot, seed)
-    vals = episode_values(results, cost_scale_usd=cost_scale_usd, reference_pref=reference_pref, start=start)
+    vals = episode_values(results, cost_scale_usd=cost_scale_usd, reference_pref=reference_pref, start=start,
+                          preference_score_fn=preference_score_fn)
+    vals.update(extra_values or {})
     out: dict = {"n_tasks": groups.n_tasks, "episodes": int(len(results.solved)), "ci": {}}
     for name, v in vals.items():
         if name.startswith("_"):
@@ -178,7 +183,7 @@ def per_domain(results, n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict[str
         groups = task_groups(ids)
         acc, lo, hi = mean_ci(np.asarray(results.solved, np.float64)[m], groups,
                               bootstrap_counts(groups.n_tasks, n_boot, seed))
-        out[d] = {"episodes": int(m.sum()), "accuracy": acc, "accuracy_ci": [lo, hi],
+        out[str(d)] = {"episodes": int(m.sum()), "accuracy": acc, "accuracy_ci": [lo, hi],
                   "mean_cost_usd": float(np.mean(np.asarray(results.cost_usd)[m])),
                   "mean_turns": float(np.mean(np.asarray(results.n_turns)[m])),
                   "calls": {n.replace("calls:", ""): float(f[m, j].mean())
