@@ -3,6 +3,7 @@
     python experiments/report.py runs/sweep                 # writes runs/sweep/report.md + figures/*.png
     python experiments/report.py runs/a runs/b --out runs/cmp --policy grpo
     python experiments/report.py runs/sweep --wandb offline --wandb-project orchestra_jax
+    python experiments/report.py --combine runs/paper/reward_weights runs/paper/generalisation --out runs/paper
 
 Reads every run dir below the paths (summary.json, config.yaml, metrics.jsonl, sft_metrics.jsonl) and
 writes report.md: the accuracy-vs-cost frontier of the trained runs and every baseline with 95%
@@ -17,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from orchestra_jax.analysis.report import build_report, markdown_table, write_markdown  # noqa: E402
+from orchestra_jax.analysis.report import build_report, markdown_table, write_combined, write_markdown  # noqa: E402
 
 
 def main(argv=None):
@@ -30,7 +31,21 @@ def main(argv=None):
                     help="log the figures and tables to one wandb run")
     ap.add_argument("--wandb-project", default="orchestra_jax")
     ap.add_argument("--wandb-group", default=None)
+    ap.add_argument("--combine", action="store_true",
+                    help="one report per path (in that path) plus a combined report.md in --out")
     args = ap.parse_args(argv)
+    if args.combine:
+        if not args.out:
+            sys.exit("report: --combine needs --out")
+        try:
+            sections = [(os.path.basename(os.path.normpath(p)), build_report([p], p, policy=args.policy))
+                        for p in args.paths]
+        except ValueError as e:
+            sys.exit(f"report: {e}")
+        for _, rep in sections:
+            write_markdown(rep)
+        print(f"report: {write_combined(sections, args.out)}")
+        return
     try:
         report = build_report(args.paths, args.out or args.paths[0], policy=args.policy)
     except ValueError as e:

@@ -151,3 +151,25 @@ def test_tiny_sweep_end_to_end_with_the_real_cli(tmp_path):
         assert row["accuracy [95% CI]"] == f"{s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
     for _, rel in re.findall(r"!\[(\w+)\]\(([^)]+)\)", md):
         _png_ok(os.path.join(sweep_dir, rel))
+
+
+def test_named_reevaluation_becomes_a_split_and_combined_report(sweep, tmp_path):
+    import shutil
+
+    root, summaries = sweep
+    run = os.path.join(str(tmp_path), "exp", "r1")
+    shutil.copytree(os.path.join(root, "router.eps=0.1"), run)
+    s = json.load(open(os.path.join(run, "summary.json")))
+    s.pop("splits"), s.pop("primary_split")  # a summary of the test split only, as the training run writes
+    json.dump(s, open(os.path.join(run, "summary.json"), "w"))
+    other = {"policies": summaries[0.1]["splits"]["unseen_tools"]["policies"], "eval": {"split": "unseen_tools"}}
+    json.dump(other, open(os.path.join(run, "summary-unseen_tools.json"), "w"))
+    report_cli.main(["--combine", os.path.join(str(tmp_path), "exp"), root, "--out", str(tmp_path), "--policy", TRAINED])
+    md = open(os.path.join(str(tmp_path), "exp", "report.md")).read()
+    gen = _table(md, "generalisation")
+    row = next(r for r in gen if r["policy"] == "r1")
+    assert row["unseen_tools/accuracy"] == f"{other['policies'][TRAINED]['accuracy']:.3f}"
+    combined = open(os.path.join(str(tmp_path), "report.md")).read()
+    assert "## exp" in combined and "### exp: generalisation" in combined
+    for _, rel in re.findall(r"!\[([\w/]+)\]\(([^)]+)\)", combined):
+        _png_ok(os.path.join(str(tmp_path), rel))

@@ -291,3 +291,20 @@ def write_markdown(report: Report) -> str:
     with open(path, "w") as f:
         f.write("\n".join(out))
     return path
+
+
+def write_combined(sections: Sequence[tuple[str, Report]], out_dir: str, title: str = "Paper experiments") -> str:
+    """One report.md over several experiments' reports (each written in its own directory): every
+    section's figures (linked relative to out_dir) and tables under the experiment's heading."""
+    out = [f"# {title}", ""]
+    for name, rep in sections:
+        out += [f"## {name}", "", f"{len(rep.runs)} runs; varying keys: {', '.join(rep.keys) or '(none)'}.", ""]
+        for fig, path in rep.images.items():
+            out += [f"![{name}/{fig}]({os.path.relpath(path, out_dir)})", ""]
+        for tname, t in rep.tables.items():
+            out += [f"### {name}: {tname}", "", t.title, "", markdown_table(t), ""]
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+    return path

@@ -78,9 +78,26 @@ def load_run(path: str, root: str | None = None) -> Run:
     for p in sorted(glob.glob(os.path.join(path, "summary-*.json"))):
         with open(p) as f:
             re_evals[os.path.basename(p)[len("summary-"):-len(".json")]] = json.load(f)
+    merge_reevaluations(summary, re_evals)
     name = os.path.relpath(path, root) if root else os.path.basename(os.path.normpath(path))
     return Run(path, name, config, summary, read_jsonl(os.path.join(path, "metrics.jsonl")),
                read_jsonl(os.path.join(path, "sft_metrics.jsonl")), re_evals)
+
+
+def _split_name(summary: dict, default: str) -> str:
+    return summary.get("primary_split") or summary.get("eval", {}).get("split") or default
+
+
+def merge_reevaluations(summary: dict, re_evals: dict[str, dict]) -> dict:
+    """Adds each named re-evaluation (``summary-<name>.json``) as a split of ``summary`` (in place): the
+    split is the re-evaluation's own eval split (else its file name). Splits already present are kept."""
+    if not re_evals:
+        return summary
+    splits = summary.setdefault("splits", {_split_name(summary, "test"): {"policies": summary["policies"]}})
+    for name, other in re_evals.items():
+        for split, s in (other.get("splits") or {_split_name(other, name): {"policies": other.get("policies", {})}}).items():
+            splits.setdefault(split, {"policies": s["policies"]})
+    return summary
 
 
 def load_runs(paths: Sequence[str]) -> list[Run]:
