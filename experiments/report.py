@@ -18,7 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from orchestra_jax.analysis.report import build_report, markdown_table, write_combined, write_markdown  # noqa: E402
+from orchestra_jax.analysis.markdown import markdown_table, write_combined, write_markdown  # noqa: E402
+from orchestra_jax.analysis.report import build_report  # noqa: E402
 
 
 def main(argv=None):

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from orchestra_jax.analysis.behaviours import behaviour_frequencies, call_log_of
-from orchestra_jax.analysis.bootstrap import bootstrap_counts, mean_ci, task_groups
+from orchestra_jax.analysis.bootstrap import bootstrap_counts, task_groups
 from orchestra_jax.analysis.metrics import (DEFAULT_COST_SCALE_USD, DEFAULT_N_BOOT, DEFAULT_REFERENCE_PREFERENCE,
                                             METRIC_DEFINITIONS, UTILITY_ALPHAS, latency_histogram, per_domain,
                                             policy_metrics)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from orchestra_jax.envs.base import Env, EpisodeResults, StepOutput, episode_rng
+from orchestra_jax.envs.base import Env, EpisodeResults, episode_rng
 from orchestra_jax.text.chat import ToolCall, format_tool_call, parse_tool_call
 
 KINDS = ("none", "tool_errors", "tool_timeouts", "schema_drift", "latency_spikes", "search_injection")
