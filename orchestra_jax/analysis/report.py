@@ -23,7 +23,10 @@ from orchestra_jax.analysis import plots
 from orchestra_jax.analysis.aggregate import aggregate_values
 from orchestra_jax.analysis.behaviours import BEHAVIOURS
 from orchestra_jax.analysis.robustness import ROBUSTNESS_SPLITS
-from orchestra_jax.analysis.runs import Run, group_by_setting, label, load_runs, pareto_mask, varying_keys
+from orchestra_jax.analysis.runs import (Run, group_by_setting, label, load_runs, monotone_cost, pareto_mask,
+                                         varying_keys)
+
+COST_WEIGHT_KEY = "env.pref_cost"   # the swept cost weight whose frontier should fall in $
 
 GENERALISATION_SPLITS = ("test", "unseen_tools", "unseen_prices")
 # (column, metric key, decimals) of the runs / baselines tables; each metric with its interval columns
@@ -113,6 +116,26 @@ def build_report(paths: Sequence[str], out_dir: str, policy: str = "grpo") -> Re
             bpoints.append(_point(shown, m))
     tables["baselines"] = Table("Other evaluated policies (baselines, start policy)",
                                 ["policy", "from run"] + cols[2:-1], brows)
+
+    # ---- does $ fall as the cost weight grows (per setting of the other swept keys)?
+    if COST_WEIGHT_KEY in keys:
+        others = [k for k in keys if k != COST_WEIGHT_KEY]
+        mrows = []
+        for lab, rs in group_by_setting(trained, others).items():
+            if len(rs) < 2:
+                continue
+            ms = [r.summary["policies"][policy] for r in rs]
+            ws = [float(r.config[COST_WEIGHT_KEY]) for r in rs]
+            pts, within, bad = monotone_cost(ws, [m["mean_cost_usd"] for m in ms],
+                                             [m.get("ci", {}).get("mean_cost_usd", [m["mean_cost_usd"]] * 2) for m in ms])
+            order = sorted(range(len(ws)), key=lambda k: ws[k])
+            mrows.append([lab or "(all)", ", ".join(f"{ws[k]:g}" for k in order),
+                          ", ".join(f"{ms[k]['mean_cost_usd']:.5f}" for k in order), pts, within,
+                          "; ".join(f"{a:g}<{b:g}" for a, b in bad) or "-"])
+        tables["cost_monotonicity"] = Table(
+            f"Mean $ of `{policy}` against the cost weight {COST_WEIGHT_KEY} (more weight should cost less)",
+            ["setting", "cost weights", "mean_cost_usd", "monotone", "monotone_within_ci", "significant violations"],
+            mrows, "within_ci: no pair w_i < w_j with cost_lo(w_j) > cost_hi(w_i)")
 
     # ---- seeds: settings with several runs
     groups = group_by_setting(trained, keys)

@@ -150,3 +150,17 @@ def split_policies(summary: dict, split: str | None = None) -> dict:
 
 def splits_of(summary: dict) -> list[str]:
     return list(summary.get("splits", {})) or [summary.get("primary_split", summary.get("eval", {}).get("split", "test"))]
+
+
+def monotone_cost(weights: Sequence[float], cost: Sequence[float], cost_ci: Sequence[Sequence[float]]
+                  ) -> tuple[bool, bool, list[tuple[float, float]]]:
+    """Does mean $ fall as the cost weight grows? Returns (monotone in the point estimates,
+    monotone within the intervals, violating weight pairs). Within the intervals: for every pair of
+    weights w_i < w_j, the costlier-weighted run is not significantly dearer: lo_j <= hi_i."""
+    order = np.argsort(np.asarray(weights, np.float64), kind="stable")
+    w = [float(weights[k]) for k in order]
+    c = [float(cost[k]) for k in order]
+    ci = [cost_ci[k] for k in order]
+    points = all(c[j] <= c[i] for i in range(len(c)) for j in range(i + 1, len(c)))
+    bad = [(w[i], w[j]) for i in range(len(c)) for j in range(i + 1, len(c)) if ci[j][0] > ci[i][1]]
+    return points, not bad, bad

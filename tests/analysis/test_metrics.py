@@ -92,3 +92,13 @@ def test_episode_values_lengths(scripted):
     r2 = dataclasses.replace(r, task_ids=[f"other{i}" for i in range(len(r.solved))])
     with pytest.raises(ValueError, match="start policy played other tasks"):
         episode_values(r2, start=scripted["rule_based"])
+
+
+def test_monotone_cost():
+    from orchestra_jax.analysis.runs import monotone_cost
+
+    ci = [[0.9, 1.1], [0.7, 0.95], [0.75, 0.9]]
+    pts, within, bad = monotone_cost([0.5, 0.0, 1.0], [0.8, 1.0, 0.85], [ci[1], ci[0], ci[2]])
+    assert not pts and within and bad == []   # 0.5 -> 1.0 goes up in the point, inside the intervals
+    pts, within, bad = monotone_cost([0.0, 1.0], [0.1, 0.5], [[0.09, 0.11], [0.4, 0.6]])
+    assert not pts and not within and bad == [(0.0, 1.0)]
