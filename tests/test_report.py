@@ -173,3 +173,20 @@ def test_named_reevaluation_becomes_a_split_and_combined_report(sweep, tmp_path)
     assert "## exp" in combined and "### exp: generalisation" in combined
     for _, rel in re.findall(r"!\[([\w/]+)\]\(([^)]+)\)", combined):
         _png_ok(os.path.join(str(tmp_path), rel))
+
+
+def test_seeds_of_one_setting_are_aggregated(sweep, tmp_path):
+    import shutil
+
+    root, summaries = sweep
+    for seed in (0, 1):
+        d = os.path.join(str(tmp_path), f"train.seed={seed}")
+        shutil.copytree(os.path.join(root, f"router.eps={0.1 if seed == 0 else 0.5}"), d)
+        cfg = yaml.safe_load(open(os.path.join(d, "config.yaml")))
+        cfg["router"]["eps"], cfg["train"]["seed"] = 0.1, seed
+        yaml.safe_dump(cfg, open(os.path.join(d, "config.yaml"), "w"))
+    report_cli.main([str(tmp_path), "--policy", TRAINED])
+    row = _table(open(os.path.join(str(tmp_path), "report.md")).read(), "seeds")[0]
+    accs = [summaries[e]["policies"][TRAINED]["accuracy"] for e in (0.1, 0.5)]
+    assert row["seeds"] == "2" and row["accuracy_mean"] == f"{np.mean(accs):.3f}"
+    assert row["accuracy_std"] == f"{np.std(accs, ddof=1):.3f}"

@@ -127,7 +127,7 @@ def group_by_setting(runs: Sequence[Run], keys: Sequence[str], seed_keys: Sequen
     setting = [k for k in keys if k not in seed_keys]
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        groups.setdefault(label(r, setting), []).append(r)
+        groups.setdefault(label(r, setting) if setting else "", []).append(r)
     return groups
 
 
