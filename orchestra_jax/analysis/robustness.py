@@ -168,7 +168,7 @@ class PerturbedEnv:
             extra = 0.0
             if i in injected:
                 state.intercepted[i] += 1
-                obs[i] = injected[i] + ("\n" + out.observations[i] if out.done[i] else "")
+                obs[i] = injected[i]  # (the env's own text is about the empty action it was given)
                 extra = p.timeout_s if p.kind == "tool_timeouts" else 0.0
             elif p.kind == "latency_spikes" and out.valid[i] and draws[i] < p.rate:
                 extra = lat[i] * (p.spike_factor - 1.0)
