@@ -7,7 +7,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 RUN_DIR ?= runs/quickstart
 
-.PHONY: venv venv-test train test test-slow bench clean
+PAPER_DIR ?= runs/paper
+
+.PHONY: venv venv-test venv-sweep train test test-slow bench paper clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +22,13 @@ $(VENV)/.test: $(VENV)/.runtime
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.sweep: $(VENV)/.runtime
+	$(PIP) install -q -e '.[sweep]'
+	touch $@
+
 venv: $(VENV)/.runtime
 venv-test: $(VENV)/.test
+venv-sweep: $(VENV)/.sweep
 
 train: venv
 	$(PY) experiments/train.py +experiment=quickstart run_dir=$(RUN_DIR)
@@ -31,6 +38,19 @@ test: venv-test
 
 test-slow: venv-test
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -m slow tests
+
+# The paper's three experiments on the CPU default, then one report over all of them:
+#   reward weightings (6 cost weights, paper scalarisation, no latency weight), generalisation, preferences
+paper: venv
+	$(PY) experiments/train.py +experiment=sweep_reward_weights run_dir=$(PAPER_DIR)/reward_weights \
+		reward=paper env.pref_latency=0.0
+	$(PY) experiments/train.py +experiment=generalisation run_dir=$(PAPER_DIR)/generalisation train.seed=0
+	for split in unseen_tools unseen_prices; do \
+		$(PY) experiments/evaluate.py +experiment=generalisation run_dir=$(PAPER_DIR)/generalisation/train.seed=0 \
+			eval.split=$$split hydra.mode=RUN || exit 1; done
+	$(PY) experiments/train.py +experiment=preferences run_dir=$(PAPER_DIR)/preferences train.seed=0
+	$(PY) experiments/report.py --combine $(PAPER_DIR)/reward_weights $(PAPER_DIR)/generalisation \
+		$(PAPER_DIR)/preferences --out $(PAPER_DIR)
 
 bench: venv
 	for f in benchmarks/*.py; do $(PY) $$f; done

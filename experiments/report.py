@@ -1,92 +1,72 @@
-"""Compares finished runs (e.g. the points of a --multirun sweep) from their summary.json files.
+"""Report of finished runs (e.g. the points of a --multirun sweep) from their run directories alone.
 
-    python experiments/report.py runs/sweep            # every run dir below runs/sweep
-    python experiments/report.py runs/a runs/b --policy grpo --json report.json
+    python experiments/report.py runs/sweep                 # writes runs/sweep/report.md + figures/*.png
+    python experiments/report.py runs/a runs/b --out runs/cmp --policy grpo
+    python experiments/report.py runs/sweep --wandb offline --wandb-project orchestra_jax
+    python experiments/report.py --combine runs/paper/reward_weights runs/paper/generalisation --out runs/paper
 
-Prints one row per run: the run's overrides (from its config.yaml, differing keys only), and the chosen
-policy's accuracy, $ cost, latency, preference score and mean reward, plus the last GRPO step's training
-reward; marks the runs on the accuracy-vs-cost Pareto front (no other run is at least as accurate and at
-most as expensive, one of them strictly). Writes the rows as JSON with --json.
+Reads every run dir below the paths (summary.json, config.yaml, metrics.jsonl, sft_metrics.jsonl) and
+writes report.md: the accuracy-vs-cost frontier of the trained runs and every baseline with 95%
+task-bootstrap interval bars, training curves per weighting, the tool-call mix, the latency distribution,
+and the runs / baselines / seeds / generalisation / robustness / preference / routing / behaviour tables
+(see orchestra_jax.analysis.report). With --wandb the same figures and tables go to one wandb run.
 """
 import argparse
 import json
 import os
 import sys
 
-import yaml
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def find_runs(paths):
-    runs = []
-    for p in paths:
-        for root, _, files in os.walk(p):
-            if "summary.json" in files:
-                runs.append(root)
-    return sorted(set(runs))
-
-
-def flatten(d, prefix=""):
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def last_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    last = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                last = json.loads(line)
-    return last
-
-
-def pareto(rows):
-    """Marks rows not dominated in (accuracy up, cost down)."""
-    for r in rows:
-        r["pareto"] = not any(
-            o is not r and o["accuracy"] >= r["accuracy"] and o["mean_cost_usd"] <= r["mean_cost_usd"]
-            and (o["accuracy"] > r["accuracy"] or o["mean_cost_usd"] < r["mean_cost_usd"]) for o in rows)
-    return rows
+from orchestra_jax.analysis.markdown import markdown_table, write_combined, write_markdown  # noqa: E402
+from orchestra_jax.analysis.report import build_report  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("paths", nargs="+")
-    ap.add_argument("--policy", default="grpo")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("paths", nargs="+", help="sweep directories or run directories")
+    ap.add_argument("--out", default=None, help="where report.md and figures/ go (default: the first path)")
+    ap.add_argument("--policy", default="grpo", help="the trained policy's name in summary.json")
+    ap.add_argument("--json", default=None, help="also write the tables as JSON here")
+    ap.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
+                    help="log the figures and tables to one wandb run")
+    ap.add_argument("--wandb-project", default="orchestra_jax")
+    ap.add_argument("--wandb-group", default=None)
+    ap.add_argument("--combine", action="store_true",
+                    help="one report per path (in that path) plus a combined report.md in --out")
     args = ap.parse_args(argv)
-    runs = find_runs(args.paths)
-    if not runs:
-        sys.exit(f"no summary.json under {args.paths}")
-    configs = {r: flatten(yaml.safe_load(open(os.path.join(r, "config.yaml")))) if os.path.exists(
-        os.path.join(r, "config.yaml")) else {} for r in runs}
-    keys = sorted({k for c in configs.values() for k in c if k != "run_dir"})
-    varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
-    rows = []
-    for r in runs:
-        summary = json.load(open(os.path.join(r, "summary.json")))
-        pol = summary["policies"].get(args.policy)
-        if pol is None:
-            continue
-        rows.append({"run": r, **{k: configs[r].get(k) for k in varying}, **pol,
-                     "train_reward_last": last_metrics(r).get("reward/mean")})
-    pareto(rows)
-    head = ["run", *varying, "accuracy", "mean_cost_usd", "mean_latency_s", "preference_score", "mean_reward",
-            "train_reward_last", "pareto"]
-    print("\t".join(head))
-    for row in rows:
-        print("\t".join(f"{row[h]:.4g}" if isinstance(row[h], float) else str(row[h]) for h in head))
+    if args.combine:
+        if not args.out:
+            sys.exit("report: --combine needs --out")
+        try:
+            sections = [(os.path.basename(os.path.normpath(p)), build_report([p], p, policy=args.policy))
+                        for p in args.paths]
+        except ValueError as e:
+            sys.exit(f"report: {e}")
+        for _, rep in sections:
+            write_markdown(rep)
+        print(f"report: {write_combined(sections, args.out)}")
+        return
+    try:
+        report = build_report(args.paths, args.out or args.paths[0], policy=args.policy)
+    except ValueError as e:
+        sys.exit(f"report: {e}")
+    path = write_markdown(report)
+    print(markdown_table(report.tables["runs"]))
+    print(f"report: {path} | figures: {', '.join(sorted(report.images))}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({k: {"columns": t.columns, "rows": t.rows} for k, t in report.tables.items()}, f, indent=2)
+    if args.wandb != "disabled":
+        import wandb
+
+        from orchestra_jax.analysis.wandb_log import log_report
+
+        run = wandb.init(project=args.wandb_project, group=args.wandb_group, job_type="report",
+                         name=f"report-{os.path.basename(os.path.abspath(report.out_dir))}", mode=args.wandb,
+                         dir=report.out_dir, settings=wandb.Settings(silent=True, console="off"))
+        log_report(run, report)
+        run.finish()
 
 
 if __name__ == "__main__":

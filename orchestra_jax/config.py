@@ -219,6 +219,9 @@ def resolve_hydra_run_dir(raw: DictConfig, argv=None) -> DictConfig:
     if hc.mode != RunMode.MULTIRUN:
         return raw
     swept = swept_keys(sys.argv[1:] if argv is None else argv)
+    # keys a preset sweeps (hydra.sweeper.params of conf/experiment/sweep_*.yaml) name the run too
+    params = OmegaConf.select(hc, "sweeper.params", default=None) or {}
+    swept += [str(k).lstrip("+~") for k in params if str(k).lstrip("+~") not in swept]
     chosen = {}
     for ov in hc.overrides.task:
         if "=" in ov:
