@@ -315,6 +315,7 @@ class QAEnv(Env):
         ok, usd_c, lat_c = led.charge(i, usd, tokens_in + tokens_out, latency)
         led.record_call(i, slot)
         log = {"turn": int(led.turns[i]), "tool": tool, "alias": alias, "slot": slot, "profile": p.name,
+               "valid": True, "price": task.price_scale[slot] * p.price_out,  # $ / 1M out as shown
                "cost_usd": usd_c, "latency_s": lat_c, "outcome": "budget", "correct": None}
         extra = {"profile": p.name, "tokens_in": tokens_in, "tokens_out": tokens_out}
         if not ok:

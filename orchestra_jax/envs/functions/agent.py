@@ -127,7 +127,7 @@ def run_expert(env, state, i: int, alias: str, policy_tokens_in=None) -> tuple[s
             "request": -1 if r is None else r}
     if hasattr(led, "log_call"):  # the shared Ledger's call log (behaviour analysis only)
         led.log_call(i, {"turn": int(led.turns[i]), "tool": "call_expert", "alias": alias, "profile": prof.model.display,
-                         "cost_usd": usd, "outcome": outcome if within else "budget", "correct": outcome == "correct"})
+                         "valid": True, "cost_usd": usd, "outcome": outcome if within else "budget", "correct": outcome == "correct"})
     if not within:
         return f"[{alias}] {env._budget_text(led.end_reason[i])}", {"outcome": "budget", **info}
     lines = []
