@@ -23,7 +23,7 @@ MICRO = {
               "head_dim": 16, "intermediate_size": 64},
     "rollout": {"group_size": 2, "max_turns": 2, "max_new_tokens": 24, "max_seq_len": 512,
                 "compact_tools": True},
-    "train": {"steps": 2, "tasks_per_step": 2, "num_tasks": 16, "row_len": 1024, "rows_multiple": 1,
+    "train": {"steps": 2, "tasks_per_step": 2, "num_tasks": 16, "row_len": 1024,
               "checkpoint_every": 1, "wandb_mode": "disabled", "progress_bar": False, "samples_every": 1,
               "num_samples": 2},
     "sft": {"num_tasks": 12, "teacher_samples": 1, "steps": 3, "batch_rows": 2, "row_len": 1024, "log_every": 1},
@@ -92,7 +92,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     from orchestra_jax.train import run
 
     # the default mesh (fsdp over all 8 test devices): the sharded update path, resumed
-    over = {"init": "random", "sft": {"enabled": False}, "eval": {"enabled": False},
+    over = {"sft": {"enabled": False}, "eval": {"enabled": False},
             "mesh": {"data": 1, "fsdp": -1, "tensor": 1}}
     full, split = tmp_path / "full", tmp_path / "split"
     run(_cfg(full, **over))
@@ -102,16 +102,14 @@ def test_resume_equals_uninterrupted(tmp_path):
     a, b = read_metrics(str(full)), read_metrics(str(split))
     assert [r["step"] for r in b] == [1, 2]
     for ra, rb in zip(a, b):
-        for k in ("loss", "reward/mean", "rollout/accuracy", "rollout/cost_usd", "entropy", "kl", "grad_norm"):
-            if k in ra:
-                assert ra[k] == rb[k], (ra["step"], k, ra[k], rb[k])
-    ck_a = Checkpointer(os.path.join(full, "checkpoints"))
-    ck_b = Checkpointer(os.path.join(split, "checkpoints"))
+        for k in ("loss", "reward/mean", "rollout/accuracy", "rollout/cost_usd", "entropy", "kl_ref", "grad_norm"):
+            assert k in ra and k in rb, (k, sorted(ra))  # the metrics compared exist
+            assert ra[k] == rb[k], (ra["step"], k, ra[k], rb[k])
+    assert a[0]["kl_ref"] == 0.0 and a[1]["kl_ref"] > 0.0  # the KL to the start moves once the policy does
     import orbax.checkpoint as ocp
-    sa = ck_a._mngr.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
-    sb = ck_b._mngr.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
-    assert sa["data"] == sb["data"]
-    la, lb = jax.tree_util.tree_leaves(sa["state"]), jax.tree_util.tree_leaves(sb["state"])
+    sa = ocp.StandardCheckpointer().restore(os.path.join(full, "checkpoints", "2", "state"))
+    sb = ocp.StandardCheckpointer().restore(os.path.join(split, "checkpoints", "2", "state"))
+    la, lb = jax.tree_util.tree_leaves(sa), jax.tree_util.tree_leaves(sb)
     assert len(la) == len(lb) > 0
     for x, y in zip(la, lb):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -121,11 +119,11 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_kill9_mid_training_then_rerun_matches(tmp_path):
     """A real SIGKILL during GRPO; rerunning the same command resumes and ends like an uninterrupted run."""
     def cmd(run_dir):
-        over = [f"run_dir={run_dir}", "init=random", "sft.enabled=false", "eval.enabled=false",
+        over = [f"run_dir={run_dir}", "sft.enabled=false", "eval.enabled=false",
                 "train.steps=6", "train.checkpoint_every=1", "train.wandb_mode=disabled", "train.progress_bar=false",
                 "train.tasks_per_step=2", "train.num_tasks=16", "rollout.group_size=2", "rollout.max_turns=2",
                 "rollout.max_new_tokens=24", "rollout.max_seq_len=512", "rollout.compact_tools=true",
-                "train.row_len=1024", "train.rows_multiple=1", "tokenizer_vocab_size=512",
+                "train.row_len=1024", "tokenizer_vocab_size=512",
                 "model.vocab_size=1024", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
                 "model.num_kv_heads=1", "model.head_dim=16", "model.intermediate_size=64"]
         return [sys.executable, os.path.join(ROOT, "experiments", "train.py"), *over]
