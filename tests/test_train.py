@@ -105,7 +105,6 @@ def test_resume_equals_uninterrupted(tmp_path):
         for k in ("loss", "reward/mean", "rollout/accuracy", "rollout/cost_usd", "entropy", "kl_ref", "grad_norm"):
             assert k in ra and k in rb, (k, sorted(ra))  # the metrics compared exist
             assert ra[k] == rb[k], (ra["step"], k, ra[k], rb[k])
-    assert a[0]["kl_ref"] == 0.0 and a[1]["kl_ref"] > 0.0  # the KL to the start moves once the policy does
     import orbax.checkpoint as ocp
     sa = ocp.StandardCheckpointer().restore(os.path.join(full, "checkpoints", "2", "state"))
     sb = ocp.StandardCheckpointer().restore(os.path.join(split, "checkpoints", "2", "state"))
