@@ -145,3 +145,37 @@ def test_kill9_mid_training_then_rerun_matches(tmp_path):
     assert [r["step"] for r in b] == list(range(1, 7))
     for k in ("loss", "reward/mean", "rollout/accuracy", "entropy"):
         assert a[-1][k] == b[-1][k], k
+
+
+@pytest.mark.slow  # ~2.5 min on 2 shared cores (bf16 + remat compiles)
+def test_hf_start_with_model_overrides_then_sft_then_grpo(tmp_path):
+    """init=hf:DIR on a tiny Qwen3 folder: the architecture comes from its config.json, dtype and remat from
+    model.*; SFT runs on top of it (its own switch), then GRPO; the summary names the start honestly."""
+    from orchestra_jax.model import ModelConfig, init_params
+    from orchestra_jax.model.hf import save_hf_checkpoint
+    from orchestra_jax.prepare import prepare
+    from orchestra_jax.train import run
+
+    hf_cfg = ModelConfig(vocab_size=1024, hidden_size=48, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                         intermediate_size=96, qk_norm=True, tie_word_embeddings=True)
+    folder = tmp_path / "qwen3_tiny"
+    save_hf_checkpoint(str(folder), hf_cfg, init_params(hf_cfg, jax.random.PRNGKey(3)), architecture="qwen3")
+    over = {"init": f"hf:{folder}", "model": {"dtype": "bfloat16", "remat": True, "hidden_size": 32},
+            "train": {"steps": 1, "samples_every": 0}, "sft": {"steps": 2},
+            "eval": {"num_tasks": 1, "group_size": 2}}
+    cfg = _cfg(tmp_path / "run", **over)
+    prep = prepare(cfg)
+    m = prep.model_cfg
+    assert (m.hidden_size, m.dtype, m.remat, m.param_dtype, prep.init_name) == (48, "bfloat16", True, "float32",
+                                                                                   "pretrained")
+    summary = run(cfg)
+    assert set(summary["policies"]) >= {"grpo", "sft"} and summary["eval"]["start_policy"] == "sft"
+    assert np.isfinite(read_metrics(str(tmp_path / "run"))[0]["loss"])
+    # without SFT the start is the pretrained checkpoint, and is called so
+    from orchestra_jax.sft import sft_stage
+    from orchestra_jax.train import build_mesh, make_setup
+
+    no_sft = _cfg(tmp_path / "run2", **{**over, "sft": {"enabled": False}})
+    prep2 = prepare(no_sft)
+    _, name = sft_stage(no_sft, prep2, make_setup(no_sft, prep2, build_mesh(no_sft)).update.param_shardings)
+    assert name == "pretrained"
