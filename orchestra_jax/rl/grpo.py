@@ -173,6 +173,18 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
     return batch, m
 
 
+def global_packing_metrics(m: dict[str, float]) -> dict[str, float]:
+    """Packing metrics over all processes: counts summed, utilisation averaged."""
+    if jax.process_count() == 1:
+        return m
+    from jax.experimental import multihost_utils
+
+    keys = sorted(m)
+    values = np.asarray(multihost_utils.process_allgather(np.asarray([m[k] for k in keys], np.float64)))
+    return {k: float(values[:, i].mean() if k == "packing/utilisation" else values[:, i].sum())
+            for i, k in enumerate(keys)}
+
+
 def global_batch(setup: GRPOSetup, batch: PackedBatch) -> dict:
     """Every process's rows as one global batch on the mesh ([M, R/M, L] with micro-batches)."""
     from orchestra_jax.parallel.distributed import host_local_batch_to_global
@@ -210,6 +222,7 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     mine = slice(p * n_local * G, (p + 1) * n_local * G)
     adv_N, keep_N = np.asarray(advantages).reshape(-1)[mine], np.asarray(keep).reshape(-1)[mine]
     packed, pack_m = build_batch(ro, adv_N, keep_N, cfg)
+    pack_m = global_packing_metrics(pack_m)
     metrics = {**{k: float(v) for k, v in {**reward_m, **adv_m}.items()}, **pack_m,
                **episode_metrics(episodes, setup.env.tool_aliases)}
 
