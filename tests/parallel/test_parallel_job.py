@@ -68,7 +68,12 @@ def _params(run_dir, step):
     import jax
     import orbax.checkpoint as ocp
 
-    tree = ocp.PyTreeCheckpointer().restore(str(Path(run_dir) / "checkpoints" / str(step) / "state"))
+    path = str(Path(run_dir) / "checkpoints" / str(step) / "state")
+    ckptr = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # a multi-host checkpoint read by one process
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            ckptr.metadata(path).item_metadata.tree)
+    tree = ckptr.restore(path, abstract)
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree["params"])[0]}
 
 

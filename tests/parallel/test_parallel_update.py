@@ -119,7 +119,7 @@ def test_model_activation_constraints_resolve_against_the_mesh():
     params = update.shard_params(pc.params())
     batch = pc.batch()
     with jax.set_mesh(mesh):
-        text = update.jitted(batch).lower(params, update.init_opt_state(params), batch).as_text()
+        text = update.jitted(batch).lower(params, update.init_opt_state(params), batch, None).as_text()
     rows = pc.ROWS, pc.ROW_LEN
     # mlp hidden [batch, sequence, mlp]: rows over data x fsdp, mlp over tensor.
     assert (f'sharding_constraint %' in text and
