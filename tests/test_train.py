@@ -67,6 +67,7 @@ def test_end_to_end_micro(tmp_path):
     run_dir = tmp_path / "run"
     summary = run(_cfg(run_dir))
     check_summary(summary, POLICIES)
+    assert summary["eval"]["start_policy"] == "sft"
     on_disk = json.load(open(run_dir / "summary.json"))
     check_summary(on_disk, POLICIES)
     for name in POLICIES:
@@ -85,6 +86,14 @@ def test_end_to_end_micro(tmp_path):
     # checkpoint written at every step, keep=2, and restorable onto the live structure
     ck = Checkpointer(os.path.join(run_dir, "checkpoints"))
     assert ck.all_steps() == [1, 2]
+    ck.close()
+    # experiments/evaluate.py's path: the latest checkpoint re-evaluated gives the same numbers
+    from orchestra_jax.evaluate import evaluate_run
+
+    again = evaluate_run(_cfg(run_dir))
+    assert again["eval"]["grpo_step"] == 2
+    for name in POLICIES:
+        assert again["policies"][name]["mean_reward"] == summary["policies"][name]["mean_reward"], name
 
 
 def test_resume_equals_uninterrupted(tmp_path):
