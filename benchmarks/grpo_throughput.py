@@ -24,52 +24,48 @@ def main():
     args = ap.parse_args()
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from hydra import compose, initialize_config_dir
 
     from orchestra_jax.config import to_config
     from orchestra_jax.envs import make_env
-    from orchestra_jax.rl.advantages import group_advantages
-    from orchestra_jax.rl.rewards import compute_rewards
-    from orchestra_jax.rl.rollout import rollout
+    from orchestra_jax.prepare import Prepared, init_model
+    from orchestra_jax.rl.grpo import build_batch, global_batch, init_state, rollout_tasks
     from orchestra_jax.text.chat import render_prompt
-    from orchestra_jax.train import _update_fns, build_batch, init_model
     from orchestra_jax.text.tokenizer import train_tokenizer
+    from orchestra_jax.train import build_mesh, make_setup
 
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         raw = compose(config_name="config", overrides=[
             "+experiment=quickstart", f"run_dir={tempfile.mkdtemp()}", f"train.tasks_per_step={args.tasks}",
-            f"rollout.group_size={args.group}"])
+            f"rollout.group_size={args.group}", "algo.ppo_epochs=2"])  # 2 epochs: the log-prob pass runs too
     cfg = to_config(raw)
     env = make_env(cfg.env)
     tasks = env.sample_tasks(0, args.tasks * (args.steps + 1))
     _, prompts = env.reset(tasks[:64], 0)
     tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts],
                           cfg.tokenizer_vocab_size)
-    model_cfg, params = init_model(cfg, tok)
-    update, logprob_fn, place, init_opt, mult = _update_fns(cfg, model_cfg)
-    params = place(params)
-    opt_state = init_opt(params)
+    model_cfg, params, _ = init_model(cfg, tok)
+    setup = make_setup(cfg, Prepared(env, tok, model_cfg, params, "random", "", []), build_mesh(cfg))
+    state = init_state(setup, params, seed=0)
     totals = {"rollout_s": 0.0, "sampled": 0, "logp_s": 0.0, "update_s": 0.0, "tokens": 0, "util": []}
     for step in range(args.steps + 1):
         chunk = tasks[step * args.tasks:(step + 1) * args.tasks]
         t0 = time.perf_counter()
-        ro = rollout(model_cfg, params, env, tok, chunk, jax.random.PRNGKey(step), cfg.rollout, env_seed=step)
+        ro = rollout_tasks(setup, state.params, chunk, jax.random.PRNGKey(step), seed=step, first_task=0)
         t1 = time.perf_counter()
-        rewards, _, _ = compute_rewards(cfg.reward, ro.features, ro.solved, ro.preference)
-        adv, keep, _ = group_advantages(np.asarray(rewards), cfg.algo.advantage)
         # random-sign advantages so the update does real work even when every reward ties
-        adv = np.random.default_rng(step).normal(size=np.shape(adv)).astype(np.float32)
-        packed, _ = build_batch(ro, adv, np.ones_like(keep), cfg.train.row_len, cfg.train.rows_multiple)
-        batch = {k: jnp.asarray(v) for k, v in packed.as_dict().items()}
+        adv = np.random.default_rng(step).normal(size=ro.num_episodes).astype(np.float32)
+        packed, _ = build_batch(ro, adv, np.ones(ro.num_episodes, bool), setup.step)
+        batch = global_batch(setup, packed)
         t2 = time.perf_counter()
-        batch["old_logp"], _ = logprob_fn(params, batch)
-        jax.block_until_ready(batch["old_logp"])
+        old, _ = setup.logprob(state.params, batch)
+        jax.block_until_ready(old)
         t3 = time.perf_counter()
-        params, opt_state, m = update(params, opt_state, batch)
+        params_, opt_state, m = setup.update(state.params, state.opt_state, dict(batch, old_logp=old), state.ref_params)
         jax.block_until_ready(m)
+        state = state._replace(params=params_, opt_state=opt_state)
         t4 = time.perf_counter()
         if step == 0:
             continue  # warm-up: compilation
@@ -88,6 +84,7 @@ def main():
         "update_tokens_per_s": totals["tokens"] / totals["update_s"],
         "update_s_per_step": totals["update_s"] / args.steps,
         "packing_utilisation": float(np.mean(totals["util"])),
+        "update_compiles": setup.update.num_compiled,
     }))
 
 

@@ -23,7 +23,10 @@ def main(raw: DictConfig) -> None:
         cfg = to_config(resolve_hydra_run_dir(raw))
     except ValueError as e:
         sys.exit(f"{e}")
-    from orchestra_jax.train import evaluate_run
+    from orchestra_jax.evaluate import evaluate_run
+    from orchestra_jax.parallel.distributed import initialize
+
+    initialize(cfg.distributed)
 
     evaluate_run(cfg)
 

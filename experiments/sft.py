@@ -22,11 +22,16 @@ def main(raw: DictConfig) -> None:
         cfg = to_config(resolve_hydra_run_dir(raw))
     except ValueError as e:
         sys.exit(f"{e}")
-    if cfg.init != "sft" or not cfg.sft.enabled:
-        sys.exit(f"config error at init: experiments/sft.py needs init=sft and sft.enabled=true (got init={cfg.init})")
-    from orchestra_jax.train import prepare, start_params
+    if not cfg.sft.enabled:
+        sys.exit("config error at sft.enabled: experiments/sft.py needs sft.enabled=true")
+    from orchestra_jax.parallel.distributed import initialize
+    from orchestra_jax.prepare import prepare
+    from orchestra_jax.train import build_mesh, make_setup, start_policy
 
-    start_params(cfg, prepare(cfg))
+    initialize(cfg.distributed)
+    mesh = build_mesh(cfg)
+    prep = prepare(cfg)
+    start_policy(cfg, prep, make_setup(cfg, prep, mesh))
     print(f"SFT checkpoint: {os.path.join(cfg.run_dir, 'sft')}")
 
 

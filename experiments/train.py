@@ -1,10 +1,10 @@
 """Hydra entry point of the main job: tokenizer, SFT warm start, GRPO, held-out evaluation.
 
     python experiments/train.py +experiment=quickstart run_dir=runs/quickstart
-    python experiments/train.py --multirun +experiment=quickstart run_dir=runs/sweep algo.optim.learning_rate=1e-3,3e-3
+    python experiments/train.py --multirun +experiment=quickstart run_dir=runs/sweep algo.optim.lr=1e-4,3e-4
 
 Reusing a run_dir resumes the run from its last checkpoint. Under --multirun every job gets its own
-run directory ``<run_dir>/<overrides>`` (e.g. ``runs/sweep/algo.optim.learning_rate=0.001``).
+run directory ``<run_dir>/<overrides>`` (e.g. ``runs/sweep/algo.optim.lr=0.0001``).
 """
 import os
 import sys

@@ -4,6 +4,8 @@ Only process 0 writes (``jax.process_index() == 0``). wandb runs ``offline`` by 
 network; files under ``<run_dir>/wandb/``; ``wandb sync`` uploads later), ``online`` when asked, and
 ``disabled`` writes nothing. A resumed run keeps its wandb run id (``<run_dir>/wandb_id.txt``) and drops
 metric lines logged after the checkpoint it resumes from, so ``metrics.jsonl`` reads as one clean run.
+Files go through ``etils.epath``, so run_dir may be ``gs://bucket/run`` (wandb's own files stay local: an
+offline wandb run of a gs:// run_dir lives in ``./wandb``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import uuid
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -41,10 +44,10 @@ def to_python(value: Any) -> Any:
 def truncate_jsonl(path: str, max_step: int) -> None:
     """Keeps only the lines of ``path`` whose ``step`` <= ``max_step`` (lines written after the checkpoint
     a run resumes from would otherwise appear twice)."""
-    if not os.path.exists(path):
+    path = epath.Path(path)
+    if not path.exists():
         return
-    with open(path, encoding="utf-8") as f:
-        lines = [ln for ln in f if ln.strip()]
+    lines = [ln + "\n" for ln in path.read_text().splitlines() if ln.strip()]
     kept = []
     for ln in lines:
         try:
@@ -52,14 +55,23 @@ def truncate_jsonl(path: str, max_step: int) -> None:
                 kept.append(ln)
         except json.JSONDecodeError:  # a line cut by a kill: drop it
             continue
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(kept)
+    path.write_text("".join(kept))
+
+
+def append_text(path, text: str) -> None:
+    """Appends to a local file; object stores (gs://) cannot append, so the object is rewritten."""
+    path = epath.Path(path)
+    if "://" in str(path):
+        path.write_text((path.read_text() if path.exists() else "") + text)
+        return
+    with path.open("a") as f:
+        f.write(text)
 
 
 def read_metrics(run_dir: str) -> list[dict]:
     """All lines of ``<run_dir>/metrics.jsonl`` as dicts."""
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
+    text = (epath.Path(run_dir) / "metrics.jsonl").read_text()
+    return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
 
 
 class RunLogger:
@@ -95,13 +107,13 @@ class RunLogger:
         self.is_main = is_main
         self.run_dir = run_dir
         self.console_keys = tuple(console_keys)
-        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.metrics_path = epath.Path(run_dir) / "metrics.jsonl"
         self._wandb = None
         self._bar = None
         if not is_main:
             return
-        os.makedirs(run_dir, exist_ok=True)
-        truncate_jsonl(self.metrics_path, initial_step)
+        epath.Path(run_dir).mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(str(self.metrics_path), initial_step)
         if progress_bar:
             from tqdm.auto import tqdm
 
@@ -114,17 +126,16 @@ class RunLogger:
     def _init_wandb(self, config, mode, project, name, group, tags):
         import wandb
 
-        id_path = os.path.join(self.run_dir, "wandb_id.txt")
-        if os.path.exists(id_path):
-            run_id = open(id_path).read().strip()
+        id_path = epath.Path(self.run_dir) / "wandb_id.txt"
+        if id_path.exists():
+            run_id = id_path.read_text().strip()
         else:
             run_id = uuid.uuid4().hex[:8]
-            with open(id_path, "w") as f:
-                f.write(run_id)
+            id_path.write_text(run_id)
         os.environ.setdefault("WANDB_SILENT", "true")
         return wandb.init(
-            project=project, name=name or os.path.basename(os.path.abspath(self.run_dir)), group=group,
-            tags=list(tags), dir=self.run_dir, mode=mode, id=run_id, resume="allow",
+            project=project, name=name or epath.Path(self.run_dir).name, group=group,
+            tags=list(tags), dir=self.run_dir if "://" not in str(self.run_dir) else None, mode=mode, id=run_id, resume="allow",
             config=to_python(config or {}), settings=wandb.Settings(silent=True, console="off"),
         )
 
@@ -132,8 +143,7 @@ class RunLogger:
         if not self.is_main:
             return
         row = {"step": int(step), **to_python(metrics)}
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        append_text(self.metrics_path, json.dumps(row, sort_keys=True) + "\n")
         if self._bar is not None:
             self._bar.n = int(step)
             shown = {k.split("/")[-1]: row[k] for k in self.console_keys if row.get(k) is not None}
@@ -147,10 +157,9 @@ class RunLogger:
         """Sample trajectories: a wandb.Table plus ``<run_dir>/samples.jsonl``."""
         if not self.is_main:
             return
-        with open(os.path.join(self.run_dir, "samples.jsonl"), "a", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps({"step": int(step), "table": name,
-                                    **dict(zip(columns, to_python(list(r))))}) + "\n")
+        append_text(epath.Path(self.run_dir) / "samples.jsonl", "".join(
+            json.dumps({"step": int(step), "table": name, **dict(zip(columns, to_python(list(r))))}) + "\n"
+            for r in rows))
         if self._wandb is not None:
             import wandb
 

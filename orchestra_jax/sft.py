@@ -150,3 +150,68 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
             if log_fn is not None:
                 log_fn(step, m)
     return params, history
+
+
+# ------------------------------------------------------------------------------------- the run's stage
+def sft_stage(cfg, prep, param_shardings) -> tuple[Any, str]:
+    """The GRPO start and its honest name: behaviour cloning from ``prep.init_params`` (random or pretrained)
+    on the factory's teacher data when ``cfg.sft.enabled`` ("sft"), restored from ``<run_dir>/sft`` if that
+    checkpoint exists; else the initial params (``prep.init_name``). Returned on the mesh
+    (``param_shardings``), so multi-host orbax saves work. Every process runs the same (seeded) SFT on its
+    own devices and places the identical result."""
+    import json
+    import sys
+
+    from etils import epath
+
+    from orchestra_jax.checkpoint import Checkpointer
+    from orchestra_jax.parallel.sharding import put_on_mesh
+
+    if not cfg.sft.enabled:
+        return put_on_mesh(prep.init_params, param_shardings), prep.init_name
+    s = cfg.sft
+    ckpt = Checkpointer(str(epath.Path(cfg.run_dir) / "sft"), keep=1, async_save=False)
+    if ckpt.latest_step() is not None:
+        state, _ = ckpt.restore(None, {"params": put_on_mesh(prep.init_params, param_shardings)})
+        ckpt.close()
+        if jax.process_index() == 0:
+            print("SFT checkpoint found, SFT skipped", flush=True)
+        return state["params"], "sft"
+    t0 = time.perf_counter()
+    seqs = [encode_trajectory(prep.tokenizer, Trajectory(
+        messages=tuple(tr.prompt["messages"]), tools=tuple(tr.prompt.get("tools") or ()),
+        actions=tuple(tr.actions), observations=tuple(tr.observations)), compact_tools=cfg.rollout.compact_tools)
+        for tr in prep.teacher]
+    main = jax.process_index() == 0
+    path = epath.Path(cfg.run_dir) / "sft_metrics.jsonl"
+    if main and path.exists():
+        path.unlink()
+    bar = None
+    if cfg.train.progress_bar and main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.steps, desc="sft", file=sys.stdout, dynamic_ncols=True)
+
+    def log_fn(step, m):
+        if not main:
+            return
+        with path.open("a") as f:
+            f.write(json.dumps({"step": step, **m}) + "\n")
+        if bar is not None:
+            bar.n = step
+            bar.set_postfix(loss=f"{m['sft/loss']:.3f}", p=f"{m['sft/mean_token_prob']:.3f}")
+            bar.refresh()
+
+    start = jax.tree_util.tree_map(jnp.copy, prep.init_params)  # the SFT step donates its input
+    params, _ = train_sft(prep.model_cfg, start, seqs, steps=s.steps, batch_rows=s.batch_rows, row_len=s.row_len,
+                          learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
+                          grad_clip=s.grad_clip, seed=s.seed, log_fn=log_fn, log_every=s.log_every)
+    if bar is not None:
+        bar.close()
+    placed = put_on_mesh(params, param_shardings)
+    ckpt.save(s.steps, {"params": placed}, force=True)
+    ckpt.close()
+    if main:
+        print(f"SFT done on {len(seqs)} teacher trajectories from the {prep.init_name} start "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    return placed, "sft"

@@ -19,7 +19,7 @@ def _compose(overrides):
 
 def test_default_and_quickstart_compose_and_validate():
     cfg = to_config(_compose([]))
-    assert isinstance(cfg, Config) and cfg.init == "sft"
+    assert isinstance(cfg, Config) and cfg.init == "random" and cfg.sft.enabled
     q = to_config(_compose(["+experiment=quickstart", "run_dir=/tmp/q", "train.steps=7"]))
     assert q.run_dir == "/tmp/q" and q.train.steps == 7
     assert hash(q.model) == hash(q.model)  # hashable: usable as a jit static argument
@@ -81,3 +81,74 @@ def test_swept_keys_parsing():
     argv = ["+experiment=quickstart", "run_dir=runs/s", "algo.optim.lr=1e-4,3e-4", "train.seed=range(0,3)",
             "env.pref_cost=0.1", "hydra.sweeper.params=x,y"]
     assert swept_keys(argv) == ["algo.optim.lr", "train.seed"]
+
+
+# Issue 10 item 9: each bad value fails at once (in to_config, before any work) in one line naming the key
+# and, for fixed choices, the valid values.
+BAD_VALUES = [
+    ("algo.optim.schedule=cosin", r"config error at algo.optim.schedule: .*'cosin'.*\[constant, cosine, linear\]"),
+    ("algo.loss.aggregation=foo", r"config error at algo.loss.aggregation: .*'foo'.*\[token_mean, seq_mean_token_mean"),
+    ("algo.loss.kl_estimator=k9", r"config error at algo.loss.kl_estimator: .*'k9'.*\[k1, k2, k3\]"),
+    ("algo.advantage.std=foo", r"config error at algo.advantage.std: .*'foo'.*\[sample, population\]"),
+    ("reward.kind=foo", r"config error at reward.kind: .*'foo'.*\[paper, zscore, chebyshev\]"),
+    ("train.wandb_mode=cloud", r"config error at train.wandb_mode: .*\[offline, online, disabled\]"),
+    ("algo.optim.lr=-1", r"config error at algo.optim: .*lr"),
+    ("mesh.data=16", r"config error at mesh: data x fsdp x tensor = 16 x 1 x 1 = 16 devices, but 8 are visible"),
+    ("init=hf:/nonexistent", r"config error at init: hf:/nonexistent: no such directory"),
+    ("tokenizer=/nonexistent", r"config error at tokenizer: /nonexistent: no such file or directory"),
+    ("algo.loss.kl_estimator=k1", r"config error at algo.loss: .*k1 has zero expected gradient"),
+    ("train.row_len=256", r"config error at train.row_len: 256 < rollout.max_seq_len 1024 .*train.truncate=true"),
+    ("init=sft", r"config error at init: 'sft' is now init=random with sft.enabled=true"),
+    ("model.param_dtype=bfloat16", r"config error at model.param_dtype: training keeps float32 master weights"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES)
+def test_issue_bad_values_fail_fast_in_one_line(override, message):
+    import time
+
+    raw = _compose([override])
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=message) as e:
+        to_config(raw)
+    assert time.perf_counter() - t0 < 5.0
+    assert "\n" not in str(e.value)
+
+
+def test_hf_folder_missing_files_named_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"config error at init: hf:.* is missing model.safetensors") as e:
+        to_config(_compose([f"init=hf:{tmp_path}"]))
+    assert "\n" not in str(e.value)
+
+
+def test_truncation_is_a_choice():
+    cfg = to_config(_compose(["train.row_len=256", "train.truncate=true"]))
+    assert cfg.train.truncate and cfg.train.row_len == 256
+
+
+def test_quickstart_selects_group_options_a_command_line_choice_replaces():
+    q = to_config(_compose(["+experiment=quickstart"]))
+    assert (q.model.hidden_size, q.algo.optim.lr, q.rollout.group_size) == (128, 2e-4, 8)
+    big = to_config(_compose(["+experiment=quickstart", "model=qwen3_0p6b", "algo=toolorchestra"]))
+    assert (big.model.hidden_size, big.model.num_layers, big.model.dtype) == (1024, 28, "bfloat16")
+    assert (big.algo.optim.lr, big.algo.loss.kl_estimator, big.algo.advantage.clip) == (1e-6, "k2", 3.0)
+    assert big.rollout.group_size == 8  # the other quickstart options stay
+
+
+def test_qwen3_presets_train_float32_masters_in_bf16_compute():
+    for name in ("qwen3_0p6b", "qwen3_8b"):
+        m = to_config(_compose([f"model={name}", "tokenizer_vocab_size=1024"])).model
+        assert (m.param_dtype, m.dtype) == ("float32", "bfloat16"), name
+
+
+def test_cli_mesh_larger_than_one_device_fails_before_work(tmp_path):
+    """mesh.data=3 on one CPU device: one line from the CLI, nothing written."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "train.py"), f"run_dir={tmp_path}/r", "mesh.data=3"],
+        capture_output=True, text=True, timeout=120, cwd=str(tmp_path), env=env)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == ("config error at mesh: data x fsdp x tensor = 3 x 1 x 1 = 3 "
+                                                    "devices, but 1 are visible")
+    assert not os.path.exists(tmp_path / "r")

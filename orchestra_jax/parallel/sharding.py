@@ -291,12 +291,13 @@ def _batch_signature(batch: Mapping[str, Any]) -> tuple:
 
 
 class ShardedUpdate:
-    """`update(params, opt_state, batch) -> (params, opt_state, metrics)` jitted over a mesh.
+    """`update(params, opt_state, batch, ref_params=None) -> (params, opt_state, metrics)` jitted over a mesh.
 
     Parameters and optimizer state keep their shardings in and out (and are donated: the caller must not
-    reuse the arrays it passed in); batch rows are split over data x fsdp; metrics come back replicated.
-    The model runs under `nn.logical_axis_rules(rules)` and `jax.set_mesh(mesh)`, so its logical activation
-    constraints resolve against this mesh. One compilation per batch layout (keys, shapes, dtypes).
+    reuse the arrays it passed in); the reference params (if any) are sharded like the parameters; batch rows
+    are split over data x fsdp; metrics come back replicated. The model runs under
+    `nn.logical_axis_rules(rules)` and `jax.set_mesh(mesh)`, so its logical activation constraints resolve
+    against this mesh. One compilation per batch layout (keys, shapes, dtypes); `num_compiled` counts them.
     """
 
     def __init__(self, update: Callable, model_cfg, optimizer, mesh: Mesh, rules: LogicalRules,
@@ -312,30 +313,36 @@ class ShardedUpdate:
         self._donate = (0, 1) if donate else ()
         self._compiled: dict[tuple, Callable] = {}
 
-    def _traced(self, params, opt_state, batch):
+    def _traced(self, params, opt_state, batch, ref_params):
         import flax.linen as nn
         with nn.logical_axis_rules(self.rules):
-            return self._update(params, opt_state, batch)
+            return self._update(params, opt_state, batch, ref_params)
 
-    def jitted(self, batch: Mapping[str, Any]) -> Callable:
+    def jitted(self, batch: Mapping[str, Any], with_ref: bool = False) -> Callable:
         """The jitted update for this batch layout (built once per layout)."""
-        signature = _batch_signature(batch)
+        signature = (_batch_signature(batch), with_ref)
         if signature not in self._compiled:
             self._compiled[signature] = jax.jit(
                 self._traced,
                 in_shardings=(self.param_shardings, self.opt_state_shardings,
-                              batch_shardings(batch, self.mesh, self.rules)),
+                              batch_shardings(batch, self.mesh, self.rules),
+                              self.param_shardings if with_ref else None),
                 out_shardings=(self.param_shardings, self.opt_state_shardings, replicated(self.mesh)),
                 donate_argnums=self._donate)
         return self._compiled[signature]
 
-    def __call__(self, params, opt_state, batch):
+    @property
+    def num_compiled(self) -> int:
+        """Compiled executables so far over all batch layouts (a static-shape run has exactly 1)."""
+        return sum(fn._cache_size() for fn in self._compiled.values())
+
+    def __call__(self, params, opt_state, batch, ref_params=None):
         batch = dict(batch)
-        fn = self.jitted(batch)
+        fn = self.jitted(batch, ref_params is not None)
         if jax.process_count() > 1:  # host arrays = the global batch, identical on every process
             batch = _place_host_leaves(batch, batch_shardings(batch, self.mesh, self.rules))
         with jax.set_mesh(self.mesh):
-            return fn(params, opt_state, batch)
+            return fn(params, opt_state, batch, ref_params)
 
     # Helpers so callers need not rebuild shardings.
     def shard_params(self, params: Any) -> Any:
@@ -350,28 +357,27 @@ class ShardedUpdate:
         return shard_batch(batch, self.mesh, self.rules)
 
 
-def make_sharded_update_fn(model_cfg, algo_cfg, optimizer, mesh: Mesh, rules: LogicalRules | None = None,
+def make_sharded_update_fn(update: Callable, model_cfg, optimizer, mesh: Mesh, rules: LogicalRules | None = None,
                            *, donate: bool = True) -> ShardedUpdate:
-    """Wraps the GRPO update of `rl.step` (`build_update`, the un-jitted `make_update_fn`) with explicit
-    shardings on `mesh`; same call signature and results as `make_update_fn(model_cfg, algo_cfg, optimizer)`."""
-    from orchestra_jax.rl import step
+    """Wraps an un-jitted update (`rl.step.build_update(...)`: (params, opt_state, batch, ref_params=None) ->
+    (params, opt_state, metrics)) with explicit shardings on `mesh`. The caller builds the update, so this
+    layer never imports the RL code above it."""
     rules = DEFAULT_RULES if rules is None else rules
-    build = getattr(step, "build_update", None) or step.make_update_fn
-    return ShardedUpdate(build(model_cfg, algo_cfg, optimizer), model_cfg, optimizer, mesh, rules, donate=donate)
+    return ShardedUpdate(update, model_cfg, optimizer, mesh, rules, donate=donate)
 
 
-def make_sharded_logprob_fn(model_cfg, mesh: Mesh, rules: LogicalRules | None = None) -> Callable:
-    """`fn(params, batch) -> (logp_BT, entropy_BT)` (rl.losses.token_logprobs) jitted over `mesh`, for
-    old / reference log-probs; the reference params use the same shardings as the policy params."""
+def make_sharded_logprob_fn(logprob: Callable, model_cfg, mesh: Mesh, rules: LogicalRules | None = None) -> Callable:
+    """`fn(params, batch) -> (logp_BT, entropy_BT)` jitted over `mesh`, where `logprob(model_cfg, params, tokens,
+    positions, segment_ids)` is the un-jitted per-token log-prob function (`rl.step.token_logprobs`); the
+    params use the policy's shardings. `fn.num_compiled` counts compilations."""
     import flax.linen as nn
-    from orchestra_jax.rl.step import token_logprobs
     rules = model_rules(model_cfg, mesh, DEFAULT_RULES if rules is None else rules)
     p_shard = param_shardings(model_cfg, mesh, rules)
     compiled: dict[tuple, Callable] = {}
 
     def traced(params, tokens, positions, segment_ids):
         with nn.logical_axis_rules(rules):
-            return token_logprobs(model_cfg, params, tokens, positions, segment_ids)
+            return logprob(model_cfg, params, tokens, positions, segment_ids)
 
     def fn(params, batch):
         arrays = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
@@ -386,4 +392,14 @@ def make_sharded_logprob_fn(model_cfg, mesh: Mesh, rules: LogicalRules | None = 
         with jax.set_mesh(mesh):
             return compiled[signature](params, arrays["tokens"], arrays["positions"], arrays["segment_ids"])
 
+    fn.num_compiled = lambda: sum(f._cache_size() for f in compiled.values())
     return fn
+
+
+def replicate_to_local(tree: Any, mesh: Mesh) -> Any:
+    """A process-local copy of a (sharded, possibly multi-host) tree on one local device: an all-gather on
+    the mesh, then this process's first replica. For host-side loops (rollouts, evaluation) that run plain
+    jit on this process's own data."""
+    rep = replicated(mesh)
+    full = jax.jit(lambda t: t, out_shardings=rep)(tree)
+    return jax.tree_util.tree_map(lambda x: x.addressable_data(0), full)

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Optional
 
 import jax.numpy as jnp
+
+
+class StdKind(enum.StrEnum):
+    """Which standard deviation scales the advantages."""
+
+    sample = "sample"  # ddof = 1, like torch.std
+    population = "population"  # ddof = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12,15 +20,16 @@ class AdvantageConfig:
     """How group rewards [g, G] become advantages."""
 
     scale_by_std: bool = True  # False = Dr. GRPO (mean baseline only)
-    std: str = "sample"  # sample (ddof=1, like torch.std) | population (ddof=0)
+    std: StdKind = StdKind.sample  # sample (ddof=1, like torch.std) | population (ddof=0)
     eps: float = 1e-6  # A = (r - mean) / (std + eps)
     clip: Optional[float] = None  # clip advantages to [-clip, clip]; None = off (released code: 3)
-    min_group_std: Optional[float] = None  # keep only groups with std > this; None = keep all (paper: 0.1)
+    min_group_std: Optional[float] = None  # keep only groups with std > max(this, zero_std_tol); None = keep all (paper: 0.1)
+    zero_std_tol: float = 1e-6  # a group whose reward std is <= this counts as zero-variance (float32 noise)
     high_z_boost: float = 0.0  # released code adds 0.1 to advantages with z >= high_z_threshold; 0 = off
     high_z_threshold: float = 1.0
 
 
-STD_KINDS = ("sample", "population")
+STD_KINDS = tuple(k.value for k in StdKind)
 
 
 def group_std(rewards_gG, kind: str = "sample"):
@@ -59,9 +68,10 @@ def group_advantages(rewards, cfg: AdvantageConfig):
             raise ValueError(f"AdvantageConfig.clip must be > 0 or None; got {cfg.clip}")
         advantages = jnp.clip(advantages, -cfg.clip, cfg.clip)
 
-    zero_variance_g = jnp.all(rewards == rewards[:, :1], axis=1)
+    # a constant group of 0.7 has a float32 sample std of ~6e-8, not 0: compare with a tolerance
+    zero_variance_g = std[:, 0] <= cfg.zero_std_tol
     if cfg.min_group_std is not None:
-        keep_g = std[:, 0] > cfg.min_group_std
+        keep_g = std[:, 0] > max(cfg.min_group_std, cfg.zero_std_tol)
     else:
         keep_g = jnp.ones((rewards.shape[0],), bool)
     keep = jnp.broadcast_to(keep_g[:, None], rewards.shape)

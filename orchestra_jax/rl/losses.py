@@ -15,10 +15,28 @@ A sequence (segment) counts in n_seq if it holds at least one loss token.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+
+class KLEstimator(enum.StrEnum):
+    """Schulman's per-token KL estimators (k1 only where its zero expected gradient does not matter)."""
+
+    k1 = "k1"
+    k2 = "k2"
+    k3 = "k3"
+
+
+class Aggregation(enum.StrEnum):
+    """How per-token losses reduce to the scalar loss (see the module docstring)."""
+
+    token_mean = "token_mean"
+    seq_mean_token_mean = "seq_mean_token_mean"
+    seq_mean_token_sum = "seq_mean_token_sum"
+    dr_grpo = "dr_grpo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,18 +46,18 @@ class LossConfig:
     clip_low: float = 0.2  # ratio clipped below at 1 - clip_low
     clip_high: float = 0.2  # ratio clipped above at 1 + clip_high (clip-higher: > clip_low)
     dual_clip: Optional[float] = None  # dual-clip c > 1 for negative advantages (loss <= -A c); None = off
-    kl_estimator: str = "k3"  # k1 | k2 (0.5 (logp - ref)^2, verl's 'mse') | k3 (exp(ref-logp) - (ref-logp) - 1)
+    kl_estimator: KLEstimator = KLEstimator.k3  # k1 (reward only) | k2 (0.5 (logp - ref)^2) | k3 (exp(ref-logp) - (ref-logp) - 1)
     kl_coef: float = 0.0  # weight of the KL to the reference policy; 0 = no reference needed
     kl_in_reward: bool = False  # True: subtract kl_coef * KL(old || ref) from the per-token advantage instead
-    kl_clamp: Optional[float] = None  # clamp the per-token KL to [-c, c] (verl uses 10 for k3); None = off
-    aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum | dr_grpo
+    kl_clamp: Optional[float] = 10.0  # clamp the per-token KL to [-c, c] (as verl does for k3); None = off
+    aggregation: Aggregation = Aggregation.token_mean  # token_mean | seq_mean_token_mean | seq_mean_token_sum | dr_grpo
     max_tokens: int = 4096  # dr_grpo: constant per-sequence normaliser (the generation budget in tokens)
     entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * token-mean entropy
     max_log_ratio: float = 20.0  # log(pi / pi_old) clamped to +-this before exp (overflow guard)
 
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "dr_grpo")
+KL_ESTIMATORS = tuple(e.value for e in KLEstimator)
+AGGREGATIONS = tuple(a.value for a in Aggregation)
 
 
 def validate_loss_config(cfg: LossConfig) -> None:
@@ -52,6 +70,12 @@ def validate_loss_config(cfg: LossConfig) -> None:
         raise ValueError(f"LossConfig.clip_low must be in [0, 1) and clip_high >= 0; got {cfg.clip_low}, {cfg.clip_high}")
     if cfg.dual_clip is not None and cfg.dual_clip <= 1:
         raise ValueError(f"LossConfig.dual_clip must be > 1 or None; got {cfg.dual_clip}")
+    if cfg.kl_estimator == "k1" and cfg.kl_coef != 0.0 and not cfg.kl_in_reward:
+        # E_pi[grad (logp - ref)] = E_pi[grad logp] = 0: a k1 KL in the loss pulls nothing towards the reference
+        raise ValueError("LossConfig.kl_estimator=k1 has zero expected gradient as a loss term; use k2 or k3 in "
+                         "the loss, or k1 with kl_in_reward=true")
+    if cfg.kl_clamp is not None and cfg.kl_clamp <= 0:
+        raise ValueError(f"LossConfig.kl_clamp must be > 0 or None; got {cfg.kl_clamp}")
     if cfg.aggregation == "dr_grpo" and cfg.max_tokens <= 0:
         raise ValueError(f"LossConfig.max_tokens must be > 0 for dr_grpo; got {cfg.max_tokens}")
 

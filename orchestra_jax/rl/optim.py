@@ -2,11 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+
+
+class Schedule(enum.StrEnum):
+    """Learning-rate schedules (each after linear warmup)."""
+
+    constant = "constant"
+    cosine = "cosine"
+    linear = "linear"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,13 +28,23 @@ class OptimConfig:
     eps: float = 1e-8  # Adam epsilon
     weight_decay: float = 0.01  # decoupled weight decay (AdamW), applied to every parameter
     grad_clip_norm: Optional[float] = 1.0  # clip by global norm; None or 0 = off
-    schedule: str = "constant"  # constant | cosine | linear (each after linear warmup)
+    schedule: Schedule = Schedule.constant  # constant | cosine | linear (each after linear warmup)
     warmup_steps: int = 0  # linear warmup from 0 to lr over this many updates
     total_steps: int = 1000  # cosine / linear: updates until the end value (including warmup)
     end_lr_ratio: float = 0.0  # cosine / linear: final lr = lr * end_lr_ratio
 
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = tuple(x.value for x in Schedule)
+
+
+def validate_optim_config(cfg: OptimConfig) -> None:
+    """Raise ValueError naming the bad field (make_optimizer runs it too)."""
+    make_schedule(cfg)
+    if cfg.grad_clip_norm is not None and cfg.grad_clip_norm < 0:
+        raise ValueError(f"OptimConfig.grad_clip_norm must be > 0 or None; got {cfg.grad_clip_norm}")
+    if not (0 <= cfg.b1 < 1 and 0 <= cfg.b2 < 1) or cfg.eps <= 0 or cfg.weight_decay < 0:
+        raise ValueError(f"OptimConfig: need 0 <= b1, b2 < 1, eps > 0, weight_decay >= 0; got b1={cfg.b1}, "
+                         f"b2={cfg.b2}, eps={cfg.eps}, weight_decay={cfg.weight_decay}")
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:

@@ -15,6 +15,7 @@ All functions are pure jnp code: they accept numpy or jax arrays and can run ins
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
@@ -22,11 +23,19 @@ import jax.numpy as jnp
 OUTCOME, COST, LATENCY = -3, -2, -1  # feature indices counted from the end
 
 
+class RewardKind(enum.StrEnum):
+    """The reward functions of this module."""
+
+    paper = "paper"
+    zscore = "zscore"
+    chebyshev = "chebyshev"
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
     """How trajectory features become one scalar reward."""
 
-    kind: str = "paper"  # paper | zscore | chebyshev
+    kind: RewardKind = RewardKind.paper  # paper | zscore | chebyshev
     # zscore only
     cost_weight: float = 0.5  # w_cost in outcome - (w_cost z(cost) + w_latency z(latency))
     latency_weight: float = 0.5  # w_latency

@@ -162,12 +162,14 @@ def _env_done_reason(end_reason: str) -> str:
 
 
 def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, cfg: RolloutConfig,
-            env_seed: int) -> Rollout:
+            env_seed: int, episode_ids: Sequence[int] | None = None) -> Rollout:
     """Runs cfg.group_size episodes of every task (group-major: episode i is task i // G) to the end.
 
     model_cfg / params: the policy; env: an orchestra_jax.envs Env; tokenizer: text.tokenizer.Tokenizer whose
     chat tokens (<|im_end|>, </tool_call>) are single ids; key: PRNG key (split once per turn); env_seed:
-    seed of env.reset. Same key, params, tasks and env_seed give the same Rollout.
+    seed of env.reset; episode_ids: the env episode id of each of the N episodes (default 0..N-1), so an
+    episode's env randomness is the same whichever batch it runs in. Same key, params, tasks, env_seed and
+    episode ids give the same Rollout.
     """
     tasks = list(tasks)
     if not tasks:
@@ -179,7 +181,10 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
     stop_ids = np.array([tokenizer.token_id(chat.TOOL_CALL_CLOSE), eos_id], np.int32)
 
     episode_tasks = [task for task in tasks for _ in range(group_size)]
-    state, prompts = env.reset(episode_tasks, env_seed)
+    if episode_ids is not None and len(episode_ids) != n_episodes:
+        raise ValueError(f"rollout: {len(episode_ids)} episode ids for {n_episodes} episodes")
+    state, prompts = env.reset(episode_tasks, env_seed,
+                               episode_ids=None if episode_ids is None else [int(e) for e in episode_ids])
     if len(prompts) != n_episodes:
         raise ValueError(f"rollout: env.reset returned {len(prompts)} prompts for {n_episodes} episodes")
     encoded: dict[str, list[int]] = {}  # each distinct prompt text is tokenized once
@@ -321,6 +326,31 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         done_reason=[r if r is not None else DONE_TURN_BUDGET for r in done_reason],
         actions=actions, observations=observations, results=results,
         n_groups=len(tasks), group_size=group_size)
+
+
+def concatenate_rollouts(parts: Sequence[Rollout]) -> Rollout:
+    """One Rollout of several (same group size), episodes in order."""
+    from orchestra_jax.envs.base import EpisodeResults
+
+    parts = list(parts)
+    if len(parts) == 1:
+        return parts[0]
+    if len({p.group_size for p in parts}) != 1:
+        raise ValueError(f"concatenate_rollouts: group sizes differ {[p.group_size for p in parts]}")
+    out = {}
+    for f in dataclasses.fields(Rollout):
+        values = [getattr(p, f.name) for p in parts]
+        if f.name == "results":
+            out[f.name] = EpisodeResults.concatenate(values)
+        elif f.name == "n_groups":
+            out[f.name] = sum(values)
+        elif f.name == "group_size":
+            out[f.name] = values[0]
+        elif isinstance(values[0], list):
+            out[f.name] = [x for v in values for x in v]
+        else:
+            out[f.name] = np.concatenate(values, axis=0)
+    return Rollout(**out)
 
 
 def rollout_to_sequences(ro: Rollout):

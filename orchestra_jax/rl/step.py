@@ -1,9 +1,17 @@
 """Per-token log-probs under the Policy and the jitted GRPO update (one optimizer step).
 
-The update takes the `as_dict()` of a PackedBatch with fields loss_mask, advantages (per token), old_logp and
-(when the KL is used) ref_logp, all [R, L], or with a leading micro-batch axis [M, R, L] for gradient
-accumulation. Normalisers (loss-token count, sequence count) are computed on the whole batch, so M
-micro-batches give the same gradient as one full batch for every aggregation mode.
+The update takes the `as_dict()` of a PackedBatch with fields loss_mask and advantages (per token), all
+[R, L], or with a leading micro-batch axis [M, R, L] for gradient accumulation. Normalisers (loss-token
+count, sequence count) are computed on the whole batch, so M micro-batches give the same gradient as one
+full batch for every aggregation mode.
+
+- ``old_logp`` is optional: without it the behaviour policy is the current one (one PPO epoch, on-policy),
+  old = stop_gradient(logp), so the ratio is exactly 1 with the gradient of logp, as trl does; no separate
+  old-log-prob forward. With several PPO epochs the loop passes the log-probs of the first epoch.
+- The reference log-probs are needed only when the KL is on: either ``ref_logp`` in the batch or
+  ``ref_params`` given to the update (then computed inside the same jitted step).
+- Gradients, the optimizer state and the parameters are float32 (master weights); the model computes in
+  ``model_cfg.dtype``.
 
 PPO epochs, mini-batches and reference refreshes are the training loop's business: it calls `update` once
 per optimizer step (AlgoConfig carries ppo_epochs, micro_batches and ref_refresh_interval for it).
@@ -37,7 +45,7 @@ class AlgoConfig:
     ref_refresh_interval: int = 0  # copy the policy into the reference every N steps; 0 = keep the initial model
 
 
-REQUIRED_KEYS = ("tokens", "positions", "segment_ids", "loss_mask", "advantages", "old_logp")
+REQUIRED_KEYS = ("tokens", "positions", "segment_ids", "loss_mask", "advantages")
 _MIN_METRICS = ("ratio/min",)
 _MAX_METRICS = ("ratio/max",)
 
@@ -93,8 +101,8 @@ def split_micro_batches(batch: dict, micro_batches: int) -> dict:
 
 def _check_batch(batch: dict, needs_ref: bool):
     missing = [k for k in REQUIRED_KEYS if k not in batch]
-    if needs_ref and "ref_logp" not in batch:
-        missing.append("ref_logp")
+    if needs_ref:
+        missing.append("ref_logp (or pass ref_params)")
     if missing:
         raise ValueError(f"update batch is missing keys {missing}; has {sorted(batch)}")
     shape = tuple(np.shape(batch["tokens"]))
@@ -112,42 +120,51 @@ def build_update(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.
     needs_ref = loss_cfg.kl_coef != 0.0
     schedule = make_schedule(algo_cfg.optim)
 
-    def micro_loss(params, mb, num_tokens, num_segments):
+    def micro_loss(params, mb, ref_params, num_tokens, num_segments):
         logp, entropy = token_logprobs(model_cfg, params, mb["tokens"], mb["positions"], mb["segment_ids"])
+        # one PPO epoch: the behaviour policy is this one (ratio 1, gradient of logp), no extra forward
+        old_logp = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
+        ref_logp = mb.get("ref_logp")
+        if needs_ref and ref_logp is None:
+            ref_logp, _ = token_logprobs(model_cfg, ref_params, mb["tokens"], mb["positions"], mb["segment_ids"])
+            ref_logp = jax.lax.stop_gradient(ref_logp)
         advantages = mb["advantages"]
         if loss_cfg.kl_in_reward and loss_cfg.kl_coef != 0.0:
-            advantages = kl_penalised_advantages(advantages, mb["old_logp"], mb["ref_logp"], mb["loss_mask"], loss_cfg)
-        return policy_loss(logp, mb["old_logp"], advantages, mb["loss_mask"], mb["segment_ids"], loss_cfg,
-                           ref_logp=mb.get("ref_logp"), entropy=entropy, num_tokens=num_tokens,
+            advantages = kl_penalised_advantages(advantages, old_logp, ref_logp, mb["loss_mask"], loss_cfg)
+        return policy_loss(logp, old_logp, advantages, mb["loss_mask"], mb["segment_ids"], loss_cfg,
+                           ref_logp=ref_logp, entropy=entropy, num_tokens=num_tokens,
                            num_segments=num_segments)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def update(params, opt_state, batch):
-        _check_batch(batch, needs_ref)
+    def update(params, opt_state, batch, ref_params=None):
+        _check_batch(batch, needs_ref and ref_params is None and "ref_logp" not in batch)
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
         if batch["tokens"].ndim == 2:
             batch = {k: v[None] for k, v in batch.items()}
         num_tokens, num_segments = count_tokens_and_segments(batch["loss_mask"], batch["segment_ids"])
 
         if batch["tokens"].shape[0] == 1:
-            (loss, metrics), grads = grad_fn(params, {k: v[0] for k, v in batch.items()}, num_tokens, num_segments)
+            (loss, metrics), grads = grad_fn(params, {k: v[0] for k, v in batch.items()}, ref_params, num_tokens,
+                                             num_segments)
             grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
         else:
             # One traced copy of the forward/backward inside the scan (compile time), sums in float32.
             def body(carry, mb):
                 loss_acc, metrics_acc, grads_acc = carry
-                (loss_m, metrics_m), grads_m = grad_fn(params, mb, num_tokens, num_segments)
+                (loss_m, metrics_m), grads_m = grad_fn(params, mb, ref_params, num_tokens, num_segments)
                 merged = {k: _merge_metric(k, metrics_acc[k], metrics_m[k]) for k in metrics_acc}
                 grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads_m)
                 return (loss_acc + loss_m, merged, grads_acc), None
 
-            metric_shapes = jax.eval_shape(lambda mb: grad_fn(params, mb, num_tokens, num_segments)[0][1],
+            metric_shapes = jax.eval_shape(lambda mb: grad_fn(params, mb, ref_params, num_tokens, num_segments)[0][1],
                                            {k: v[0] for k, v in batch.items()})
             init = (jnp.zeros((), jnp.float32), {k: _metric_identity(k) for k in metric_shapes},
                     jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
             (loss, metrics, grads), _ = jax.lax.scan(body, init, batch)
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        if any(p.dtype != jnp.float32 for p in jax.tree.leaves(params)):
+            raise ValueError("update: parameters must be float32 master weights (model.dtype sets the compute "
+                             f"dtype); got {sorted({str(p.dtype) for p in jax.tree.leaves(params)})}")
 
         finite = jnp.isfinite(loss) & tree_all_finite(grads)
         # A non-finite loss with finite gradients is still skipped: poison the gradients for the guard.
@@ -174,5 +191,5 @@ def build_update(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.
 
 
 def make_update_fn(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.GradientTransformation):
-    """Jitted update(params, opt_state, batch) -> (params, opt_state, metrics)."""
+    """Jitted update(params, opt_state, batch, ref_params=None) -> (params, opt_state, metrics)."""
     return jax.jit(build_update(model_cfg, algo_cfg, optimizer))

@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 import parallel_common as pc
+from orchestra_jax.rl.step import build_update, token_logprobs
 from orchestra_jax.parallel import (DistributedConfig, MeshConfig, host_local_batch_to_global, initialize,
                                     is_main_process, make_mesh, make_sharded_logprob_fn,
                                     make_sharded_update_fn)
@@ -30,7 +31,7 @@ def main(coordinator: str, num_processes: int, process_id: int, out_dir: str, st
     assert jax.local_device_count() == 4 and jax.device_count() == 4 * num_processes, jax.devices()
 
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    update = make_sharded_update_fn(pc.MODEL, pc.ALGO, pc.optimizer(), mesh)
+    update = make_sharded_update_fn(build_update(pc.MODEL, pc.ALGO, pc.optimizer()), pc.MODEL, pc.optimizer(), mesh)
     params = update.shard_params(pc.params())  # same host values everywhere; each process keeps its shards
     opt_state = update.init_opt_state(params)
 
@@ -47,7 +48,7 @@ def main(coordinator: str, num_processes: int, process_id: int, out_dir: str, st
         params, opt_state, metrics = update(params, opt_state, full if step % 2 else batch)
         history.append(pc.to_floats(metrics))
     gathered = multihost_utils.process_allgather(params, tiled=True)
-    logp, _ = make_sharded_logprob_fn(pc.MODEL, mesh)(params, full)
+    logp, _ = make_sharded_logprob_fn(token_logprobs, pc.MODEL, mesh)(params, full)
     logp = multihost_utils.process_allgather(logp, tiled=True)
     if is_main_process():
         out = Path(out_dir)

@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding
 
 import parallel_common as pc
 from orchestra_jax.parallel import MeshConfig, make_mesh, make_sharded_logprob_fn, make_sharded_update_fn
-from orchestra_jax.rl.step import split_micro_batches, token_logprobs
+from orchestra_jax.rl.step import build_update, split_micro_batches, token_logprobs
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -45,7 +45,7 @@ def test_sharded_update_matches_one_device(reference, shape):
     ref_params, ref_state, ref_metrics = reference
     mesh = make_mesh(MeshConfig(*shape))
     optimizer = pc.optimizer()
-    update = make_sharded_update_fn(pc.MODEL, pc.ALGO, optimizer, mesh)
+    update = make_sharded_update_fn(build_update(pc.MODEL, pc.ALGO, optimizer), pc.MODEL, optimizer, mesh)
     params = update.shard_params(pc.params())
     opt_state = update.init_opt_state(params)
     assert_sharded_as_declared(params, update.param_shardings)
@@ -88,7 +88,7 @@ def test_micro_batched_update_and_logprobs_on_a_mesh(reference):
     host = jax.device_put(pc.params(), jax.devices()[0])
     want_params, _, want = single(host, jax.jit(optimizer.init)(host), batch)
 
-    update = make_sharded_update_fn(pc.MODEL, pc.ALGO, optimizer, mesh)
+    update = make_sharded_update_fn(build_update(pc.MODEL, pc.ALGO, optimizer), pc.MODEL, optimizer, mesh)
     params = update.shard_params(pc.params())
     placed = update.shard_batch(batch)
     assert {s.data.shape for s in placed["tokens"].addressable_shards} == {(2, 2, pc.ROW_LEN)}
@@ -100,7 +100,7 @@ def test_micro_batched_update_and_logprobs_on_a_mesh(reference):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
 
     # Old / reference log-probs over the mesh, reference params sharded like the policy's.
-    logprobs = make_sharded_logprob_fn(pc.MODEL, mesh)
+    logprobs = make_sharded_logprob_fn(token_logprobs, pc.MODEL, mesh)
     flat = pc.batch()
     ref_params = update.shard_params(pc.params(seed=1))
     logp, entropy = logprobs(ref_params, update.shard_batch(flat))
@@ -115,11 +115,11 @@ def test_model_activation_constraints_resolve_against_the_mesh():
     """The update traces under nn.logical_axis_rules + the mesh, so the Policy's logical activation
     constraints become real sharding constraints (without them flax's constraints are no-ops)."""
     mesh = make_mesh(MeshConfig(2, 2, 2))
-    update = make_sharded_update_fn(pc.MODEL, pc.ALGO, pc.optimizer(), mesh)
+    update = make_sharded_update_fn(build_update(pc.MODEL, pc.ALGO, pc.optimizer()), pc.MODEL, pc.optimizer(), mesh)
     params = update.shard_params(pc.params())
     batch = pc.batch()
     with jax.set_mesh(mesh):
-        text = update.jitted(batch).lower(params, update.init_opt_state(params), batch).as_text()
+        text = update.jitted(batch).lower(params, update.init_opt_state(params), batch, None).as_text()
     rows = pc.ROWS, pc.ROW_LEN
     # mlp hidden [batch, sequence, mlp]: rows over data x fsdp, mlp over tensor.
     assert (f'sharding_constraint %' in text and

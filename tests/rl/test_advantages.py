@@ -47,3 +47,16 @@ def test_bad_config_raises():
         group_advantages(REWARDS, AdvantageConfig(std="biased"))
     with pytest.raises(ValueError, match="groups"):
         group_advantages(REWARDS[0], AdvantageConfig())
+
+
+def test_zero_variance_groups_use_a_tolerance():
+    """A constant group of 0.7 has a float32 sample std of ~6e-8: it is zero-variance and filtered, not kept
+    with random-sign advantages."""
+    rewards = np.array([[0.7] * 8, [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]], np.float32)
+    import jax.numpy as jnp
+    assert float(jnp.std(jnp.asarray(rewards[:1]), axis=1, ddof=1)[0]) > 0  # the noise the old filter kept
+    _, keep, m = group_advantages(rewards, AdvantageConfig(min_group_std=0.0))
+    assert keep.tolist() == [[False] * 8, [True] * 8]
+    assert float(m["adv/zero_variance_groups"]) == 1.0
+    _, keep, _ = group_advantages(rewards, AdvantageConfig(min_group_std=None))
+    assert bool(np.all(keep))  # filter off: kept, but still counted above

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from orchestra_jax.data.packing import pack
-from orchestra_jax.rl.losses import AGGREGATIONS, LossConfig, count_tokens_and_segments, policy_loss
+from orchestra_jax.rl.losses import (AGGREGATIONS, LossConfig, count_tokens_and_segments, kl_estimate, policy_loss,
+                                     validate_loss_config)
 
 FIELDS = ("logp", "old_logp", "ref_logp", "advantages", "loss_mask", "entropy")
 
@@ -108,12 +109,28 @@ def test_dual_clip_bounds_negative_advantage_loss():
 def test_kl_estimators_by_hand():
     logp, ref = np.array([[0.0, -1.0]], np.float32), np.array([[0.0, -1.5]], np.float32)
     mask, seg = np.array([[0.0, 1.0]], np.float32), np.ones((1, 2), np.int32)
-    expected = {"k1": 0.5, "k2": 0.125, "k3": np.exp(-0.5) + 0.5 - 1}
+    expected = {"k2": 0.125, "k3": np.exp(-0.5) + 0.5 - 1}
     for est, value in expected.items():
         cfg = LossConfig(kl_estimator=est, kl_coef=1.0)
         loss, m = policy_loss(logp, logp, np.zeros_like(logp), mask, seg, cfg, ref_logp=ref)
         np.testing.assert_allclose(float(m["kl_ref"]), value, rtol=1e-6)
         np.testing.assert_allclose(float(loss), value, rtol=1e-6)  # zero advantage: the loss is the KL
+    np.testing.assert_allclose(float(kl_estimate(logp, ref, "k1")[0, 1]), 0.5, rtol=1e-6)
+
+
+def test_k1_in_the_loss_is_refused_but_allowed_in_the_reward():
+    with pytest.raises(ValueError, match="k1 has zero expected gradient"):
+        validate_loss_config(LossConfig(kl_estimator="k1", kl_coef=0.1))
+    validate_loss_config(LossConfig(kl_estimator="k1", kl_coef=0.1, kl_in_reward=True))
+    validate_loss_config(LossConfig(kl_estimator="k1", kl_coef=0.0))
+
+
+def test_k3_is_clamped_at_10_by_default():
+    logp, ref = np.array([[0.0, -30.0]], np.float32), np.array([[0.0, 0.0]], np.float32)  # log-ratio +30
+    mask, seg = np.array([[0.0, 1.0]], np.float32), np.ones((1, 2), np.int32)
+    assert LossConfig().kl_clamp == 10.0
+    _, m = policy_loss(logp, logp, np.zeros_like(logp), mask, seg, LossConfig(kl_coef=1.0), ref_logp=ref)
+    assert float(m["kl_ref"]) == 10.0  # unclamped: exp(20) - 21 = 4.9e8
 
 
 def test_counts_ignore_padding_and_unmasked_segments():
@@ -177,5 +194,6 @@ def test_k3_stays_finite_for_far_reference():
     logp = np.array([[0.0, -150.0]], np.float32)
     ref = np.array([[0.0, -1.0]], np.float32)
     mask, seg = np.array([[0.0, 1.0]], np.float32), np.ones((1, 2), np.int32)
-    loss, _ = policy_loss(logp, logp, np.zeros_like(logp), mask, seg, LossConfig(kl_coef=1.0), ref_logp=ref)
-    np.testing.assert_allclose(float(loss), np.exp(20.0) - 21.0, rtol=1e-5)
+    loss, _ = policy_loss(logp, logp, np.zeros_like(logp), mask, seg, LossConfig(kl_coef=1.0, kl_clamp=None),
+                          ref_logp=ref)
+    np.testing.assert_allclose(float(loss), np.exp(20.0) - 21.0, rtol=1e-5)  # the +-20 log-ratio guard alone

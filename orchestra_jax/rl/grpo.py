@@ -1,0 +1,267 @@
+"""One GRPO step, whole: ``grpo_step(setup, state, tasks) -> (state, metrics, info)``.
+
+    state   TrainState: float32 master params and optimizer state on the mesh, the reference (KL on), the
+            rng, the step and the reward state; a pytree, checkpointed as it is
+    tasks   this process's tasks of the step (``tasks_per_step`` of them)
+
+    1. rollout    G episodes per task with the current policy (a process-local replica of the params), in
+                  chunks of ``batch_tasks`` tasks, each chunk with its own key and global episode ids
+    2. rewards    every process's episode features (gathered) -> rewards -> group advantages, identical on
+                  every process; each takes the advantages of its own episodes
+    3. pack       this process's kept episodes into exactly ``rows_per_host`` rows (static shapes)
+    4. global     every process's rows -> one global batch (``jax.make_array_from_process_local_data``)
+    5. update     ``ppo_epochs`` jitted, sharded optimizer steps; the first epoch is on-policy (ratio 1, no
+                  old-log-prob forward); reference log-probs are computed inside the update when the KL is on
+
+Episodes trained per step = tasks_per_step x group_size x processes. Nothing here reads global state: the
+same state and tasks give the same result (rng and env seeds derive from the state).
+
+Sampling must be the distribution the loss differentiates: the old / new log-probs are at temperature 1 over
+the full vocabulary, so ``validate_sampling`` refuses T != 1, top_p < 1 or greedy rollouts for training
+(the importance ratio against a tempered or truncated sampler would be biased where it assigns 0 mass).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from orchestra_jax.data.packing import PackedBatch, ffd_assign, pack
+from orchestra_jax.rl.advantages import group_advantages
+from orchestra_jax.rl.rewards import RewardConfig, RunningMoments, compute_rewards, init_reward_state
+from orchestra_jax.rl.rollout import DONE_REASONS, Rollout, RolloutConfig, concatenate_rollouts, rollout
+from orchestra_jax.rl.step import AlgoConfig
+
+
+class TrainState(NamedTuple):
+    """Everything a GRPO step reads and writes (a pytree; ``ref_params`` is None when the KL is off)."""
+
+    params: Any  # float32 master weights, sharded on the mesh
+    opt_state: Any  # optimizer state, sharded like the params
+    ref_params: Any  # reference policy (None without KL)
+    rng: np.ndarray  # uint32 [2] PRNG key data (host, identical on every process)
+    step: np.ndarray  # int32 [] steps done
+    reward_state: RunningMoments  # running reward statistics (zscore rewards)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The static shape of a step."""
+
+    tasks_per_step: int  # tasks per process per step
+    rows_per_host: int  # packed rows per process (fixed: one compile); a multiple of micro_batches x devices/host
+    row_len: int  # tokens per packed row
+    truncate: bool  # cut episodes longer than row_len (counted in packing/truncated_*) instead of raising
+    seed: int  # train seed (env seeds derive from it and the step)
+    batch_tasks: int = 0  # rollout chunk in tasks (0 = all of this process's tasks at once)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSetup:
+    """What a step needs besides its state: configs, env, tokenizer, mesh and the compiled functions."""
+
+    model_cfg: Any
+    algo: AlgoConfig
+    reward: RewardConfig
+    rollout: RolloutConfig
+    step: StepConfig
+    env: Any
+    tokenizer: Any
+    mesh: Any
+    update: Any  # parallel.sharding.ShardedUpdate over the un-jitted rl.step update
+    logprob: Any  # sharded (params, batch) -> (logp, entropy); used only when ppo_epochs > 1
+
+
+def validate_sampling(rollout_cfg: RolloutConfig) -> None:
+    """Training samples from the policy the loss differentiates (T = 1, full vocabulary)."""
+    s = rollout_cfg.sampling
+    if s.greedy or s.temperature != 1.0 or s.top_p != 1.0:
+        raise ValueError(
+            f"rollout.sampling (greedy={s.greedy}, temperature={s.temperature}, top_p={s.top_p}): GRPO trains "
+            "on temperature-1, full-vocabulary log-probs, so training rollouts must sample with greedy=false, "
+            "temperature=1.0, top_p=1.0 (eval.greedy sets the evaluation's decoding)")
+
+
+def env_seed(seed: int, step: int, stream: int) -> int:
+    """A per-step, per-stream integer seed independent of history."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0] % (2**31 - 1))
+
+
+# ------------------------------------------------------------------------------------------- per host
+def rollout_tasks(setup: GRPOSetup, params_local, tasks: Sequence, key, seed: int, first_task: int) -> Rollout:
+    """G episodes of each task, in chunks of batch_tasks; chunk c uses fold_in(key, global chunk index) and
+    episode ids (first_task + i) * G + g, so a task's episodes do not depend on how tasks are split."""
+    G, tasks = setup.rollout.group_size, list(tasks)
+    per = setup.step.batch_tasks or len(tasks)
+    parts = []
+    for start in range(0, len(tasks), per):
+        chunk = tasks[start:start + per]
+        first = first_task + start
+        ids = [(first + i) * G + g for i in range(len(chunk)) for g in range(G)]
+        parts.append(rollout(setup.model_cfg, params_local, setup.env, setup.tokenizer, chunk,
+                             jax.random.fold_in(key, first // per), setup.rollout, env_seed=seed, episode_ids=ids))
+    return concatenate_rollouts(parts)
+
+
+def episode_table(ro: Rollout) -> dict[str, np.ndarray]:
+    """Per-episode numbers of a rollout (what rewards and metrics need), [N, ...]."""
+    res = ro.results
+    return {"features": np.asarray(res.features, np.float64), "solved": np.asarray(res.solved, bool),
+            "preference": np.asarray(res.preference, np.float64), "cost_usd": np.asarray(res.cost_usd, np.float64),
+            "latency_s": np.asarray(res.latency_s, np.float64), "n_turns": np.asarray(ro.n_turns, np.int32),
+            "n_invalid": np.asarray(res.n_invalid, np.int32), "length": ro.lengths.astype(np.int32),
+            "sampled": np.sum(ro.turn_new_tokens, axis=1).astype(np.int32),
+            "done": np.array([DONE_REASONS.index(r) for r in ro.done_reason], np.int32)}
+
+
+def gather_episodes(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every process's episode table, concatenated in process order (identity on one process)."""
+    if jax.process_count() == 1:
+        return table
+    from jax.experimental import multihost_utils
+
+    out = multihost_utils.process_allgather({k: np.asarray(v) for k, v in table.items()}, tiled=True)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def episode_metrics(t: dict[str, np.ndarray], tool_aliases: Sequence[str]) -> dict[str, float]:
+    """Accuracy, $ cost, latency, turns, calls per tool, validity and end reasons of (global) episodes."""
+    from orchestra_jax.envs.preferences import preference_score
+
+    m = {"rollout/accuracy": float(np.mean(t["solved"])), "rollout/cost_usd": float(np.mean(t["cost_usd"])),
+         "rollout/latency_s": float(np.mean(t["latency_s"])), "rollout/turns": float(np.mean(t["n_turns"])),
+         "rollout/invalid_turn_rate": float(np.sum(t["n_invalid"]) / max(int(np.sum(t["n_turns"])), 1)),
+         "rollout/tokens_per_episode": float(np.mean(t["length"])),
+         "rollout/sampled_tokens": float(np.sum(t["sampled"])), "rollout/episodes": float(len(t["solved"])),
+         # fixed scales, comparable across steps (unlike the group-normalised training reward)
+         "reward/preference_score": float(preference_score(t["features"], t["solved"], t["preference"]))}
+    for j, alias in enumerate(tool_aliases):
+        m[f"calls/{alias}"] = float(np.mean(t["features"][:, j]))
+    for i, reason in enumerate(DONE_REASONS):
+        if np.any(t["done"] == i):
+            m[f"done/{reason}"] = float(np.mean(t["done"] == i))
+    return m
+
+
+def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: StepConfig
+                ) -> tuple[PackedBatch, dict[str, float]]:
+    """This process's kept episodes packed into exactly cfg.rows_per_host rows of cfg.row_len.
+
+    loss_mask = assistant mask, advantages broadcast per token. Episodes that do not fit the fixed rows are
+    left out (the latest first) and counted in ``packing/dropped_episodes``; with truncate, episodes longer
+    than a row are cut and counted in ``packing/truncated_*``. Returns (batch, metrics).
+    """
+    idx = [int(i) for i in np.flatnonzero(np.asarray(keep_N, bool) & (ro.lengths > 1))]
+    lengths = ro.lengths[idx].astype(np.int64)
+    if not cfg.truncate and np.any(lengths > cfg.row_len):
+        raise ValueError(f"an episode of {int(lengths.max())} tokens exceeds train.row_len={cfg.row_len}; "
+                         "set train.row_len >= rollout.max_seq_len or train.truncate=true")
+    dropped = 0
+    while idx and ffd_assign(np.minimum(lengths, cfg.row_len), cfg.row_len)[1] > cfg.rows_per_host:
+        idx, lengths, dropped = idx[:-1], lengths[:-1], dropped + 1
+    fields = {"loss_mask": [ro.assistant_mask[i].astype(np.float32) for i in idx],
+              "advantages": [np.full(len(ro.tokens[i]), advantages_N[i], np.float32) for i in idx]}
+    batch = pack([ro.tokens[i] for i in idx], cfg.row_len, fields=fields, num_rows=cfg.rows_per_host,
+                 truncate=cfg.truncate)
+    m = {"packing/truncated_episodes": float(np.sum(lengths > cfg.row_len)),
+         "packing/truncated_tokens": float(np.sum(np.maximum(lengths - cfg.row_len, 0))),
+         "packing/dropped_episodes": float(dropped), "packing/utilisation": float(batch.utilisation),
+         "packing/rows": float(batch.num_rows), "packing/episodes": float(len(idx))}
+    return batch, m
+
+
+def global_packing_metrics(m: dict[str, float]) -> dict[str, float]:
+    """Packing metrics over all processes: counts summed, utilisation averaged."""
+    if jax.process_count() == 1:
+        return m
+    from jax.experimental import multihost_utils
+
+    keys = sorted(m)
+    values = np.asarray(multihost_utils.process_allgather(np.asarray([m[k] for k in keys], np.float64)))
+    return {k: float(values[:, i].mean() if k == "packing/utilisation" else values[:, i].sum())
+            for i, k in enumerate(keys)}
+
+
+def global_batch(setup: GRPOSetup, batch: PackedBatch) -> dict:
+    """Every process's rows as one global batch on the mesh ([M, R/M, L] with micro-batches)."""
+    from orchestra_jax.parallel.distributed import host_local_batch_to_global
+
+    local = batch.as_dict()
+    M = setup.algo.micro_batches
+    if M > 1:
+        local = {k: v.reshape((M, v.shape[0] // M) + v.shape[1:]) for k, v in local.items()}
+    return host_local_batch_to_global(local, setup.mesh, setup.update.rules)
+
+
+# ---------------------------------------------------------------------------------------------- step
+def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local=None
+              ) -> tuple[TrainState, dict[str, float], dict]:
+    """One GRPO step (module docstring). ``params_local``: a process-local replica of ``state.params`` for
+    the rollout (``parallel.sharding.replicate_to_local``); returns (new state, metrics, info) with info =
+    {"rollout": this process's Rollout, "rewards_N": their rewards} for sample tables."""
+    from orchestra_jax.parallel.sharding import replicate_to_local
+
+    cfg, algo, G = setup.step, setup.algo, setup.rollout.group_size
+    step = int(state.step) + 1
+    rng, roll_key = jax.random.split(jnp.asarray(state.rng, jnp.uint32))
+    p, n_local = jax.process_index(), len(tasks)
+    if params_local is None:
+        params_local = state.params if setup.mesh.size == 1 else replicate_to_local(state.params, setup.mesh)
+
+    ro = rollout_tasks(setup, params_local, tasks, roll_key, env_seed(cfg.seed, step, 1), first_task=p * n_local)
+    episodes = gather_episodes(episode_table(ro))
+    n_groups = len(episodes["solved"]) // G
+    grouped = {k: episodes[k].reshape((n_groups, G) + episodes[k].shape[1:])
+               for k in ("features", "solved", "preference")}
+    rewards, reward_state, reward_m = compute_rewards(setup.reward, grouped["features"], grouped["solved"],
+                                                      grouped["preference"][:, 0], state.reward_state)
+    advantages, keep, adv_m = group_advantages(np.asarray(rewards), algo.advantage)
+    mine = slice(p * n_local * G, (p + 1) * n_local * G)
+    adv_N, keep_N = np.asarray(advantages).reshape(-1)[mine], np.asarray(keep).reshape(-1)[mine]
+    packed, pack_m = build_batch(ro, adv_N, keep_N, cfg)
+    pack_m = global_packing_metrics(pack_m)
+    metrics = {**{k: float(v) for k, v in {**reward_m, **adv_m}.items()}, **pack_m,
+               **episode_metrics(episodes, setup.env.tool_aliases)}
+
+    params, opt_state = state.params, state.opt_state
+    if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
+        batch = global_batch(setup, packed)
+        if algo.ppo_epochs > 1:  # fixed behaviour log-probs over the epochs (one extra forward)
+            flat = {k: v.reshape((-1,) + v.shape[-1:]) if algo.micro_batches > 1 else v for k, v in batch.items()}
+            old, _ = setup.logprob(params, flat)
+            batch["old_logp"] = old.reshape(batch["tokens"].shape) if algo.micro_batches > 1 else old
+        update_ms = []
+        for _ in range(algo.ppo_epochs):
+            params, opt_state, m = setup.update(params, opt_state, batch, state.ref_params)
+            update_ms.append(m)
+        update_ms = jax.device_get(update_ms)
+        metrics.update({k: float(np.mean([float(m[k]) for m in update_ms])) for k in update_ms[0]})
+    else:
+        metrics["update/skipped_no_data"] = 1.0
+    ref = state.ref_params
+    if ref is not None and algo.ref_refresh_interval and step % algo.ref_refresh_interval == 0:
+        ref = jax.tree_util.tree_map(jnp.copy, params)
+    new_state = TrainState(params=params, opt_state=opt_state, ref_params=ref, rng=np.asarray(rng),
+                           step=np.asarray(step, np.int32),
+                           reward_state=jax.tree_util.tree_map(np.asarray, reward_state))
+    return new_state, metrics, {"rollout": ro, "rewards_N": np.asarray(rewards).reshape(-1)[mine]}
+
+
+def init_state(setup: GRPOSetup, params, seed: int) -> TrainState:
+    """The state before step 1: ``params`` (host or global, identical on every process) placed on the mesh as
+    float32 masters, a fresh optimizer state, the reference (a copy, when the KL is on), the rng."""
+    params = setup.update.shard_params(jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.float32) if isinstance(x, jax.Array) else np.asarray(x, np.float32), params))
+    params = jax.tree_util.tree_map(jnp.copy, params)  # own buffers: the update donates them
+    needs_ref = algo_needs_reference(setup.algo)
+    ref = jax.tree_util.tree_map(jnp.copy, params) if needs_ref else None
+    return TrainState(params=params, opt_state=setup.update.init_opt_state(params), ref_params=ref,
+                      rng=np.asarray(jax.random.PRNGKey(seed)), step=np.zeros((), np.int32),
+                      reward_state=jax.tree_util.tree_map(np.asarray, init_reward_state()))
+
+
+def algo_needs_reference(algo: AlgoConfig) -> bool:
+    return algo.loss.kl_coef != 0.0

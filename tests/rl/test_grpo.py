@@ -1,0 +1,141 @@
+"""rl.grpo: float32 masters under bf16 compute, static shapes (one compile over a run), sampling refused for
+training, identical evaluation episodes for learned and scripted policies."""
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from orchestra_jax.config import to_config
+from orchestra_jax.model import ModelConfig, init_params
+from orchestra_jax.rl.losses import LossConfig
+from orchestra_jax.rl.optim import OptimConfig, make_optimizer
+from orchestra_jax.rl.step import AlgoConfig, make_update_fn
+
+MICRO_MODEL = {"vocab_size": 1024, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
+               "head_dim": 16, "intermediate_size": 64}
+
+
+def _batch(rows=4, row_len=32, vocab=64, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, (rows, row_len)).astype(np.int32)
+    positions = np.tile(np.arange(row_len, dtype=np.int32), (rows, 1))
+    mask = np.ones((rows, row_len), np.float32)
+    mask[:, 0] = 0
+    return {"tokens": tokens, "positions": positions, "segment_ids": np.ones((rows, row_len), np.int32),
+            "loss_mask": mask, "advantages": rng.normal(size=(rows, 1)).repeat(row_len, 1).astype(np.float32)}
+
+
+def test_bf16_compute_with_float32_masters_moves_every_parameter_at_lr_1e6():
+    """10 AdamW steps at the toolorchestra lr: float32 masters change (nearly) every weight, norm scales
+    included; bf16 parameters would round most of these updates away (1.9% changed before the fix)."""
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                      intermediate_size=64, dtype="bfloat16", param_dtype="float32", attention_backend="xla")
+    algo = AlgoConfig(loss=LossConfig(kl_coef=0.0), optim=OptimConfig(lr=1e-6, weight_decay=0.0))
+    opt = make_optimizer(algo.optim)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    start = jax.tree.map(np.asarray, params)
+    opt_state = opt.init(params)
+    update = make_update_fn(cfg, algo, opt)
+    batch = _batch()
+    for _ in range(10):
+        params, opt_state, m = update(params, opt_state, batch)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(opt_state) if hasattr(x, "dtype") and x.ndim)
+    changed = [np.mean(np.asarray(a) != b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(start))]
+    sizes = [b.size for b in jax.tree.leaves(start)]
+    assert np.average(changed, weights=sizes) > 0.95, changed
+    flat = {jax.tree_util.keystr(p): (np.asarray(a), b) for (p, a), b in
+            zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(start))}
+    scales = [k for k in flat if "scale" in k]
+    assert scales and all(np.any(flat[k][0] != flat[k][1]) for k in scales)
+    # the same step with bf16 parameters is refused (no silent bf16 optimizer state)
+    with pytest.raises(ValueError, match="float32 master weights"):
+        update(jax.tree.map(lambda x: x.astype(jnp.bfloat16), params), opt_state, batch)
+
+
+def _micro(run_dir, **over):
+    raw = {"model": dict(MICRO_MODEL),
+           "rollout": {"group_size": 2, "max_turns": 2, "max_new_tokens": 24, "max_seq_len": 512, "compact_tools": True},
+           "train": {"steps": 5, "tasks_per_step": 2, "num_tasks": 16, "row_len": 512, "checkpoint_every": 5,
+                     "wandb_mode": "disabled", "progress_bar": False, "samples_every": 0},
+           "sft": {"enabled": False}, "eval": {"enabled": False}, "tokenizer_vocab_size": 512,
+           "algo": {"optim": {"lr": 1e-3}, "loss": {"kl_coef": 0.01}}, "run_dir": str(run_dir)}
+    for section, values in over.items():
+        raw.setdefault(section, {}).update(values) if isinstance(values, dict) else raw.__setitem__(section, values)
+    return to_config(raw)
+
+
+def test_five_steps_micro_batches_on_fsdp8_compile_the_update_once(tmp_path):
+    """micro_batches=2 on an 8-device fsdp mesh: 5 steps whose episode lengths vary run with a fixed row count
+    (4 episodes rounded up to micro_batches x devices = 16 rows) and the update compiles once."""
+    from orchestra_jax.logging import read_metrics
+    from orchestra_jax.train import run
+
+    run(_micro(tmp_path, mesh={"data": 1, "fsdp": -1, "tensor": 1}, algo={"micro_batches": 2, "optim": {"lr": 1e-3},
+                                                                           "loss": {"kl_coef": 0.01}}))
+    rows = read_metrics(str(tmp_path))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert len({r["rollout/tokens_per_episode"] for r in rows}) > 1  # episode lengths vary
+    assert {r["packing/rows"] for r in rows} == {16.0}  # 4 episodes -> rounded up to 2 micro x 8 devices
+    assert all(r["compiles/update"] == 1.0 for r in rows)
+    assert all(r["rollout/episodes"] == 4.0 for r in rows)
+
+
+def test_training_refuses_tempered_or_truncated_sampling():
+    for sampling in ({"temperature": 0.7}, {"top_p": 0.9}, {"greedy": True}):
+        with pytest.raises(ValueError, match="rollout.sampling .*temperature=1.0, top_p=1.0") as e:
+            to_config({"rollout": {"sampling": sampling}})
+        assert "\n" not in str(e.value)
+    to_config({"rollout": {"sampling": {"temperature": 0.7}}, "train": {"steps": 0}})  # no training: allowed
+
+
+class RecordingEnv:
+    """Delegates to an env and records every reset: (task ids, seed, episode ids)."""
+
+    def __init__(self, env):
+        self._env, self.resets = env, []
+
+    def reset(self, tasks, seed, episode_ids=None):
+        ids = list(range(len(tasks))) if episode_ids is None else [int(e) for e in episode_ids]
+        self.resets.append(([json.dumps(t.to_dict(), sort_keys=True) for t in tasks], int(seed), ids))
+        return self._env.reset(tasks, seed, episode_ids=episode_ids)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+
+def _episodes(resets):
+    """{episode id: (task, seed)} over all reset calls."""
+    out = {}
+    for tasks, seed, ids in resets:
+        for t, e in zip(tasks, ids):
+            out[e] = (t, seed)
+    return out
+
+
+def test_learned_and_scripted_policies_play_identical_episodes(tmp_path):
+    """Same held-out task and env seed for every episode id, for a learned policy and a baseline."""
+    from orchestra_jax.envs import make_env
+    from orchestra_jax.evaluate import baseline_results, episode_plan, policy_results
+    from orchestra_jax.text.chat import render_prompt
+    from orchestra_jax.text.tokenizer import train_tokenizer
+
+    cfg = _micro(tmp_path, eval={"num_tasks": 3, "group_size": 2, "batch_size": 4})
+    env = make_env(cfg.env)
+    tasks = env.sample_tasks(cfg.eval.seed, 3, split=cfg.eval.split)
+    _, prompts = env.reset(tasks, 0)
+    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts], 512)
+    model_cfg = ModelConfig(**MICRO_MODEL)
+    params = init_params(model_cfg, jax.random.PRNGKey(0))
+    learned, scripted = RecordingEnv(env), RecordingEnv(env)
+    res_l = policy_results(cfg, learned, tok, model_cfg, params, tasks)
+    res_s = baseline_results(cfg, scripted, tasks, "cheapest")
+    plan = episode_plan(3, 2)
+    ep_l, ep_s = _episodes(learned.resets), _episodes(scripted.resets)
+    assert len(learned.resets) == 2  # two rollout batches of 2 tasks (the last one padded)
+    assert {e: ep_l[e] for e in plan} == {e: ep_s[e] for e in plan}
+    assert all(seed == cfg.eval.seed for _, seed in ep_s.values())
+    assert list(res_l.task_ids) == list(res_s.task_ids) and len(res_l.task_ids) == 6
