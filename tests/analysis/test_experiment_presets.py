@@ -43,7 +43,8 @@ def test_generalisation_and_preferences(name, mode):
     _commented(name)
     assert cfg.env.preference_mode == mode and cfg.env.randomize_tools and cfg.env.randomize_prices
     assert params["train.seed"] == "0,1,2" and cfg.train.wandb_group == name
-    assert cfg.env.heldout_aliases  # unseen_tools has aliases never offered in training
+    # unseen_tools offers pool profiles (new skill mixes) never offered in training
+    assert cfg.env.setting == "qa" and cfg.env.randomize_tools
 
 
 def test_optuna_preset_is_multi_objective():

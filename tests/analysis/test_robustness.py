@@ -58,8 +58,8 @@ def test_partial_errors_are_seeded_and_hurt(qa_env, episodes):
 class Renaming:
     """rule_based on the original names, translated to the drifted schema shown in the prompt."""
 
-    def __init__(self, suffix):
-        self.base, self.suffix, self.name = make_policy("rule_based"), suffix, "renaming"
+    def __init__(self, env, suffix):
+        self.base, self.suffix, self.name = make_policy("rule_based", env), suffix, "renaming"
 
     def act(self, prompt, history, rng):
         s = self.suffix
@@ -84,7 +84,7 @@ def test_schema_drift_renames_and_maps_back(qa_env, episodes):
     old = run_policy(env, "rule_based", episodes, seed=4)
     assert not old.solved.any() and old.n_invalid.sum() > 0
     plain = run_policy(qa_env, "rule_based", episodes, seed=4)
-    adapted, trajs = rollout(PerturbedEnv(qa_env, Perturbation("schema_drift")), Renaming("_v2"), episodes, seed=4)
+    adapted, trajs = rollout(PerturbedEnv(qa_env, Perturbation("schema_drift")), Renaming(qa_env, "_v2"), episodes, seed=4)
     _same(adapted, plain)
     assert all('"answer_v2"' in t.actions[-1] for t in trajs)
 
