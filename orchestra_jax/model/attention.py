@@ -50,12 +50,30 @@ def resolve_backend(backend: str, dtype, platform: str | None = None) -> str:
     return backend
 
 
-def segment_mask(segment_ids_BT: jax.Array) -> jax.Array:
-    """Boolean [B, T, T]: key s visible to query t iff same segment and s <= t (causal)."""
-    same = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+def supports_shared_prefix(backend: str, dtype, platform: str | None = None) -> bool:
+    """Whether `backend` (as resolved on `platform`) can express the prefix-shared mask (prefix_segment_ids).
+
+    The dense backends (reference, xla, cudnn: the mask becomes a bias) can; splash cannot (its SegmentIds
+    are one equality per query, and the extra prompt segment is a second one), so callers pack unshared rows.
+    """
+    return resolve_backend(backend, dtype, platform) in ("reference", "xla", "cudnn")
+
+
+def visible_segments(segment_ids_BT: jax.Array, prefix_segment_ids_BT: jax.Array | None = None) -> jax.Array:
+    """Boolean [B, T, T]: key s's segment is the query's own segment or its prefix segment (not causal yet)."""
+    key_seg_B1S = segment_ids_BT[:, None, :]
+    same = segment_ids_BT[:, :, None] == key_seg_B1S
+    if prefix_segment_ids_BT is not None:
+        same = same | (prefix_segment_ids_BT[:, :, None] == key_seg_B1S)
+    return same
+
+
+def segment_mask(segment_ids_BT: jax.Array, prefix_segment_ids_BT: jax.Array | None = None) -> jax.Array:
+    """Boolean [B, T, T]: key s visible to query t iff s <= t (causal) and segment_ids[s] is the query's
+    segment or (when given) its prefix segment prefix_segment_ids[t]."""
     t = segment_ids_BT.shape[1]
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return same & causal[None]
+    return visible_segments(segment_ids_BT, prefix_segment_ids_BT) & causal[None]
 
 
 def reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
@@ -120,19 +138,23 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, interpret: bool 
     return out_BNTH.transpose(0, 2, 1, 3).astype(q_BTNH.dtype)
 
 
-def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str):
-    """Self-attention over packed rows: causal inside a segment, never across segments.
+def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefix_segment_ids_BT=None):
+    """Self-attention over packed rows: causal inside a segment, never across segments, except that a
+    token also sees (causally) the segment prefix_segment_ids[t] when given (prefix-shared groups).
 
     Padding (segment 0) attends only to padding, so no row is fully masked; its outputs are garbage
     that callers mask out. `backend` must already be resolved (see resolve_backend).
     """
     if backend == "reference":
-        return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT))
+        return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT, prefix_segment_ids_BT))
     if backend in ("xla", "cudnn"):
-        same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+        same_BTS = visible_segments(segment_ids_BT, prefix_segment_ids_BT)
         return _dense_attention(q_BTNH, k_BTKH, v_BTKH, same_BTS, is_causal=True,
                                 implementation=backend)
     if backend == "splash":
+        if prefix_segment_ids_BT is not None:
+            raise ValueError("attention_backend 'splash' cannot express prefix_segment_ids (shared prompts); "
+                             "pack unshared rows (data.packing.pack_groups does so with a warning)")
         return splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
     raise ValueError(f"unresolved attention backend {backend!r}")
 
