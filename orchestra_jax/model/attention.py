@@ -56,6 +56,8 @@ def supports_shared_prefix(backend: str, dtype, platform: str | None = None) -> 
     The dense backends (reference, xla, cudnn: the mask becomes a bias) can; splash cannot (its SegmentIds
     are one equality per query, and the extra prompt segment is a second one), so callers pack unshared rows.
     """
+    if backend == "splash":
+        return False
     return resolve_backend(backend, dtype, platform) in ("reference", "xla", "cudnn")
 
 
