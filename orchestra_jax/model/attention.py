@@ -98,6 +98,28 @@ def _dense_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, *, is_causal: bool, imple
                                         is_causal=is_causal, implementation=implementation)
 
 
+# Rows longer than this run the dense XLA path in query blocks of Q_BLOCK (scores [B, N, Q_BLOCK, T] instead of
+# [B, N, T, T]; each block is rematerialised in the backward pass).
+Q_BLOCK = 512
+
+
+def _blocked_dense_attention(q_BTNH, k_BTKH, v_BTKH, visible_BTS_fn, *, implementation: str):
+    """Causal dense attention in query blocks; visible_BTS_fn(start, size) -> bool [B, size, T] (segments)."""
+    batch, length, heads, dim = q_BTNH.shape
+    blocks = length // Q_BLOCK
+    t_T = jnp.arange(length, dtype=jnp.int32)
+
+    @jax.checkpoint
+    def one_block(start):
+        q_blk = jax.lax.dynamic_slice_in_dim(q_BTNH, start, Q_BLOCK, axis=1)
+        causal_CT = (start + jnp.arange(Q_BLOCK, dtype=jnp.int32))[:, None] >= t_T[None, :]
+        mask_BCT = visible_BTS_fn(start, Q_BLOCK) & causal_CT[None]
+        return _dense_attention(q_blk, k_BTKH, v_BTKH, mask_BCT, is_causal=False, implementation=implementation)
+
+    out_nBCNH = jax.lax.map(one_block, jnp.arange(blocks, dtype=jnp.int32) * Q_BLOCK)
+    return jnp.moveaxis(out_nBCNH, 0, 1).reshape(batch, length, heads, dim)
+
+
 def _splash_block(seq_len: int) -> int:
     for block in (512, 256, 128):
         if seq_len % block == 0:
@@ -149,6 +171,14 @@ def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefi
     """
     if backend == "reference":
         return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT, prefix_segment_ids_BT))
+    if backend == "xla" and segment_ids_BT.shape[1] > 2 * Q_BLOCK and segment_ids_BT.shape[1] % Q_BLOCK == 0:
+        def visible(start, size):
+            seg_q = jax.lax.dynamic_slice_in_dim(segment_ids_BT, start, size, axis=1)
+            pre_q = (None if prefix_segment_ids_BT is None
+                     else jax.lax.dynamic_slice_in_dim(prefix_segment_ids_BT, start, size, axis=1))
+            same = seg_q[:, :, None] == segment_ids_BT[:, None, :]
+            return same if pre_q is None else same | (pre_q[:, :, None] == segment_ids_BT[:, None, :])
+        return _blocked_dense_attention(q_BTNH, k_BTKH, v_BTKH, visible, implementation="xla")
     if backend in ("xla", "cudnn"):
         same_BTS = visible_segments(segment_ids_BT, prefix_segment_ids_BT)
         return _dense_attention(q_BTNH, k_BTKH, v_BTKH, same_BTS, is_causal=True,
