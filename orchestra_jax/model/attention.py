@@ -191,14 +191,64 @@ def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefi
     raise ValueError(f"unresolved attention backend {backend!r}")
 
 
+KV_BLOCKS = (256, 128, 64)  # cache block sizes tried (largest first); a cache needs >= 2 blocks to use them
+
+
+def _kv_block(size: int) -> int | None:
+    for block in KV_BLOCKS:
+        if size % block == 0 and size // block >= 2:
+            return block
+    return None
+
+
+def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int):
+    """Cached attention that reads only the cache blocks holding filled slots.
+
+    A while loop over blocks 0 .. ceil((max query slot + 1) / block) - 1 with an online softmax (float32):
+    per step it touches the filled part of the cache only, never all S slots, and copies nothing.
+    """
+    batch, length, heads, dim = q_BTNH.shape
+    kv_heads = k_BSKH.shape[2]
+    groups = heads // kv_heads
+    scale = 1.0 / jnp.sqrt(jnp.float32(dim))
+    q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, groups, dim).astype(jnp.float32) * scale
+    num_blocks = (jnp.max(query_slots_BT) + block) // block
+
+    def body(i, carry):
+        m, l, acc = carry
+        start = i * block
+        k_blk = jax.lax.dynamic_slice_in_dim(k_BSKH, start, block, axis=1).astype(jnp.float32)
+        v_blk = jax.lax.dynamic_slice_in_dim(v_BSKH, start, block, axis=1).astype(jnp.float32)
+        scores = jnp.einsum("btkgh,bckh->btkgc", q_BTKGH, k_blk)
+        slots_C = start + jnp.arange(block, dtype=jnp.int32)
+        valid_BTC = slots_C[None, None, :] <= query_slots_BT[:, :, None]
+        scores = jnp.where(valid_BTC[:, :, None, None, :], scores, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(scores, axis=-1))  # finite after block 0 (slot 0 is always visible)
+        p = jnp.exp(scores - m_new[..., None])
+        corr = jnp.exp(m - m_new)
+        return (m_new, l * corr + jnp.sum(p, axis=-1),
+                acc * corr[..., None] + jnp.einsum("btkgc,bckh->btkgh", p, v_blk))
+
+    stats = (batch, length, kv_heads, groups)
+    init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
+            jnp.zeros(stats + (dim,), jnp.float32))
+    _, l, acc = jax.lax.fori_loop(0, num_blocks, body, init)
+    return (acc / l[..., None]).reshape(batch, length, heads, dim).astype(q_BTNH.dtype)
+
+
 def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str):
     """Attention of new queries over a KV cache: query at cache slot p sees slots 0..p.
 
     The cache row holds one sequence whose slot index equals its position. Every query sees at least
-    slot 0, so no row is fully masked. All backends except "reference" use the dense XLA path here
-    (decode steps are tiny; prefill through the cache is bounded by max_len).
+    slot 0, so no row is fully masked. "reference" masks all S slots; every other backend reads only the
+    filled cache blocks (blocked_cached_attention) when S splits into >= 2 blocks of KV_BLOCKS, else
+    uses the dense XLA path over all S slots (decode steps are tiny; prefill is bounded by max_len).
     """
     slots_S = jnp.arange(k_BSKH.shape[1], dtype=jnp.int32)
+    if backend != "reference":
+        block = _kv_block(k_BSKH.shape[1])
+        if block is not None:
+            return blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block)
     mask_BTS = slots_S[None, None, :] <= query_slots_BT[:, :, None]
     if backend == "reference":
         return reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)
