@@ -164,9 +164,14 @@ def main(argv=None):
     ap.add_argument("--completion", type=int, default=48)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-6)
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = ap.parse_args(argv)
 
     import numpy as np
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     def load():
         if args.model:
@@ -177,7 +182,8 @@ def main(argv=None):
     samples = args.prompts * args.group
     result = {"benchmark": "vs_trl", "model": args.model or args.size, "prompts": args.prompts,
               "group": args.group, "prompt_len": args.prompt_len, "completion": args.completion,
-              "steps_timed": args.steps, "beta": BETA}
+              "steps_timed": args.steps, "beta": BETA,
+              "torch_threads": torch.get_num_threads()}
     if args.side in ("orchestra_jax", "both"):
         times, metrics = run_orchestra_jax(load(), args)
         result["orchestra_jax"] = {"step_s": float(np.median(times)), "samples_per_s": samples / np.median(times),
