@@ -42,7 +42,9 @@ def test_update_step_tiny_mode(capsys):
                                "--peak-n", "128"], capsys)
     r = out["sizes"]["nano"]
     assert out["peak_matmul_flops_per_s"] > 0 and r["model_flops"] > 0 and 0 < r["utilisation"]
-    assert set(r) == {"params", "update_s", "tokens_per_s", "model_flops", "achieved_flops_per_s", "utilisation"}
+    assert set(r) == {"params", "update_s", "tokens_per_s", "model_flops", "achieved_flops_per_s", "utilisation",
+                      "flops_per_s_vs_neighbouring_peak"}
+    assert len(out["peak_measurements"]) == 2 and out["peak_matmul_flops_per_s"] == max(out["peak_measurements"])
 
 
 def test_episode_vs_turn_counts(capsys):
