@@ -50,12 +50,32 @@ def resolve_backend(backend: str, dtype, platform: str | None = None) -> str:
     return backend
 
 
-def segment_mask(segment_ids_BT: jax.Array) -> jax.Array:
-    """Boolean [B, T, T]: key s visible to query t iff same segment and s <= t (causal)."""
-    same = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+def supports_shared_prefix(backend: str, dtype, platform: str | None = None) -> bool:
+    """Whether `backend` (as resolved on `platform`) can express the prefix-shared mask (prefix_segment_ids).
+
+    The dense backends (reference, xla, cudnn: the mask becomes a bias) can; splash cannot (its SegmentIds
+    are one equality per query, and the extra prompt segment is a second one), so callers pack unshared rows.
+    """
+    if backend == "splash":
+        return False
+    return resolve_backend(backend, dtype, platform) in ("reference", "xla", "cudnn")
+
+
+def visible_segments(segment_ids_BT: jax.Array, prefix_segment_ids_BT: jax.Array | None = None) -> jax.Array:
+    """Boolean [B, T, T]: key s's segment is the query's own segment or its prefix segment (not causal yet)."""
+    key_seg_B1S = segment_ids_BT[:, None, :]
+    same = segment_ids_BT[:, :, None] == key_seg_B1S
+    if prefix_segment_ids_BT is not None:
+        same = same | (prefix_segment_ids_BT[:, :, None] == key_seg_B1S)
+    return same
+
+
+def segment_mask(segment_ids_BT: jax.Array, prefix_segment_ids_BT: jax.Array | None = None) -> jax.Array:
+    """Boolean [B, T, T]: key s visible to query t iff s <= t (causal) and segment_ids[s] is the query's
+    segment or (when given) its prefix segment prefix_segment_ids[t]."""
     t = segment_ids_BT.shape[1]
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return same & causal[None]
+    return visible_segments(segment_ids_BT, prefix_segment_ids_BT) & causal[None]
 
 
 def reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
@@ -76,6 +96,28 @@ def reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
 def _dense_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, *, is_causal: bool, implementation: str):
     return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS[:, None],
                                         is_causal=is_causal, implementation=implementation)
+
+
+# Rows longer than this run the dense XLA path in query blocks of Q_BLOCK (scores [B, N, Q_BLOCK, T] instead of
+# [B, N, T, T]; each block is rematerialised in the backward pass).
+Q_BLOCK = 512
+
+
+def _blocked_dense_attention(q_BTNH, k_BTKH, v_BTKH, visible_BTS_fn, *, implementation: str):
+    """Causal dense attention in query blocks; visible_BTS_fn(start, size) -> bool [B, size, T] (segments)."""
+    batch, length, heads, dim = q_BTNH.shape
+    blocks = length // Q_BLOCK
+    t_T = jnp.arange(length, dtype=jnp.int32)
+
+    @jax.checkpoint
+    def one_block(start):
+        q_blk = jax.lax.dynamic_slice_in_dim(q_BTNH, start, Q_BLOCK, axis=1)
+        causal_CT = (start + jnp.arange(Q_BLOCK, dtype=jnp.int32))[:, None] >= t_T[None, :]
+        mask_BCT = visible_BTS_fn(start, Q_BLOCK) & causal_CT[None]
+        return _dense_attention(q_blk, k_BTKH, v_BTKH, mask_BCT, is_causal=False, implementation=implementation)
+
+    out_nBCNH = jax.lax.map(one_block, jnp.arange(blocks, dtype=jnp.int32) * Q_BLOCK)
+    return jnp.moveaxis(out_nBCNH, 0, 1).reshape(batch, length, heads, dim)
 
 
 def _splash_block(seq_len: int) -> int:
@@ -120,31 +162,93 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, interpret: bool 
     return out_BNTH.transpose(0, 2, 1, 3).astype(q_BTNH.dtype)
 
 
-def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str):
-    """Self-attention over packed rows: causal inside a segment, never across segments.
+def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefix_segment_ids_BT=None):
+    """Self-attention over packed rows: causal inside a segment, never across segments, except that a
+    token also sees (causally) the segment prefix_segment_ids[t] when given (prefix-shared groups).
 
     Padding (segment 0) attends only to padding, so no row is fully masked; its outputs are garbage
     that callers mask out. `backend` must already be resolved (see resolve_backend).
     """
     if backend == "reference":
-        return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT))
+        return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT, prefix_segment_ids_BT))
+    if backend == "xla" and segment_ids_BT.shape[1] > 2 * Q_BLOCK and segment_ids_BT.shape[1] % Q_BLOCK == 0:
+        def visible(start, size):
+            seg_q = jax.lax.dynamic_slice_in_dim(segment_ids_BT, start, size, axis=1)
+            pre_q = (None if prefix_segment_ids_BT is None
+                     else jax.lax.dynamic_slice_in_dim(prefix_segment_ids_BT, start, size, axis=1))
+            same = seg_q[:, :, None] == segment_ids_BT[:, None, :]
+            return same if pre_q is None else same | (pre_q[:, :, None] == segment_ids_BT[:, None, :])
+        return _blocked_dense_attention(q_BTNH, k_BTKH, v_BTKH, visible, implementation="xla")
     if backend in ("xla", "cudnn"):
-        same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+        same_BTS = visible_segments(segment_ids_BT, prefix_segment_ids_BT)
         return _dense_attention(q_BTNH, k_BTKH, v_BTKH, same_BTS, is_causal=True,
                                 implementation=backend)
     if backend == "splash":
+        if prefix_segment_ids_BT is not None:
+            raise ValueError("attention_backend 'splash' cannot express prefix_segment_ids (shared prompts); "
+                             "pack unshared rows (data.packing.pack_groups does so with a warning)")
         return splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
     raise ValueError(f"unresolved attention backend {backend!r}")
+
+
+KV_BLOCKS = (256, 128, 64)  # cache block sizes tried (largest first); a cache needs >= 2 blocks to use them
+
+
+def _kv_block(size: int) -> int | None:
+    for block in KV_BLOCKS:
+        if size % block == 0 and size // block >= 2:
+            return block
+    return None
+
+
+def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int):
+    """Cached attention that reads only the cache blocks holding filled slots.
+
+    A while loop over blocks 0 .. ceil((max query slot + 1) / block) - 1 with an online softmax (float32):
+    per step it touches the filled part of the cache only, never all S slots, and copies nothing.
+    """
+    batch, length, heads, dim = q_BTNH.shape
+    kv_heads = k_BSKH.shape[2]
+    groups = heads // kv_heads
+    scale = 1.0 / jnp.sqrt(jnp.float32(dim))
+    q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, groups, dim).astype(jnp.float32) * scale
+    num_blocks = (jnp.max(query_slots_BT) + block) // block
+
+    def body(i, carry):
+        m, l, acc = carry
+        start = i * block
+        k_blk = jax.lax.dynamic_slice_in_dim(k_BSKH, start, block, axis=1).astype(jnp.float32)
+        v_blk = jax.lax.dynamic_slice_in_dim(v_BSKH, start, block, axis=1).astype(jnp.float32)
+        scores = jnp.einsum("btkgh,bckh->btkgc", q_BTKGH, k_blk)
+        slots_C = start + jnp.arange(block, dtype=jnp.int32)
+        valid_BTC = slots_C[None, None, :] <= query_slots_BT[:, :, None]
+        scores = jnp.where(valid_BTC[:, :, None, None, :], scores, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(scores, axis=-1))  # finite after block 0 (slot 0 is always visible)
+        p = jnp.exp(scores - m_new[..., None])
+        corr = jnp.exp(m - m_new)
+        return (m_new, l * corr + jnp.sum(p, axis=-1),
+                acc * corr[..., None] + jnp.einsum("btkgc,bckh->btkgh", p, v_blk))
+
+    stats = (batch, length, kv_heads, groups)
+    init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
+            jnp.zeros(stats + (dim,), jnp.float32))
+    _, l, acc = jax.lax.fori_loop(0, num_blocks, body, init)
+    return (acc / l[..., None]).reshape(batch, length, heads, dim).astype(q_BTNH.dtype)
 
 
 def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str):
     """Attention of new queries over a KV cache: query at cache slot p sees slots 0..p.
 
     The cache row holds one sequence whose slot index equals its position. Every query sees at least
-    slot 0, so no row is fully masked. All backends except "reference" use the dense XLA path here
-    (decode steps are tiny; prefill through the cache is bounded by max_len).
+    slot 0, so no row is fully masked. "reference" masks all S slots; every other backend reads only the
+    filled cache blocks (blocked_cached_attention) when S splits into >= 2 blocks of KV_BLOCKS, else
+    uses the dense XLA path over all S slots (decode steps are tiny; prefill is bounded by max_len).
     """
     slots_S = jnp.arange(k_BSKH.shape[1], dtype=jnp.int32)
+    if backend != "reference":
+        block = _kv_block(k_BSKH.shape[1])
+        if block is not None:
+            return blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block)
     mask_BTS = slots_S[None, None, :] <= query_slots_BT[:, :, None]
     if backend == "reference":
         return reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)

@@ -33,6 +33,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations; logits are always float32
     attention_backend: str = "auto"  # auto | xla | cudnn | splash | reference
     remat: bool = False  # rematerialise each decoder layer in the backward pass (saves memory)
+    # Run the layers under nn.scan (compile time independent of depth). Changes the parameter layout to one
+    # stacked "layers" subtree (transformer.stack_layer_params / unstack_layer_params convert); default off.
+    scan_layers: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",

@@ -22,6 +22,7 @@ from flax import linen as nn
 from orchestra_jax.model.attention import cached_attention, packed_attention, resolve_backend
 from orchestra_jax.model.config import ModelConfig
 from orchestra_jax.model.kv_cache import KVCache
+from orchestra_jax.model.logprobs import chunked_logprobs, previous_token_index
 
 KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -117,10 +118,10 @@ class Attention(nn.Module):
     def _out(self, attn_BTNH):
         return _constrain(self.o_proj(attn_BTNH), ("batch", "sequence", "embed"))
 
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
         q, k, v = self._qkv(x_BTD, positions_BT)
         backend = resolve_backend(self.cfg.attention_backend, self.cfg.jnp_dtype)
-        return self._out(packed_attention(q, k, v, segment_ids_BT, backend))
+        return self._out(packed_attention(q, k, v, segment_ids_BT, backend, prefix_segment_ids_BT))
 
     def extend(self, x_BTD, positions_BT, k_cache_BSKH, v_cache_BSKH, write_slots_BT):
         """Write this chunk's k/v at write_slots (out-of-range slots are dropped) and attend the cache."""
@@ -163,8 +164,8 @@ class DecoderLayer(nn.Module):
         self.post_attn_norm = RMSNorm(self.cfg)
         self.mlp = MLP(self.cfg)
 
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
-        x_BTD = x_BTD + self.attn(self.input_norm(x_BTD), positions_BT, segment_ids_BT)
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
+        x_BTD = x_BTD + self.attn(self.input_norm(x_BTD), positions_BT, segment_ids_BT, prefix_segment_ids_BT)
         x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
         return _constrain(x_BTD, ("batch", "sequence", "embed"))
 
@@ -176,11 +177,24 @@ class DecoderLayer(nn.Module):
         return _constrain(x_BTD, ("batch", "sequence", "embed")), k_cache, v_cache
 
 
+class _ScanDecoderLayer(DecoderLayer):
+    """DecoderLayer with the nn.scan carry interface: (x, kv) -> (x, new kv); kv None = packed forward."""
+
+    def __call__(self, x_BTD, kv, positions_BT, segment_ids_BT, prefix_segment_ids_BT, write_slots_BT):
+        if kv is None:
+            return DecoderLayer.__call__(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT), None
+        x_BTD, k, v = DecoderLayer.extend(self, x_BTD, positions_BT, kv[0], kv[1], write_slots_BT)
+        return x_BTD, (k, v)
+
+
 class Policy(nn.Module):
-    """Decoder-only LM. `__call__(tokens, positions, segment_ids) -> logits_BTV` (float32).
+    """Decoder-only LM. `__call__(tokens, positions, segment_ids[, prefix_segment_ids]) -> logits_BTV` (float32).
 
     tokens / positions / segment_ids: int32 [B, T]; positions restart at 0 in each segment; attention is
     causal within a segment and never crosses segments; segment 0 is padding (its logits are garbage).
+    prefix_segment_ids (optional, prefix-shared groups, see data.packing.pack_shared): token t also attends
+    causally to the segment prefix_segment_ids[t]. With cfg.scan_layers the layers run under nn.scan and
+    their parameters are stacked under "layers" (see stack_layer_params / unstack_layer_params).
     """
 
     cfg: ModelConfig
@@ -188,8 +202,15 @@ class Policy(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embed = _EmbeddingTable(cfg)
-        layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
-        self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        if cfg.scan_layers:
+            block = nn.remat(_ScanDecoderLayer, prevent_cse=False) if cfg.remat else _ScanDecoderLayer
+            self.scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                                   length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(
+                                       cfg, name="layers")
+        else:
+            layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
+            self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.final_norm = RMSNorm(cfg)
         if not cfg.tie_word_embeddings:
             self.lm_head = _OutputHead(cfg)
@@ -202,13 +223,29 @@ class Policy(nn.Module):
         """Final norm + output head; float32 logits [B, T, V]."""
         return self.head_logits(self.final_norm(x_BTD))
 
-    def final_hidden(self, tokens_BT, positions_BT, segment_ids_BT):
+    def _layers(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
+        positions_BT = positions_BT.astype(jnp.int32)
+        segment_ids_BT = segment_ids_BT.astype(jnp.int32)
+        if prefix_segment_ids_BT is not None:
+            prefix_segment_ids_BT = prefix_segment_ids_BT.astype(jnp.int32)
+        if self.cfg.scan_layers:
+            x_BTD, _ = self.scanned(x_BTD, None, positions_BT, segment_ids_BT, prefix_segment_ids_BT, None)
+            return x_BTD
+        for layer in self.layers:
+            x_BTD = layer(x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT)
+        return x_BTD
+
+    def final_hidden(self, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
         """Final-normed hidden states [B, T, D] (compute dtype): apply head_logits to chunks of them to
         avoid materialising the full [B, T, V] float32 logits of a large vocabulary."""
-        x_BTD = self.embed_tokens(tokens_BT)
-        for layer in self.layers:
-            x_BTD = layer(x_BTD, positions_BT.astype(jnp.int32), segment_ids_BT.astype(jnp.int32))
-        return self.final_norm(x_BTD)
+        return self.final_norm(self._layers(self.embed_tokens(tokens_BT), positions_BT, segment_ids_BT,
+                                            prefix_segment_ids_BT))
+
+    def head_VD(self):
+        """The output head as a [V, D] matrix (the tied table, or the transposed lm_head kernel)."""
+        if self.cfg.tie_word_embeddings:
+            return self.embed.table()
+        return self.lm_head.kernel_DV().T
 
     def head_logits(self, h_BTD):
         """Output head on final-normed hidden states: float32 logits [B, T, V]."""
@@ -220,19 +257,31 @@ class Policy(nn.Module):
             logits = self.lm_head(h)
         return _constrain(logits.astype(jnp.float32), ("batch", "sequence", "vocab"))
 
-    def forward_embeddings(self, x_BTD, positions_BT, segment_ids_BT):
-        """Logits from given input embeddings (lets tests differentiate w.r.t. embeddings)."""
-        positions_BT = positions_BT.astype(jnp.int32)
-        segment_ids_BT = segment_ids_BT.astype(jnp.int32)
-        for layer in self.layers:
-            x_BTD = layer(x_BTD, positions_BT, segment_ids_BT)
-        return self.logits_from_hidden(x_BTD)
+    def token_logprobs(self, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None,
+                       prev_index_BT=None, chunk_size: int = 128, with_entropy: bool = True):
+        """(logp_BT, entropy_BT or None), float32, in the ARCHITECTURE.md convention, via chunked_logprobs
+        (no [B, T, V] logits buffer). prev_index_BT defaults to previous_token_index(segment_ids); it is
+        required with prefix_segment_ids (a continuation's first token is predicted by its prompt)."""
+        if prefix_segment_ids_BT is not None and prev_index_BT is None:
+            raise ValueError("token_logprobs with prefix_segment_ids needs prev_index (from pack_shared)")
+        h_BTD = self.final_hidden(tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT)
+        prev = previous_token_index(segment_ids_BT) if prev_index_BT is None else prev_index_BT.astype(jnp.int32)
+        return chunked_logprobs(h_BTD, self.head_VD(), tokens_BT, prev, chunk_size=chunk_size,
+                                with_entropy=with_entropy)
 
-    def __call__(self, tokens_BT, positions_BT, segment_ids_BT):
-        if not (tokens_BT.shape == positions_BT.shape == segment_ids_BT.shape) or tokens_BT.ndim != 2:
-            raise ValueError("tokens, positions and segment_ids must all be [B, T], got "
-                             f"{tokens_BT.shape}, {positions_BT.shape}, {segment_ids_BT.shape}")
-        return self.forward_embeddings(self.embed_tokens(tokens_BT), positions_BT, segment_ids_BT)
+    def forward_embeddings(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
+        """Logits from given input embeddings (lets tests differentiate w.r.t. embeddings)."""
+        return self.logits_from_hidden(self._layers(x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT))
+
+    def __call__(self, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
+        shapes = [tokens_BT.shape, positions_BT.shape, segment_ids_BT.shape]
+        if prefix_segment_ids_BT is not None:
+            shapes.append(prefix_segment_ids_BT.shape)
+        if len(set(shapes)) != 1 or tokens_BT.ndim != 2:
+            raise ValueError("tokens, positions, segment_ids (and prefix_segment_ids) must all be [B, T], got "
+                             f"{shapes}")
+        return self.forward_embeddings(self.embed_tokens(tokens_BT), positions_BT, segment_ids_BT,
+                                       prefix_segment_ids_BT)
 
     def extend(self, tokens_BT, cache: KVCache, num_new_B):
         """Append num_new_B[b] (<= T) tokens of row b to the cache and return their logits.
@@ -250,14 +299,45 @@ class Policy(nn.Module):
         positions_BT = cache.lengths[:, None] + t_T[None, :]
         write_slots_BT = jnp.where(t_T[None, :] < num_new_B[:, None], positions_BT, cache.max_len)
         x_BTD = self.embed_tokens(tokens_BT)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            x_BTD, k_i, v_i = layer.extend(x_BTD, positions_BT, cache.k[i], cache.v[i], write_slots_BT)
-            new_k.append(k_i)
-            new_v.append(v_i)
+        if self.cfg.scan_layers:
+            x_BTD, (k_all, v_all) = self.scanned(x_BTD, (cache.k, cache.v), positions_BT, None, None,
+                                                 write_slots_BT)
+        else:
+            k_all, v_all = cache.k, cache.v
+            for i, layer in enumerate(self.layers):
+                # Update the stacked cache in place (no per-step jnp.stack copy of the whole cache).
+                x_BTD, k_i, v_i = layer.extend(x_BTD, positions_BT, k_all[i], v_all[i], write_slots_BT)
+                k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_i, i, 0)
+                v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_i, i, 0)
         logits = self.logits_from_hidden(x_BTD)
-        new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), lengths=cache.lengths + num_new_B)
-        return logits, new_cache
+        return logits, KVCache(k=k_all, v=v_all, lengths=cache.lengths + num_new_B)
+
+
+def stack_layer_params(params, num_layers: int):
+    """Unrolled layout (layers_0 .. layers_{L-1}) -> scanned layout (layers, leading axis L)."""
+    missing = [f"layers_{i}" for i in range(num_layers) if f"layers_{i}" not in params]
+    if missing:
+        raise ValueError(f"stack_layer_params: params lack {missing[:3]} (already stacked?)")
+    rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    layers = [params[f"layers_{i}"] for i in range(num_layers)]
+    return {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_layer_params(params, num_layers: int):
+    """Scanned layout (layers, leading axis L) -> unrolled layout (layers_0 .. layers_{L-1})."""
+    if "layers" not in params:
+        raise ValueError("unstack_layer_params: params lack 'layers' (not in the scanned layout?)")
+    rest = {k: v for k, v in params.items() if k != "layers"}
+    return {**rest, **{f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], params["layers"])
+                       for i in range(num_layers)}}
+
+
+def token_logprobs(cfg: ModelConfig, params, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None,
+                   prev_index_BT=None, *, chunk_size: int = 128, with_entropy: bool = True):
+    """Functional form of Policy.token_logprobs: (logp_BT, entropy_BT or None)."""
+    return Policy(cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT,
+                             prev_index_BT, chunk_size=chunk_size, with_entropy=with_entropy,
+                             method=Policy.token_logprobs)
 
 
 class _EmbeddingTable(nn.Module):
@@ -282,11 +362,15 @@ class _OutputHead(nn.Module):
 
     cfg: ModelConfig
 
-    @nn.compact
-    def __call__(self, h_BTD):
+    def setup(self):
         cfg = self.cfg
-        kernel = _param(self, "kernel", KERNEL_INIT, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
-        return jnp.einsum("btd,dv->btv", h_BTD, kernel.astype(cfg.jnp_dtype),
+        self.kernel = _param(self, "kernel", KERNEL_INIT, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+
+    def kernel_DV(self):
+        return self.kernel
+
+    def __call__(self, h_BTD):
+        return jnp.einsum("btd,dv->btv", h_BTD, self.kernel.astype(self.cfg.jnp_dtype),
                           preferred_element_type=jnp.float32)
 
 

@@ -174,3 +174,89 @@ def test_unpack_errors():
     with pytest.raises(ValueError, match=r"expected leading dims \(1, 4\)"):
         b.unpack(np.zeros((2, 4)))
     assert isinstance(b, PackedBatch) and b.num_tokens == 2 and b.row_len == 4
+
+
+# ---- prefix-shared packing ------------------------------------------------------------------------------
+from orchestra_jax.data.packing import pack_shared, shared_prefix_len  # noqa: E402
+
+
+def test_pack_shared_hand_example():
+    # group 0: prompt [5, 6, 7] + continuations [8, 9] and [3]; group 1 (one episode): no sharing
+    seqs = [[5, 6, 7, 8, 9], [4, 4], [5, 6, 7, 3]]
+    mask = [np.array([0, 0, 0, 1, 1]), np.array([0, 1]), np.array([0, 0, 0, 1])]
+    b = pack_shared(seqs, [0, 1, 0], 8, fields={"loss_mask": mask})
+    np.testing.assert_array_equal(b.tokens, [[5, 6, 7, 8, 9, 3, 4, 4]])
+    np.testing.assert_array_equal(b.positions, [[0, 1, 2, 3, 4, 3, 0, 1]])
+    np.testing.assert_array_equal(b.segment_ids, [[1, 1, 1, 2, 2, 3, 4, 4]])
+    np.testing.assert_array_equal(b.prefix_segment_ids, [[1, 1, 1, 1, 1, 1, 4, 4]])
+    np.testing.assert_array_equal(b.prev_index, [[-1, 0, 1, 2, 3, 2, -1, 6]])
+    np.testing.assert_array_equal(b.fields["loss_mask"], [[0, 0, 0, 1, 1, 1, 0, 1]])
+    np.testing.assert_array_equal(b.placements, [[0, 3, 2], [0, 6, 2], [0, 5, 1]])
+    np.testing.assert_array_equal(b.prefix_placements, [[0, 0, 3], [0, 6, 0], [0, 0, 3]])
+    np.testing.assert_array_equal(b.prefix_lens, [3, 0])
+    assert b.num_tokens == 8 and b.num_episode_tokens == 11 and b.utilisation == 1.0
+    assert list(b.as_dict()) == ["tokens", "positions", "segment_ids", "prefix_segment_ids", "prev_index",
+                                 "loss_mask"]
+    assert [x.tolist() for x in b.unpack("tokens")] == seqs
+    assert [x.tolist() for x in b.unpack("loss_mask")] == [m.tolist() for m in mask]
+
+
+def test_shared_prefix_len_caps():
+    a, b = np.array([1, 2, 3, 4]), np.array([1, 2, 3, 5, 6])
+    assert shared_prefix_len([a, b]) == 3
+    assert shared_prefix_len([a, a]) == 3            # each member keeps >= 1 own token
+    assert shared_prefix_len([a, b], [np.array([0, 1, 1, 1]), np.zeros(5)]) == 1  # no loss token shared
+    assert shared_prefix_len([a]) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**31), st.integers(8, 64))
+def test_pack_shared_invariants(seed, row_len):
+    rng = np.random.default_rng(seed)
+    seqs, gids, masks = [], [], []
+    for g in range(int(rng.integers(0, 6))):
+        prompt = rng.integers(1, 5, int(rng.integers(1, row_len // 2)))
+        for _ in range(int(rng.integers(1, 6))):
+            cont = rng.integers(1, 5, int(rng.integers(1, row_len - len(prompt) + 1)))
+            seqs.append(np.r_[prompt, cont])
+            gids.append(int(g))
+            masks.append(np.r_[np.zeros(len(prompt)), rng.integers(0, 2, len(cont))])
+    order = rng.permutation(len(seqs))  # groups need not be contiguous
+    seqs, gids, masks = [seqs[i] for i in order], [gids[i] for i in order], [masks[i] for i in order]
+    b = pack_shared(seqs, gids, row_len, fields={"loss_mask": masks})
+    assert [x.tolist() for x in b.unpack("tokens")] == [s.tolist() for s in seqs]
+    assert [x.tolist() for x in b.unpack("loss_mask")] == [m.tolist() for m in masks]
+    for x, s in zip(b.unpack("positions"), seqs):
+        assert x.tolist() == list(range(len(s)))
+    # every real token's predecessor holds the previous token of the same episode
+    for (pr, ps, pn), (r, s, n), seq in zip(b.prefix_placements, b.placements, seqs):
+        idx = np.r_[np.arange(ps, ps + pn), np.arange(s, s + n)]
+        assert pr == r
+        prev = b.prev_index[r, idx]
+        assert prev[0] == -1 and (b.tokens[r, prev[1:]] == seq[:-1]).all()
+        prev_seg, own = b.segment_ids[r, prev[1:]], idx[1:]
+        assert ((prev_seg == b.segment_ids[r, own]) | (prev_seg == b.prefix_segment_ids[r, own])).all()
+    assert (b.prev_index[b.segment_ids == 0] == -1).all()
+    assert b.num_tokens <= b.num_episode_tokens == sum(len(s) for s in seqs)
+    # a group whose prompt + continuations fit in one row is stored as one unit (its prompt once)
+    for g, p in zip(dict.fromkeys(gids), b.prefix_lens):
+        members = [i for i, x in enumerate(gids) if x == g]
+        if p + sum(len(seqs[i]) - p for i in members) <= row_len:
+            assert len({tuple(b.prefix_placements[i]) for i in members}) == 1
+
+
+def test_pack_shared_splits_a_group_that_overflows_a_row():
+    prompt = np.arange(1, 7)
+    seqs = [np.r_[prompt, np.full(3, 50 + i)] for i in range(4)]  # 6 + 4 * 3 = 18 > 12
+    b = pack_shared(seqs, [0] * 4, 12)
+    assert b.num_rows == 2 and (b.num_tokens == 2 * 6 + 4 * 3)
+    assert [x.tolist() for x in b.unpack("tokens")] == [s.tolist() for s in seqs]
+
+
+def test_pack_shared_errors():
+    with pytest.raises(ValueError, match="group_ids has 1 entries for 2"):
+        pack_shared([[1, 2], [1, 3]], [0], 8)
+    with pytest.raises(ValueError, match="length 9 > row_len 8"):
+        pack_shared([np.arange(9)], [0], 8)
+    with pytest.raises(ValueError, match="need 2 rows.*num_rows=1"):
+        pack_shared([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], [0, 1], 8, num_rows=1)

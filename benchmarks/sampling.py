@@ -1,0 +1,72 @@
+"""Greedy sampling: orchestra_jax prefill + decode vs transformers.generate on the same weights.
+
+    python benchmarks/sampling.py --size tiny|29m [--batch 32 --prompt 64 --new 64 --reps 3]
+
+Both sides generate exactly --new tokens per row (no stop ids; transformers with min_new_tokens) from the
+same random prompts; the runs alternate (ours, theirs, ours, ...) after one untimed warm-up each. Prints
+one JSON object: tokens/s of each side, their ratio and whether the greedy ids are equal.
+"""
+import argparse
+
+from _common import emit, hf_qwen3, ours_from_hf, timed, count_params
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    args = ap.parse_args(argv)
+
+    import jax
+    import numpy as np
+    import torch
+
+    from orchestra_jax.model import init_cache
+    from orchestra_jax.model.sampling import SamplingConfig, decode, prefill
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    model = hf_qwen3(args.size)
+    cfg, params = ours_from_hf(model)
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(1, cfg.vocab_size, (args.batch, args.prompt)).astype(np.int32)
+    scfg = SamplingConfig(greedy=True, max_new_tokens=args.new)
+    num_new = np.full(args.batch, args.prompt, np.int32)
+    active = np.ones(args.batch, bool)
+
+    def ours():
+        cache = init_cache(cfg, args.batch, args.prompt + args.new)
+        last, cache = prefill(cfg, params, cache, prompts, num_new)
+        out = decode(cfg, params, cache, last, jax.random.key(0), active, [], scfg)
+        return np.asarray(jax.block_until_ready(out.tokens_BN))
+
+    ids_t = torch.as_tensor(prompts, dtype=torch.long)
+
+    def theirs():
+        with torch.no_grad():
+            out = model.generate(ids_t, attention_mask=torch.ones_like(ids_t), do_sample=False,
+                                 max_new_tokens=args.new, min_new_tokens=args.new, eos_token_id=None,
+                                 pad_token_id=0)
+        return out[:, args.prompt:].numpy()
+
+    ours_ids, their_ids = ours(), theirs()  # warm-up (compilation), and the ids to compare
+    t_ours, t_theirs = [], []
+    for _ in range(args.reps):
+        t_ours.append(timed(ours, 1))
+        t_theirs.append(timed(theirs, 1))
+    tokens = args.batch * args.new
+    s_ours, s_theirs = float(np.median(t_ours)), float(np.median(t_theirs))
+    emit({"benchmark": "sampling", "size": args.size, "params": count_params(params), "batch": args.batch,
+          "prompt": args.prompt, "new_tokens": args.new, "reps": args.reps,
+          "torch_threads": torch.get_num_threads(),
+          "orchestra_jax_tokens_per_s": tokens / s_ours, "transformers_tokens_per_s": tokens / s_theirs,
+          "speedup": s_theirs / s_ours, "ids_equal": bool(np.array_equal(ours_ids, their_ids)),
+          "target_speedup": 3.0 if args.size == "tiny" else 2.0})
+
+
+if __name__ == "__main__":
+    main()

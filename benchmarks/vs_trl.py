@@ -1,0 +1,201 @@
+"""One GRPO step, orchestra_jax vs trl.GRPOTrainer, on trl's workload and the same tiny Qwen3 weights.
+
+    python benchmarks/vs_trl.py [--side orchestra_jax|trl|both] [--size tiny | --model HF_DIR]
+                                [--prompts 4 --group 8 --prompt-len 32 --completion 48 --steps 3]
+
+Workload (both sides): P prompts x G samples, prompt --prompt-len tokens, completions forced to exactly
+--completion tokens (no stop token; trl with min_new_tokens), temperature 1, a simple token reward (the share
+of completion tokens with an even id), group-normalised advantages, beta 0.04 with the k3 KL to the initial
+model, one PPO epoch (ratio 1, no separate old-log-prob pass, as trl), DAPO token-mean loss, AdamW, torch CPU
+without vLLM and without gradient checkpointing. The first step is untimed (compilation / warm-up); prints
+samples_per_s per side (P * G / median step time) and, with both, their ratio.
+
+The orchestra_jax side is ONE function, `orchestra_jax_step`, composed of the current pieces (shared group
+prefill, decode, pack_shared, chunked token_logprobs); switch it to rl.grpo.grpo_step when that lands.
+"""
+import argparse
+import tempfile
+import time
+
+from _common import emit, hf_qwen3, ours_from_hf
+
+BETA = 0.04
+
+
+def token_reward(ids_GN):
+    """Share of completion tokens with an even id (per sample)."""
+    import numpy as np
+    return (np.asarray(ids_GN) % 2 == 0).mean(axis=-1)
+
+
+def group_advantages(rewards, group):
+    import numpy as np
+    r = np.asarray(rewards, np.float32).reshape(-1, group)
+    return ((r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-4)).reshape(-1)  # as trl
+
+
+def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
+    """(init_state(params), step(state, key) -> (state, metrics)): the whole GRPO step behind one function."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from orchestra_jax.data.packing import pack_shared
+    from orchestra_jax.model import init_cache, token_logprobs
+    from orchestra_jax.model.sampling import SamplingConfig, decode, prefill_groups
+
+    num_p, prompt_len = prompts.shape
+    scfg = SamplingConfig(temperature=1.0, max_new_tokens=completion)
+    opt = optax.adamw(lr)
+    row_len = prompt_len + group * completion
+    row_len = -(-row_len // 128) * 128
+
+    def logp_fn(p, b):
+        return token_logprobs(cfg, p, b["tokens"], b["positions"], b["segment_ids"], b["prefix_segment_ids"],
+                              b["prev_index"], with_entropy=False)[0]
+
+    ref_logp = jax.jit(logp_fn)
+
+    @jax.jit
+    def update(p, opt_state, b):
+        def loss(p):
+            logp = logp_fn(p, b)
+            mask = b["loss_mask"]
+            ratio = jnp.exp(logp - jax.lax.stop_gradient(logp))  # one epoch: old == current
+            delta = b["ref_logp"] - logp
+            kl = jnp.exp(delta) - delta - 1.0  # k3
+            per_token = -ratio * b["advantages"] + BETA * kl
+            return jnp.sum(per_token * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        value, grads = jax.value_and_grad(loss)(p)
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, value
+
+    def step(state, key):
+        params, opt_state = state
+        last, cache = prefill_groups(cfg, params, init_cache(cfg, num_p, prompt_len + completion), prompts,
+                                     np.full(num_p, prompt_len, np.int32), group)
+        out = decode(cfg, params, cache, last, key, np.ones(num_p * group, bool), [], scfg)
+        ids = np.asarray(out.tokens_BN)
+        adv = group_advantages(token_reward(ids), group)
+        seqs = [np.r_[prompts[i // group], ids[i]] for i in range(num_p * group)]
+        mask = [np.r_[np.zeros(prompt_len), np.ones(completion)].astype(np.float32)] * len(seqs)
+        advs = [np.full(prompt_len + completion, a, np.float32) for a in adv]
+        packed = pack_shared(seqs, [i // group for i in range(len(seqs))], row_len,
+                             fields={"loss_mask": mask, "advantages": advs}, num_rows=num_p)
+        batch = {k: jnp.asarray(v) for k, v in packed.as_dict().items()}
+        batch["ref_logp"] = ref_logp(ref_params, batch)
+        params, opt_state, loss = update(params, opt_state, batch)
+        jax.block_until_ready(params)
+        return (params, opt_state), {"loss": float(loss), "reward": float(token_reward(ids).mean())}
+
+    return (lambda params: (params, opt.init(params))), step
+
+
+def run_orchestra_jax(model, args):
+    import jax
+    import numpy as np
+
+    cfg, params = ours_from_hf(model)
+    prompts = np.random.default_rng(0).integers(2, cfg.vocab_size, (args.prompts, args.prompt_len)).astype(np.int32)
+    init_state, step = make_orchestra_jax_step(cfg, params, prompts, args.group, args.completion, args.lr)
+    state = init_state(params)
+    times = []
+    for i in range(args.steps + 1):
+        t0 = time.perf_counter()
+        state, metrics = step(state, jax.random.key(i))
+        times.append(time.perf_counter() - t0)
+    return times[1:], metrics
+
+
+def run_trl(model, args):
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    vocab = model.config.vocab_size
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0", eos_token="w1", unk_token="w0")
+    rng = np.random.default_rng(0)
+    rows = [" ".join(f"w{t}" for t in rng.integers(2, vocab, args.prompt_len))
+            for _ in range(args.prompts * (args.steps + 1))]
+    dataset = Dataset.from_dict({"prompt": rows})
+
+    def reward(prompts, completions, completion_ids, **_):
+        return [float(np.mean(np.asarray(c) % 2 == 0)) for c in completion_ids]
+
+    class StepTimer(TrainerCallback):
+        times: list = []
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.times.append(time.perf_counter() - self.t0)
+
+    timer = StepTimer()
+    conf = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.prompts * args.group,
+                      num_generations=args.group, max_completion_length=args.completion, beta=BETA,
+                      learning_rate=args.lr, max_steps=args.steps + 1, temperature=1.0, top_p=1.0,
+                      generation_kwargs={"min_new_tokens": args.completion}, use_vllm=False,
+                      gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=10_000,
+                      use_cpu=True, bf16=False, mask_truncated_completions=False, shuffle_dataset=False, seed=0, dataloader_num_workers=0)
+    folder = tempfile.mkdtemp()  # trl builds its reference model from the model's folder
+    model.save_pretrained(folder)
+    trainer = GRPOTrainer(model=folder, reward_funcs=reward, args=conf, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[timer])
+    torch.manual_seed(0)
+    trainer.train()
+    return timer.times[1:]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--side", choices=["orchestra_jax", "trl", "both"], default="both")
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--model", default=None, help="a Hugging Face Qwen3 folder instead of a random --size model")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--completion", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-6)
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+
+    def load():
+        if args.model:
+            from transformers import AutoModelForCausalLM
+            return AutoModelForCausalLM.from_pretrained(args.model, torch_dtype="float32").eval()
+        return hf_qwen3(args.size)
+
+    samples = args.prompts * args.group
+    result = {"benchmark": "vs_trl", "model": args.model or args.size, "prompts": args.prompts,
+              "group": args.group, "prompt_len": args.prompt_len, "completion": args.completion,
+              "steps_timed": args.steps, "beta": BETA,
+              "torch_threads": torch.get_num_threads()}
+    if args.side in ("orchestra_jax", "both"):
+        times, metrics = run_orchestra_jax(load(), args)
+        result["orchestra_jax"] = {"step_s": float(np.median(times)), "samples_per_s": samples / np.median(times),
+                                   "last_loss": metrics["loss"]}
+    if args.side in ("trl", "both"):
+        times = run_trl(load(), args)
+        result["trl"] = {"step_s": float(np.median(times)), "samples_per_s": samples / np.median(times)}
+    if args.side == "both":
+        result["speedup"] = result["orchestra_jax"]["samples_per_s"] / result["trl"]["samples_per_s"]
+        result["target_speedup"] = 2.5
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Every benchmark runs in a tiny mode and prints one JSON object with its keys (numbers checked for sense)."""
+import importlib
+import json
+import pathlib
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _run(name, argv, capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        importlib.import_module(name).main(argv)
+    finally:
+        sys.path.remove(str(BENCH))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, lines
+    out = json.loads(lines[0])
+    assert {"machine", "date", "benchmark"} <= set(out) and out["benchmark"] == name
+    return out
+
+
+def test_sampling_tiny_mode_ids_equal_transformers(capsys):
+    out = _run("sampling", ["--size", "nano", "--batch", "2", "--prompt", "8", "--new", "8", "--reps", "1"], capsys)
+    assert out["ids_equal"] is True
+    assert out["orchestra_jax_tokens_per_s"] > 0 and out["transformers_tokens_per_s"] > 0 and out["speedup"] > 0
+
+
+def test_packing_tiny_mode(capsys):
+    out = _run("packing", ["--sequences", "30", "--tasks", "2", "--group", "3", "--row-len", "512", "--reps", "1",
+                           "--size", "nano"], capsys)
+    j, g = out["jagged"], out["groups"]
+    assert 50 <= j["min_len"] <= j["max_len"] <= 12_000 and j["packed_utilisation"] > j["padded_utilisation"]
+    assert g["shared_tokens"] < g["episode_tokens"] and g["tokens_ratio"] > 1
+    assert g["max_logp_diff"] < 1e-4 and g["unshared_step_s"] > 0 and g["shared_step_s"] > 0
+
+
+def test_update_step_tiny_mode(capsys):
+    out = _run("update_step", ["--sizes", "nano", "--rows", "2", "--row-len", "32", "--reps", "1",
+                               "--peak-n", "128"], capsys)
+    r = out["sizes"]["nano"]
+    assert out["peak_matmul_flops_per_s"] > 0 and r["model_flops"] > 0 and 0 < r["utilisation"]
+    assert set(r) == {"params", "update_s", "tokens_per_s", "model_flops", "achieved_flops_per_s", "utilisation",
+                      "flops_per_s_vs_neighbouring_peak"}
+    assert len(out["peak_measurements"]) == 2 and out["peak_matmul_flops_per_s"] == max(out["peak_measurements"])
+
+
+def test_episode_vs_turn_counts(capsys):
+    out = _run("episode_vs_turn", ["--episodes", "1", "--prompt", "10", "--turns", "2,2", "--sampled", "3,3",
+                                   "--obs", "4,4"], capsys)
+    # packed: 10 + 3 + 4 + 3 = 20; per turn: (10 + 3) + (10 + 3 + 4 + 3) = 33
+    assert out["packed_tokens_per_episode"] == 20 and out["per_turn_tokens_per_episode"] == 33
+    assert out["tokens_ratio"] == pytest.approx(33 / 20)
+
+
+def test_vs_trl_orchestra_side_tiny_mode(capsys):
+    out = _run("vs_trl", ["--side", "orchestra_jax", "--size", "nano", "--prompts", "2", "--group", "2",
+                          "--prompt-len", "8", "--completion", "8", "--steps", "1"], capsys)
+    assert out["orchestra_jax"]["samples_per_s"] > 0 and "trl" not in out
+
+
+@pytest.mark.slow
+def test_vs_trl_both_sides_tiny_mode(capsys):
+    out = _run("vs_trl", ["--side", "both", "--size", "nano", "--prompts", "2", "--group", "2", "--prompt-len", "8",
+                          "--completion", "8", "--steps", "1"], capsys)
+    assert out["trl"]["samples_per_s"] > 0 and out["speedup"] > 0
