@@ -31,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 
-from orchestra_jax.checkpoint import Checkpointer
+from orchestra_jax.checkpoint import Checkpointer, latest_step_in
 from orchestra_jax.config import Config, to_dict
 from orchestra_jax.data.packing import pack
+from orchestra_jax.divergence import DivergenceBounds, DivergenceMonitor
+from orchestra_jax.faults import maybe_fault
 from orchestra_jax.data.tasks import read_jsonl, task_iterator, write_jsonl
 from orchestra_jax.logging import RunLogger
 from orchestra_jax.model import ModelConfig, init_params
@@ -41,7 +43,9 @@ from orchestra_jax.parallel.distributed import initialize as initialize_distribu
 from orchestra_jax.rl.advantages import group_advantages
 from orchestra_jax.rl.optim import make_optimizer
 from orchestra_jax.rl.rewards import compute_rewards, init_reward_state
+from orchestra_jax.preemption import Preempted, PreemptionGuard
 from orchestra_jax.rl.step import make_update_fn, token_logprobs
+from orchestra_jax.run_dir import check_resume
 
 CONSOLE_KEYS = ("reward/mean", "reward/preference_score", "rollout/accuracy", "rollout/cost_usd", "loss")
 
@@ -57,11 +61,9 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def _save_config(cfg: Config) -> None:
-    os.makedirs(cfg.run_dir, exist_ok=True)
-    path = os.path.join(cfg.run_dir, "config.yaml")
-    text = OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
-    with open(path, "w") as f:
-        f.write(text)
+    """Records the config; a run_dir made with a different training config is refused (run_dir.check_resume)."""
+    check_resume(cfg.run_dir, to_dict(cfg), allow_change=cfg.train.allow_config_change,
+                 write=jax.process_index() == 0)
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -207,7 +209,10 @@ def train_grpo(cfg: Config, env, tokenizer, model_cfg: ModelConfig, start_params
     if needs_ref:
         state["ref_params"] = jax.tree_util.tree_map(jnp.copy, params)
     ckpt = Checkpointer(os.path.join(cfg.run_dir, "checkpoints"), keep=t.checkpoint_keep,
-                        async_save=t.async_checkpoint)
+                        async_save=t.async_checkpoint, save_every=t.checkpoint_every)
+    monitor = DivergenceMonitor(DivergenceBounds(t.max_consecutive_skips, t.alert_kl_max, t.alert_entropy_min,
+                                                 t.alert_entropy_max))
+    guard = PreemptionGuard().__enter__()
     data_state = None
     if ckpt.latest_step() is not None:
         state, data_state = ckpt.restore(None, state)
@@ -232,6 +237,7 @@ def train_grpo(cfg: Config, env, tokenizer, model_cfg: ModelConfig, start_params
         ro = rollout(model_cfg, state["params"], env, tokenizer, tasks, roll_key, cfg.rollout,
                      env_seed=step_seed(t.seed, step, 1))
         t_roll = time.perf_counter() - t0
+        maybe_fault("rollout", step)
         rewards, reward_state, reward_m = compute_rewards(cfg.reward, ro.features, ro.solved, ro.preference,
                                                           state["reward_state"])
         adv, keep, adv_m = group_advantages(np.asarray(rewards), algo.advantage)
@@ -262,6 +268,7 @@ def train_grpo(cfg: Config, env, tokenizer, model_cfg: ModelConfig, start_params
         else:
             metrics["update/skipped_no_data"] = 1.0
         t_upd = time.perf_counter() - t1
+        maybe_fault("update", step)
         new_state = {"params": params, "opt_state": opt_state, "rng": rng,
                      "step": jnp.asarray(step, jnp.int32), "reward_state": reward_state}
         if needs_ref:
@@ -274,14 +281,30 @@ def train_grpo(cfg: Config, env, tokenizer, model_cfg: ModelConfig, start_params
             "throughput/rollout_tokens_per_s": metrics["rollout/sampled_tokens"] / max(t_roll, 1e-9),
             "throughput/update_tokens_per_s": metrics.get("update/tokens", 0.0) * algo.ppo_epochs / max(t_upd, 1e-9),
         })
+        try:
+            metrics.update(monitor.observe(step, metrics))  # N skipped updates in a row: stop before saving
+        except Exception:
+            guard.__exit__()
+            ckpt.close()
+            raise
         if step % t.log_every == 0 or step == t.steps:
             logger.log(step, metrics)
         if t.samples_every and (step % t.samples_every == 0 or step == t.steps):
             logger.log_table(step, "samples", SAMPLE_COLUMNS,
                              sample_rows(ro, tokenizer, rewards, step, t.num_samples))
         history.append({"step": step, **metrics})
-        if step % t.checkpoint_every == 0 or step == t.steps:
-            ckpt.save(step, state, tasks_it.get_state())
+        stop = guard.stop_requested() or ckpt.reached_preemption(step)
+        ckpt.save(step, state, tasks_it.get_state(), force=stop or step == t.steps)
+        maybe_fault("save", step)
+        if stop:
+            guard.__exit__()
+            ckpt.close()
+            err = Preempted(guard.signum or 15, step, ckpt.step_path(step))
+            logger.write(str(err))
+            if own_logger:
+                logger.close()
+            raise err
+    guard.__exit__()
     ckpt.close()
     if own_logger:
         logger.close()
@@ -523,11 +546,7 @@ def run(cfg: Config) -> dict:
 
 
 def _latest_step(cfg: Config) -> int:
-    d = os.path.join(cfg.run_dir, "checkpoints")
-    if not os.path.isdir(d):
-        return 0
-    steps = [int(x) for x in os.listdir(d) if x.isdigit()]
-    return max(steps) if steps else 0
+    return latest_step_in(os.path.join(cfg.run_dir, "checkpoints"))
 
 
 def evaluate_run(cfg: Config) -> dict:
@@ -542,8 +561,7 @@ def evaluate_run(cfg: Config) -> dict:
     ck = Checkpointer(ckpt_dir)
 
     step = ck.latest_step()
-    meta = ck._mngr.item_metadata(step)["state"]
-    keys = set(getattr(meta, "tree", meta).keys())
+    keys = ck.saved_keys(step)
     # restore only the params: build a full target of the saved structure from a fresh optimizer state
     from orchestra_jax.rl.optim import make_optimizer as _mk
 
