@@ -45,7 +45,6 @@ USAGE
 }
 
 ACTION=up
-case "${1:-}" in up|attach|down) ACTION=$1; shift ;; esac
 PROJECT=${GCP_PROJECT:-}
 ZONE=${GCP_ZONE:-}
 ACCELERATOR=${TPU_ACCELERATOR:-}
@@ -79,6 +78,7 @@ while [[ $# -gt 0 ]]; do
     --force) FORCE=1; shift ;;
     --poll) POLL=${2:-}; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
+    up|attach|down) ACTION=$1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
     *) usage >&2; die "unknown option $1 (Hydra overrides go after --)" ;;
