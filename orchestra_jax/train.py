@@ -36,7 +36,7 @@ from orchestra_jax.config import Config, to_dict
 from orchestra_jax.data.packing import pack
 from orchestra_jax.divergence import DivergenceBounds, DivergenceMonitor
 from orchestra_jax.faults import maybe_fault
-from orchestra_jax.data.tasks import read_jsonl, task_iterator, write_jsonl
+from orchestra_jax.data.tasks import read_jsonl, read_trajectories, task_iterator, write_jsonl
 from orchestra_jax.logging import RunLogger
 from orchestra_jax.model import ModelConfig, init_params
 from orchestra_jax.parallel.distributed import initialize as initialize_distributed
@@ -325,7 +325,7 @@ def teacher_trajectories(cfg: Config, env) -> list[dict]:
     ``<run_dir>/data/sft_trajectories.jsonl`` (dicts with prompt, actions, observations)."""
     path = os.path.join(cfg.run_dir, "data", "sft_trajectories.jsonl")
     if os.path.exists(path):
-        return read_jsonl(path)
+        return read_trajectories(path)
     tasks = env.sample_tasks(cfg.sft.seed + 10_000, cfg.sft.num_tasks, split="train")
     records = pass_at_k_teacher_data(env, tasks, seed=cfg.sft.seed, k=cfg.sft.teacher_samples,
                                      teachers=cfg.sft.teachers)
