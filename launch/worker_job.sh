@@ -6,7 +6,7 @@
 #   bash launch/worker_job.sh wait                      stream the log until the job ended; exit with its status
 #   bash launch/worker_job.sh status                    print running | exited <status> | not started
 #
-# State lives in $ORCHESTRA_JOB_DIR (default ~/orchestra_job): pid, train.log, exit_code. When the job
+# State lives in $ORCHESTRA_JOB_DIR (default ~/orchestra_job; wait polls every $ORCHESTRA_JOB_POLL s, 10): pid, train.log, exit_code. When the job
 # ends its log is copied to RUN_DIR/logs/<host>.log (shared storage) before exit_code is written, so
 # "exit_code exists" means the job is over and its outputs are written.
 set -euo pipefail
@@ -59,7 +59,7 @@ case "${1:-}" in
         sleep 2  # the wrapper may be writing exit_code right now
         [[ -f "$JOB/exit_code" ]] || { kill "$tailer"; echo "job died without an exit status" >&2; exit 4; }
       fi
-      sleep 10
+      sleep "${ORCHESTRA_JOB_POLL:-10}"
     done
     sleep 1
     kill "$tailer" 2>/dev/null || true

@@ -124,7 +124,7 @@ def test_tpu_vm_refuses_local_run_dir(sandbox, args, message):
 def test_worker_job_runs_detached_and_reports(tmp_path):
     """The worker side for real: start returns at once, wait streams the log and returns the job's status,
     the log lands in run_dir/logs, and a second start while it runs does not start a second job."""
-    env = dict(os.environ, ORCHESTRA_JOB_DIR=str(tmp_path / "job"))
+    env = dict(os.environ, ORCHESTRA_JOB_DIR=str(tmp_path / "job"), ORCHESTRA_JOB_POLL="0.2")
     run_dir = tmp_path / "shared" / "run"
     job = ["bash", "-c", "echo step-1; sleep 2; echo step-2; exit 3"]
     script = str(LAUNCH / "worker_job.sh")
@@ -190,13 +190,14 @@ def test_tpu_vm_killed_launcher_leaves_the_job_running(sandbox):
         'args="$*"', 'args="$*"\n[[ "$args" == *"worker_job.sh wait"* ]] && sleep 30'))
     env = {"PATH": f"{sandbox}/bin:/usr/bin:/bin", "HOME": str(sandbox), "TMPDIR": str(sandbox), "USER": "t"}
     proc = subprocess.Popen(["bash", str(LAUNCH / "tpu_vm.sh"), *TPU_ARGS, "--bucket", "bkt", "--", "x=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=sandbox)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=sandbox,
+                            start_new_session=True)
     import time
 
     deadline = time.time() + 30
     while time.time() < deadline and "worker_job.sh wait" not in (log.read_text() if log.exists() else ""):
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the launcher's terminal (its ssh child gets it too)
     _, err = proc.communicate(timeout=60)
     calls = log.read_text().splitlines()
     assert not any(" delete " in c for c in calls), calls

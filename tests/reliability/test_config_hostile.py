@@ -51,7 +51,9 @@ def known_gap(overrides, problem) -> bool:
         return any(known_gap([o], problem) for o in overrides)
     if isinstance(DEFAULT.get(key), bool) and isinstance(value, (int, str)):
         return True
-    if isinstance(DEFAULT.get(key), (list, tuple)) and ("ListConfig" in problem or "unpack" in problem):
+    parent = key.rsplit(".", 1)[0]
+    if (isinstance(DEFAULT.get(key), (list, tuple)) or isinstance(DEFAULT.get(parent), (list, tuple))) and \
+            ("ListConfig" in problem or "unpack" in problem):
         return True
     if isinstance(value, str) and value.startswith("${"):
         return True
