@@ -92,7 +92,7 @@ def write_record(run_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> None:
     text = yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False)
     tmp = folder / f"{CONFIG_FILE}.tmp{os.getpid()}"
     tmp.write_text(text)
-    tmp.rename(folder / CONFIG_FILE)
+    tmp.replace(folder / CONFIG_FILE)
 
 
 def check_resume(run_dir: str | os.PathLike, cfg: Mapping[str, Any], allow_change: bool = False,
