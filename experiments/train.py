@@ -28,9 +28,14 @@ def main(raw: DictConfig) -> float:
     if not jax.config.jax_compilation_cache_dir:  # reruns and resumes skip most XLA compilation
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/orchestra_jax/xla"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    from orchestra_jax.checkpoint import CheckpointMismatchError
+    from orchestra_jax.run_dir import ConfigChangeError
     from orchestra_jax.train import run
 
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except (ConfigChangeError, CheckpointMismatchError) as e:  # one clear line, no traceback
+        sys.exit(f"error: {e}")
     grpo = summary.get("policies", {}).get("grpo", {})
     return float(grpo.get("mean_reward", float("nan")))  # the sweep's objective
 

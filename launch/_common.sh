@@ -2,6 +2,7 @@
 # Shared helpers for the launch scripts (sourced, not run).
 
 DRY_RUN=0
+exec 3>&1  # --dry-run prints commands here, also from inside $(...) captures
 
 die() {
   echo "error: $*" >&2
@@ -29,7 +30,7 @@ quote_cmd() {
 # Runs a command, or with --dry-run prints it prefixed by "+ " instead.
 run() {
   if [[ "$DRY_RUN" == 1 ]]; then
-    printf '+ %s\n' "$(quote_cmd "$@")"
+    printf '+ %s\n' "$(quote_cmd "$@")" >&3
   else
     printf '+ %s\n' "$(quote_cmd "$@")" >&2
     "$@"
@@ -52,4 +53,19 @@ override_value() {
     fi
   done
   return 0
+}
+
+# True when PATH is on storage every host of a job (and the launcher) can see after the hosts are gone:
+# a gs:// URL or a GCS FUSE mount under /gcs/.
+is_shared_path() {
+  [[ "$1" == gs://* || "$1" == /gcs/* ]]
+}
+
+# The gs:// URL of a shared run_dir (/gcs/BUCKET/x -> gs://BUCKET/x).
+gcs_url() {
+  case "$1" in
+    gs://*) printf '%s\n' "$1" ;;
+    /gcs/*) printf 'gs://%s\n' "${1#/gcs/}" ;;
+    *) return 1 ;;
+  esac
 }

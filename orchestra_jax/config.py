@@ -56,6 +56,11 @@ class TrainConfig:
     wandb_project: str = "orchestra_jax"  # wandb project
     wandb_group: Optional[str] = None  # wandb group (e.g. the sweep name); None = none
     wandb_name: Optional[str] = None  # wandb run name; None = basename of run_dir
+    allow_config_change: bool = False  # resume a run_dir whose recorded config differs in training keys (recorded)
+    max_consecutive_skips: int = 5  # stop after this many non-finite (skipped) updates in a row; 0 = never
+    alert_kl_max: Optional[float] = None  # alert when the KL to the reference exceeds this; None = off
+    alert_entropy_min: Optional[float] = None  # alert when the token entropy falls below this; None = off
+    alert_entropy_max: Optional[float] = None  # alert when the token entropy exceeds this; None = off
 
 
 @dataclasses.dataclass(frozen=True)

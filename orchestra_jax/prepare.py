@@ -13,7 +13,6 @@ from typing import Any
 import jax
 import numpy as np
 from etils import epath
-from omegaconf import OmegaConf
 
 from orchestra_jax.config import Config, to_dict
 from orchestra_jax.data.tasks import read_jsonl, write_jsonl
@@ -35,10 +34,13 @@ class Prepared:
 
 
 def save_config(cfg: Config) -> None:
-    run = epath.Path(cfg.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    """Records the config in <run_dir>/config.yaml; a run_dir made with a different training config is
+    refused with the differing keys named, unless train.allow_config_change (run_dir.check_resume)."""
+    from orchestra_jax.run_dir import check_resume
+
+    epath.Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    check_resume(cfg.run_dir, to_dict(cfg), allow_change=cfg.train.allow_config_change,
+                 write=jax.process_index() == 0)
 
 
 def teacher_data(cfg: Config, env) -> list:

@@ -18,9 +18,12 @@ import jax
 import numpy as np
 from etils import epath
 
-from orchestra_jax.checkpoint import Checkpointer
+from orchestra_jax.checkpoint import Checkpointer, latest_step_in
 from orchestra_jax.config import Config, mesh_device_count, to_dict
+from orchestra_jax.divergence import DivergenceBounds, DivergenceMonitor
+from orchestra_jax.faults import maybe_fault
 from orchestra_jax.logging import RunLogger
+from orchestra_jax.preemption import Preempted, PreemptionGuard
 from orchestra_jax.rl.grpo import GRPOSetup, StepConfig, TrainState, grpo_step, init_state
 
 CONSOLE_KEYS = ("reward/mean", "reward/preference_score", "rollout/accuracy", "rollout/cost_usd", "loss")
@@ -60,7 +63,8 @@ def make_setup(cfg: Config, prep, mesh) -> GRPOSetup:
     step_cfg = StepConfig(tasks_per_step=t.tasks_per_step, rows_per_host=rows, row_len=t.row_len,
                           truncate=t.truncate, seed=t.seed, batch_tasks=t.rollout_batch_tasks)
     return GRPOSetup(prep.model_cfg, algo, cfg.reward, cfg.rollout, step_cfg, prep.env, prep.tokenizer, mesh,
-                     update, make_sharded_logprob_fn(token_logprobs, prep.model_cfg, mesh, rules))
+                     update, make_sharded_logprob_fn(token_logprobs, prep.model_cfg, mesh, rules),
+                     on_phase=maybe_fault)
 
 
 # --------------------------------------------------------------------------------- state <-> checkpoint
@@ -111,26 +115,42 @@ def train_grpo(cfg: Config, setup: GRPOSetup, start, train_path: str, logger: Ru
 
     t, P, p = cfg.train, jax.process_count(), jax.process_index()
     ckpt = Checkpointer(str(epath.Path(cfg.run_dir) / "checkpoints"), keep=t.checkpoint_keep,
-                        async_save=t.async_checkpoint)
+                        async_save=t.async_checkpoint, save_every=t.checkpoint_every)
     state, data_state = restore_state(ckpt, setup, start, seed=t.seed + 1)
     if data_state is not None:
         logger.write(f"resumed GRPO from {ckpt.directory}/{int(state.step)}")
     tasks_it = task_iterator(train_path, t.tasks_per_step * P, t.seed, state=data_state or None)
+    monitor = DivergenceMonitor(DivergenceBounds(t.max_consecutive_skips, t.alert_kl_max, t.alert_entropy_min,
+                                                 t.alert_entropy_max))
     history = []
-    for step in range(int(state.step) + 1, t.steps + 1):
-        t0 = time.perf_counter()
-        records = next(tasks_it)[p * t.tasks_per_step:(p + 1) * t.tasks_per_step]
-        state, metrics, info = grpo_step(setup, state, setup.env.tasks_from_dicts(records))
-        dt = time.perf_counter() - t0
-        metrics.update({"time/step_s": dt, "throughput/sampled_tokens_per_s": metrics["rollout/sampled_tokens"] / dt,
-                        "compiles/update": float(setup.update.num_compiled)})
-        if step % t.log_every == 0 or step == t.steps:
-            logger.log(step, metrics)
-        if t.samples_every and (step % t.samples_every == 0 or step == t.steps):
-            logger.log_table(step, "samples", SAMPLE_COLUMNS, sample_rows(info, setup.tokenizer, t.num_samples))
-        history.append({"step": step, **metrics})
-        if step % t.checkpoint_every == 0 or step == t.steps:
-            ckpt.save(step, to_checkpoint(state, setup.mesh), tasks_it.get_state(), force=True)
+    with PreemptionGuard() as guard:  # SIGTERM / SIGINT: finish the step, save it, exit with a clear line
+        for step in range(int(state.step) + 1, t.steps + 1):
+            t0 = time.perf_counter()
+            records = next(tasks_it)[p * t.tasks_per_step:(p + 1) * t.tasks_per_step]
+            state, metrics, info = grpo_step(setup, state, setup.env.tasks_from_dicts(records))
+            maybe_fault("update", step)  # test hook (ORCHESTRA_FAULT); "rollout" fires inside grpo_step
+            dt = time.perf_counter() - t0
+            metrics.update({"time/step_s": dt,
+                            "throughput/sampled_tokens_per_s": metrics["rollout/sampled_tokens"] / dt,
+                            "compiles/update": float(setup.update.num_compiled)})
+            try:
+                metrics.update(monitor.observe(step, metrics))  # N skipped updates in a row: stop, no save
+            except Exception:
+                ckpt.close()
+                raise
+            if step % t.log_every == 0 or step == t.steps:
+                logger.log(step, metrics)
+            if t.samples_every and (step % t.samples_every == 0 or step == t.steps):
+                logger.log_table(step, "samples", SAMPLE_COLUMNS, sample_rows(info, setup.tokenizer, t.num_samples))
+            history.append({"step": step, **metrics})
+            stop = guard.stop_requested() or ckpt.reached_preemption(step)
+            ckpt.save(step, to_checkpoint(state, setup.mesh), tasks_it.get_state(), force=stop or step == t.steps)
+            maybe_fault("save", step)
+            if stop:
+                ckpt.close()
+                err = Preempted(guard.signum or 15, step, ckpt.step_path(step))
+                logger.write(str(err))
+                raise err
     ckpt.close()
     return state, history
 
@@ -162,9 +182,7 @@ def run(cfg: Config) -> dict:
     prep = prepare(cfg)
     setup = make_setup(cfg, prep, mesh)
     start, start_name, start_local = start_policy(cfg, prep, setup)
-    ckpt = Checkpointer(str(epath.Path(cfg.run_dir) / "checkpoints"), keep=cfg.train.checkpoint_keep)
-    latest = ckpt.latest_step() or 0
-    ckpt.close()
+    latest = latest_step_in(str(epath.Path(cfg.run_dir) / "checkpoints"))
     logger = make_logger(cfg, initial_step=latest)
     summary = {}
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import grain
 
@@ -47,29 +47,109 @@ def write_lines_atomically(path: str, lines: Iterable[str]) -> int:
     return n
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Reads a JSONL file written by ``write_jsonl``; a bad line raises ValueError naming file and line."""
-    if not os.path.exists(path):
-        raise ValueError(f"task file not found: {path}")
+class RecordFileError(ValueError):
+    """A task / trajectory file that cannot be read: names the file and the line."""
+
+
+# The SFT teacher-trajectory records (train.teacher_trajectories writes them): field -> JSON type.
+TRAJECTORY_FIELDS = {"prompt": dict, "actions": list, "observations": list}
+
+_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _type_name(t) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_TYPE_NAMES.get(x, x.__name__) for x in t)
+    return _TYPE_NAMES.get(t, t.__name__)
+
+
+def _json_type(value) -> str:
+    return "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def check_fields(rec: dict, fields: Mapping[str, type | tuple], where: str) -> None:
+    """Raises RecordFileError naming ``where`` if a field of ``fields`` is missing or of another JSON type
+    (a bool is not an integer, an integer is a number)."""
+    for name, expected in fields.items():
+        if name not in rec:
+            raise RecordFileError(f"{where}: missing field {name!r} (expected {_type_name(expected)})")
+        value = rec[name]
+        types = expected if isinstance(expected, tuple) else (expected,)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if isinstance(value, bool) and bool not in types:
+            ok = False
+        else:
+            ok = isinstance(value, types)
+        if not ok:
+            raise RecordFileError(f"{where}: field {name!r} is {_json_type(value)}, expected {_type_name(expected)}")
+
+
+def parse_jsonl(text: str, source: str, fields: Mapping[str, type | tuple] | None = None) -> list[dict[str, Any]]:
+    """The records of JSONL ``text`` (see ``read_jsonl``); ``source`` names it in errors."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            version = rec.pop(SCHEMA_KEY, SCHEMA_VERSION)
-            if version != SCHEMA_VERSION:
-                raise ValueError(f"{path}:{lineno}: schema version {version}, this code reads {SCHEMA_VERSION}")
-            out.append(rec)
+    lines = text.split("\n")
+    complete = text.endswith("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            last = lineno == len(lines) and not complete
+            why = "truncated (the last line has no newline: the file was cut while being written)" if last \
+                else f"not valid JSON ({getattr(e, 'msg', type(e).__name__)})"
+            raise RecordFileError(f"{where}: {why}") from None
+        if not isinstance(rec, dict):
+            raise RecordFileError(f"{where}: expected a JSON object, got {_json_type(rec)}")
+        version = rec.pop(SCHEMA_KEY, SCHEMA_VERSION)
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise RecordFileError(f"{where}: schema version {version!r}, this code reads {SCHEMA_VERSION}")
+        if fields:
+            check_fields(rec, fields, where)
+        out.append(rec)
     if not out:
-        raise ValueError(f"task file is empty: {path}")
+        raise RecordFileError(f"{source}: no records (the file is empty)")
     return out
+
+
+def read_jsonl(path: str, fields: Mapping[str, type | tuple] | None = None) -> list[dict[str, Any]]:
+    """Reads a JSONL file written by ``write_jsonl``.
+
+    Every problem raises one RecordFileError naming the file and line, before anything is returned: invalid
+    JSON, a truncated last line, a line that is not an object, another schema version, and (with
+    ``fields``: name -> type) a missing field or one of the wrong JSON type. Reading changes nothing.
+    """
+    if not os.path.exists(path):
+        raise RecordFileError(f"task file not found: {path}")
+    with open(path, "rb") as f:
+        return parse_jsonl(decode_text(f.read(), path), path, fields)
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """UTF-8 text of a record file; bad bytes raise RecordFileError naming the line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = 1 + raw[: e.start].count(b"\n")
+        raise RecordFileError(f"{source}:{line}: not UTF-8 text ({e.reason})") from None
+
+
+def read_trajectories(path: str) -> list[dict[str, Any]]:
+    """SFT teacher trajectories: ``read_jsonl`` with TRAJECTORY_FIELDS, ``prompt.messages`` an array and the
+    actions and observations arrays of strings."""
+    records = read_jsonl(path, TRAJECTORY_FIELDS)
+    with open(path, encoding="utf-8") as f:
+        numbers = [i for i, ln in enumerate(f, 1) if ln.strip()]
+    for lineno, rec in zip(numbers, records):
+        where = f"{path}:{lineno}"
+        check_fields(rec["prompt"], {"messages": list}, f"{where}: prompt")
+        for name in ("actions", "observations"):
+            bad = [i for i, x in enumerate(rec[name]) if not isinstance(x, str)]
+            if bad:
+                raise RecordFileError(f"{where}: {name}[{bad[0]}] is {_json_type(rec[name][bad[0]])}, expected string")
+    return records
 
 
 def task_dataset(

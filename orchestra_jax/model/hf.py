@@ -22,13 +22,21 @@ from typing import Callable, Mapping, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, load_file, save_file
 
 from orchestra_jax.model.config import DTYPES, ModelConfig
 
 ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
 # Buffers some older checkpoints store that carry no parameters.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class HFCheckpointError(ValueError):
+    """An HF checkpoint folder that cannot be loaded: names the file and the tensor."""
+
+
+# dtypes a weight may be stored in (cast to cfg.param_dtype on load); anything else is a corrupt/foreign file
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 class _Tensor(NamedTuple):
@@ -181,25 +189,45 @@ def config_to_hf(cfg: ModelConfig, architecture: str) -> dict:
     return hf
 
 
-def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray]):
-    """Our param tree (jnp arrays in cfg.param_dtype) from HF-named numpy tensors; strict on names/shapes."""
+def check_tensors(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], origin: Mapping[str, str] | None = None,
+                  source: str = "checkpoint") -> None:
+    """Raises one HFCheckpointError naming the file and tensor if ``tensors`` (HF names) is not exactly what
+    ``cfg`` needs: a tensor missing or unknown, a shape mismatch, or a non-floating dtype. ``origin`` maps a
+    tensor name to the file it came from (sharded checkpoints)."""
+    origin = origin or {}
     specs = _tensor_specs(cfg)
     known = {s.hf_name for s in specs}
     unexpected = sorted(name for name in tensors if name not in known
                         and not name.endswith(_IGNORED_SUFFIXES)
                         and not (cfg.tie_word_embeddings and name == "lm_head.weight"))
     if unexpected:
-        raise ValueError(f"checkpoint has tensors the config does not use: {unexpected[:8]}"
-                         f"{' ...' if len(unexpected) > 8 else ''}")
-    dtype = DTYPES[cfg.param_dtype]
-    params: dict = {}
+        where = origin.get(unexpected[0], source)
+        raise HFCheckpointError(f"{where}: tensors the config does not use: {unexpected[:8]}"
+                                f"{' ...' if len(unexpected) > 8 else ''} (a checkpoint of another architecture "
+                                f"or size?)")
     for spec in specs:
         if spec.hf_name not in tensors:
-            raise ValueError(f"checkpoint is missing tensor {spec.hf_name!r} (expected shape {spec.hf_shape})")
+            raise HFCheckpointError(f"{source}: missing tensor {spec.hf_name!r} (expected shape {spec.hf_shape})")
+        array = tensors[spec.hf_name]
+        where = origin.get(spec.hf_name, source)
+        dtype = str(getattr(array, "dtype", type(array).__name__))
+        if dtype not in FLOAT_DTYPES:
+            raise HFCheckpointError(f"{where}: tensor {spec.hf_name!r} has dtype {dtype}; expected one of "
+                                    f"{', '.join(FLOAT_DTYPES)}")
+        if tuple(np.shape(array)) != spec.hf_shape:
+            raise HFCheckpointError(f"{where}: tensor {spec.hf_name!r} has shape {tuple(np.shape(array))} in the "
+                                    f"checkpoint but the config needs {spec.hf_shape}")
+
+
+def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], origin: Mapping[str, str] | None = None,
+                   source: str = "checkpoint"):
+    """Our param tree (jnp arrays in cfg.param_dtype) from HF-named numpy tensors; strict on names, shapes
+    and dtypes (``check_tensors``)."""
+    check_tensors(cfg, tensors, origin, source)
+    dtype = DTYPES[cfg.param_dtype]
+    params: dict = {}
+    for spec in _tensor_specs(cfg):
         array = np.asarray(tensors[spec.hf_name])
-        if tuple(array.shape) != spec.hf_shape:
-            raise ValueError(f"tensor {spec.hf_name!r} has shape {tuple(array.shape)} in the checkpoint but "
-                             f"the config needs {spec.hf_shape}")
         node = params
         for key in spec.path[:-1]:
             node = node.setdefault(key, {})
@@ -225,35 +253,81 @@ def params_to_hf(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_tensors(folder: str) -> dict[str, np.ndarray]:
+def tensors_from_bytes(data: bytes, source: str) -> dict[str, np.ndarray]:
+    """The tensors of safetensors ``data`` (the loader minus the file read); bad bytes raise naming ``source``."""
+    try:
+        return load(data)
+    except Exception as e:  # safetensors raises SafetensorError / ValueError / OverflowError ...
+        raise HFCheckpointError(f"{source} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def _load_shard(path: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise HFCheckpointError(f"missing shard {path}")
+    try:
+        return load_file(path)
+    except Exception as e:
+        raise HFCheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HFCheckpointError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise HFCheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_tensors(folder: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, origin file of each) of an HF folder: model.safetensors, or the shards named by
+    model.safetensors.index.json (every shard must exist and hold the tensors the index assigns it)."""
     index_path = os.path.join(folder, "model.safetensors.index.json")
     single_path = os.path.join(folder, "model.safetensors")
     if os.path.exists(index_path):
-        with open(index_path) as fh:
-            weight_map = json.load(fh)["weight_map"]
-        tensors = {}
+        weight_map = _read_json(index_path).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise HFCheckpointError(f"{index_path}: no weight_map object of tensor name -> shard file")
+        tensors, origin = {}, {}
         for shard in sorted(set(weight_map.values())):
-            tensors.update(load_file(os.path.join(folder, shard)))
-        missing = sorted(set(weight_map) - set(tensors))
+            path = os.path.join(folder, shard)
+            if os.path.basename(shard) != shard:
+                raise HFCheckpointError(f"{index_path}: shard name {shard!r} is not a file name in the folder")
+            if not os.path.isfile(path):
+                raise HFCheckpointError(f"{index_path} names shard {shard!r}, which is missing from {folder}")
+            for name, array in _load_shard(path).items():
+                tensors[name] = array
+                origin[name] = path
+        missing = sorted(n for n, shard in weight_map.items() if origin.get(n) != os.path.join(folder, shard))
         if missing:
-            raise ValueError(f"{index_path} lists tensors not found in its shards: {missing[:8]}")
-        return tensors
+            raise HFCheckpointError(f"{index_path} lists tensors not found in their shards: {missing[:8]}")
+        return tensors, origin
     if os.path.exists(single_path):
-        return load_file(single_path)
+        tensors = _load_shard(single_path)
+        return tensors, {name: single_path for name in tensors}
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
 
 
 def load_hf_checkpoint(folder: str, **overrides):
     """(ModelConfig, params) from a local HF folder (config.json + safetensors, single or sharded).
 
-    overrides: ModelConfig fields to set, e.g. dtype="bfloat16", attention_backend="xla".
+    overrides: ModelConfig fields to set, e.g. dtype="bfloat16", attention_backend="xla". Every problem with
+    the folder (missing or corrupt files and shards, tensors missing, unknown, of the wrong shape or dtype)
+    raises one error naming the file and the tensor, before any parameter is built.
     """
     config_path = os.path.join(folder, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"no config.json in {folder}")
-    with open(config_path) as fh:
-        cfg = config_from_hf(json.load(fh), **overrides)
-    return cfg, params_from_hf(cfg, _read_tensors(folder))
+    try:
+        cfg = config_from_hf(_read_json(config_path), **overrides)
+    except HFCheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise HFCheckpointError(f"{config_path}: {e}") from None
+    tensors, origin = read_tensors(folder)
+    return cfg, params_from_hf(cfg, tensors, origin, source=folder)
 
 
 def save_hf_checkpoint(folder: str, cfg: ModelConfig, params, architecture: str) -> None:

@@ -73,6 +73,7 @@ class GRPOSetup:
     mesh: Any
     update: Any  # parallel.sharding.ShardedUpdate over the un-jitted rl.step update
     logprob: Any  # sharded (params, batch) -> (logp, entropy); used only when ppo_epochs > 1
+    on_phase: Any = None  # optional hook(phase, step) after the rollout (the loop's fault-injection point)
 
 
 def validate_sampling(rollout_cfg: RolloutConfig) -> None:
@@ -212,6 +213,8 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
         params_local = state.params if setup.mesh.size == 1 else replicate_to_local(state.params, setup.mesh)
 
     ro = rollout_tasks(setup, params_local, tasks, roll_key, env_seed(cfg.seed, step, 1), first_task=p * n_local)
+    if setup.on_phase is not None:
+        setup.on_phase("rollout", step)
     episodes = gather_episodes(episode_table(ro))
     n_groups = len(episodes["solved"]) // G
     grouped = {k: episodes[k].reshape((n_groups, G) + episodes[k].shape[1:])

@@ -24,6 +24,8 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", 
 _CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Required by the chat protocol in any tokenizer we load.
 _REQUIRED_TOKENS = (PAD_TOKEN, "<|im_start|>", EOS_TOKEN)
+# exercised once at load: a file the library accepts but cannot run fails there, not mid-training
+_PROBE = "<|im_start|>user\nWhat is 2 + 2? caf\u00e9 \U0001f600<|im_end|>\n<tool_call>{\"name\": \"a\"}</tool_call>"
 # Qwen2/Qwen3 pre-tokeniser split pattern (from their tokenizer.json).
 QWEN_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                       r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -124,6 +126,24 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Tokenizer:
     return Tokenizer(tok, source="train_tokenizer")
 
 
+def _from_json_text(text: str, source: str) -> Tokenizer:
+    """A Tokenizer from tokenizer.json text, exercised once on the chat protocol, so a file that the Rust
+    library accepts but panics on later (e.g. a merge of an empty string) fails here, naming ``source``."""
+    try:
+        hf = tokenizers.Tokenizer.from_str(text)
+        tok = Tokenizer(hf, source=source)
+        tok.decode(tok.encode(_PROBE))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except ValueError as e:
+        if str(e).startswith("tokenizer "):
+            raise
+        raise ValueError(f"{source} is not a valid Hugging Face tokenizer.json: {e}") from None
+    except BaseException as e:  # tokenizers raises plain Exceptions and pyo3 PanicExceptions (BaseException)
+        raise ValueError(f"{source} is not a valid Hugging Face tokenizer.json: {type(e).__name__}: {e}") from None
+    return tok
+
+
 def load_tokenizer(folder_or_file: str | os.PathLike) -> Tokenizer:
     """Load a Hugging Face ``tokenizer.json`` from a file, from a folder holding one, or from the JSON text
     itself (a str starting with ``{``).
@@ -131,11 +151,7 @@ def load_tokenizer(folder_or_file: str | os.PathLike) -> Tokenizer:
     Missing, unreadable or corrupt files raise an error naming the path.
     """
     if isinstance(folder_or_file, str) and folder_or_file.lstrip().startswith("{"):
-        try:
-            hf = tokenizers.Tokenizer.from_str(folder_or_file)
-        except Exception as e:
-            raise ValueError(f"JSON text passed to load_tokenizer is not a valid tokenizer.json: {e}") from e
-        return Tokenizer(hf, source="<json text>")
+        return _from_json_text(folder_or_file, "JSON text passed to load_tokenizer")
     path = os.fspath(folder_or_file)
     if os.path.isdir(path):
         path = os.path.join(path, TOKENIZER_FILE)
@@ -147,8 +163,4 @@ def load_tokenizer(folder_or_file: str | os.PathLike) -> Tokenizer:
         json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable tokenizer JSON file: {e}") from e
-    try:
-        hf = tokenizers.Tokenizer.from_str(text)
-    except Exception as e:  # tokenizers raises a plain Exception for schema errors
-        raise ValueError(f"{path} is not a valid Hugging Face tokenizer.json: {e}") from e
-    return Tokenizer(hf, source=path)
+    return _from_json_text(text, path)

@@ -1,5 +1,6 @@
 """HF parity: tiny random Qwen2 / Qwen3 / Llama built with transformers (no download) vs our Policy."""
 import json
+import re
 import os
 
 import jax
@@ -152,3 +153,173 @@ def test_config_errors_and_legacy_rope_theta():
     cfg = config_from_hf(base)
     with pytest.raises(ValueError, match="qwen3.*qk_norm=True"):
         save_hf_checkpoint("/nonexistent-never-written", cfg, {}, architecture="qwen3")
+
+
+# ------------------------------------------------------------------------------------- hostile input
+import random  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from safetensors.numpy import save, save_file  # noqa: E402
+
+from orchestra_jax.model.hf import (HFCheckpointError, check_tensors, params_to_hf,  # noqa: E402
+                                    tensors_from_bytes)
+
+TINY = ModelConfig(vocab_size=16, hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4,
+                   intermediate_size=12, tie_word_embeddings=False)
+
+
+def _tiny_tensors():
+    from orchestra_jax.model import init_params
+
+    return params_to_hf(TINY, init_params(TINY, jax.random.key(0)))
+
+
+@pytest.fixture(scope="module")
+def sharded_folder(tmp_path_factory):
+    """A 2-shard folder of TINY written by hand (config.json, index, shards)."""
+    folder = tmp_path_factory.mktemp("sharded")
+    tensors = _tiny_tensors()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / shard))
+    index = {"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    from orchestra_jax.model.hf import config_to_hf
+
+    (folder / "config.json").write_text(json.dumps(config_to_hf(TINY, "llama")))
+    return folder
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_hand_written_sharded_folder_loads(sharded_folder):
+    cfg, params = load_hf_checkpoint(str(sharded_folder))
+    assert cfg.hidden_size == 8 and params["lm_head"]["kernel"].shape == (8, 16)
+
+
+def test_missing_shard_names_index_and_shard(sharded_folder, tmp_path):
+    folder = _copy(sharded_folder, tmp_path / "f")
+    os.remove(folder / "model-00002-of-00002.safetensors")
+    with pytest.raises(HFCheckpointError, match=r"index.json names shard 'model-00002-of-00002.safetensors', which is missing"):
+        load_hf_checkpoint(str(folder))
+
+
+def test_truncated_shard_names_the_file(sharded_folder, tmp_path):
+    folder = _copy(sharded_folder, tmp_path / "f")
+    shard = folder / "model-00001-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    with pytest.raises(HFCheckpointError, match=r"model-00001-of-00002.safetensors is not a readable safetensors file"):
+        load_hf_checkpoint(str(folder))
+
+
+def test_wrong_dtype_names_file_and_tensor(sharded_folder, tmp_path):
+    folder = _copy(sharded_folder, tmp_path / "f")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    name = "model.norm.weight"
+    shard = folder / index["weight_map"][name]
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(shard))
+    tensors[name] = tensors[name].astype(np.int32)
+    save_file(tensors, str(shard))
+    with pytest.raises(HFCheckpointError, match=rf"{shard.name}: tensor '{name}' has dtype int32; expected one of"):
+        load_hf_checkpoint(str(folder))
+
+
+@pytest.mark.parametrize("index, problem", [("{not json", "is not readable JSON"),
+                                            ('{"weight_map": ["a"]}', "no weight_map object"),
+                                            ('{"weight_map": {"x": "../evil.safetensors"}}', "is not a file name")])
+def test_broken_index_is_named(sharded_folder, tmp_path, index, problem):
+    folder = _copy(sharded_folder, tmp_path / "f")
+    (folder / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(HFCheckpointError, match=rf"model.safetensors.index.json.*{re.escape(problem)}"):
+        load_hf_checkpoint(str(folder))
+
+
+def test_broken_config_json_is_named(sharded_folder, tmp_path):
+    folder = _copy(sharded_folder, tmp_path / "f")
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
+    with pytest.raises(HFCheckpointError, match=r"config.json is not readable JSON"):
+        load_hf_checkpoint(str(folder))
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(HFCheckpointError, match=r"config.json: .*is missing required key"):
+        load_hf_checkpoint(str(folder))
+
+
+DEFECTS = ("none", "drop", "extra", "shape", "dtype")
+BAD_DTYPES = (np.int32, np.int64, np.uint8, np.bool_, np.complex64)
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1))
+def test_tensor_set_fuzz_one_error_naming_file_and_tensor(seed):
+    """Random defects in a checkpoint's tensor set; the generator knows which tensor it broke, and the one
+    error must name that tensor and its file (a clean set passes). One drawn seed per example."""
+    rng = random.Random(seed)
+    base = _TENSORS
+    tensors = dict(base)
+    origin = {n: f"/ckpt/shard-{rng.randrange(3)}.safetensors" for n in tensors}
+    defect = DEFECTS[seed % len(DEFECTS)]
+    name = rng.choice(sorted(tensors))
+    if defect == "drop":
+        del tensors[name]
+    elif defect == "extra":
+        name = rng.choice(["model.layers.1.mlp.up_proj.weight", "transformer.h.0.attn.c_attn.weight", "x"])
+        tensors[name] = np.zeros((2,), np.float32)
+        origin[name] = "/ckpt/extra.safetensors"
+    elif defect == "shape":
+        shape = list(tensors[name].shape)
+        axis = rng.randrange(len(shape))
+        shape[axis] += rng.choice([-1, 1, 3])
+        tensors[name] = np.zeros(shape, np.float32)
+    elif defect == "dtype":
+        tensors[name] = tensors[name].astype(rng.choice(BAD_DTYPES))
+    elif rng.random() < 0.5:  # a clean set in another float dtype still passes
+        tensors = {k: v.astype(rng.choice([np.float16, np.float64])) for k, v in tensors.items()}
+    if defect == "none":
+        check_tensors(TINY, tensors, origin, "/ckpt")
+        return
+    with pytest.raises(HFCheckpointError) as err:
+        check_tensors(TINY, tensors, origin, "/ckpt")
+    msg = str(err.value)
+    assert repr(name) in msg or (defect == "extra" and name in msg), (defect, name, msg)
+    expected_file = "/ckpt" if defect == "drop" else origin[name]
+    assert msg.startswith(expected_file) and "\n" not in msg, msg
+    assert {"drop": "missing tensor", "extra": "does not use", "shape": "has shape", "dtype": "has dtype"}[defect] in msg
+
+
+_TENSORS = _tiny_tensors()
+_BYTES = save(_TENSORS)
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1))
+def test_safetensors_bytes_fuzz_never_escape(seed):
+    """Flipped bytes, truncation and garbage: one HFCheckpointError naming the file, or tensors that then
+    go through check_tensors (which must raise HFCheckpointError or pass); nothing else escapes."""
+    rng = random.Random(seed)
+    data = bytearray(_BYTES)
+    mode = seed % 3
+    if mode == 0:
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(min(len(data), 400))] = rng.randrange(256)  # mostly the header
+    elif mode == 1:
+        data = data[: rng.randrange(len(data))]
+    else:
+        data = bytearray(rng.randrange(256) for _ in range(rng.randrange(64)))
+    try:
+        tensors = tensors_from_bytes(bytes(data), "/ckpt/model.safetensors")
+    except HFCheckpointError as e:
+        assert str(e).startswith("/ckpt/model.safetensors is not a readable safetensors file")
+        return
+    try:
+        check_tensors(TINY, tensors, source="/ckpt")
+    except HFCheckpointError:
+        pass

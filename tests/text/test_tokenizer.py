@@ -195,3 +195,74 @@ def test_train_tokenizer_bad_input():
         load_tokenizer('{"model": 1}')
     with pytest.raises(ValueError, match="encode expects a str"):
         train_tokenizer(["a"], vocab_size=300).encode(b"x")
+
+
+# ------------------------------------------------------------------------------------- hostile input
+import random  # noqa: E402
+
+from hypothesis import HealthCheck  # noqa: E402
+
+_SMALL = train_tokenizer([f"<tool_call> answer-{i} the question {i * 7} </tool_call>" for i in range(40)],
+                         vocab_size=300)
+_SPEC = json.loads(_SMALL.hf.to_str())
+_CHAT = "<|im_start|>user\nwhat is 2+2?<|im_end|>\n<tool_call>{\"name\": \"x\"}</tool_call>"
+
+
+def _mutate_spec(rng):
+    """A structurally plausible but hostile tokenizer.json: one node of the JSON tree deleted, retyped, or
+    set to an extreme value (negative / huge / duplicate ids, empty strings, wrong containers)."""
+    spec = json.loads(json.dumps(_SPEC))
+    for _ in range(rng.randint(1, 3)):
+        node, key = spec, None
+        path = []
+        while True:
+            keys = list(node.keys()) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+            if not keys or (path and rng.random() < 0.35):
+                break
+            key = rng.choice(keys if len(keys) < 50 else keys[:5] + [rng.choice(keys)])
+            path.append((node, key))
+            node = node[key]
+        if not path:
+            continue
+        parent, key = path[-1]
+        choice = rng.randrange(5)
+        if choice == 0 and isinstance(parent, dict):
+            del parent[key]
+        elif choice == 1:
+            parent[key] = rng.choice([None, True, -1, 2**40, "", [], {}, "Ġ", 3.5])
+        elif choice == 2 and isinstance(parent[key], int) and not isinstance(parent[key], bool):
+            parent[key] = rng.choice([-parent[key] - 1, parent[key] + 10**6, 0])
+        elif choice == 3 and isinstance(parent[key], str):
+            parent[key] = rng.choice(["", "<|im_end|>", parent[key] * 3, "\x00"])
+        else:
+            parent[key] = json.loads(json.dumps(rng.choice([_SPEC["added_tokens"][:1], {"type": "BPE"}, [1, 2]])))
+    return json.dumps(spec)
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1))
+def test_hostile_tokenizer_json_is_one_clear_error_or_a_working_tokenizer(seed):
+    """Mutated tokenizer.json text (structural edits, or byte flips / truncation for a third of the cases):
+    load_tokenizer raises one ValueError naming the source, or returns a tokenizer that encodes and decodes
+    the chat protocol without raising anything else (no Rust panic escapes)."""
+    rng = random.Random(seed)
+    if seed % 3:
+        text = _mutate_spec(rng)
+    else:
+        raw = bytearray(_SMALL.hf.to_str().encode())
+        if rng.random() < 0.5:
+            raw = raw[: rng.randrange(1, len(raw))]
+        for _ in range(rng.randint(0, 3)):
+            raw[rng.randrange(len(raw))] = rng.randrange(32, 127)
+        text = raw.decode("utf-8", "replace")
+        if not text.lstrip().startswith("{"):
+            text = "{" + text
+    try:
+        tok = load_tokenizer(text)
+    except ValueError as e:
+        assert str(e).startswith(("JSON text passed to load_tokenizer", "tokenizer JSON text passed")), str(e)
+        return
+    ids = tok.encode(_CHAT)
+    assert all(isinstance(i, int) and i >= 0 for i in ids)
+    tok.decode(ids)
+    assert tok.token_id("<|im_end|>") >= 0
