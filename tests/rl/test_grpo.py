@@ -70,7 +70,8 @@ def _micro(run_dir, **over):
 
 def test_five_steps_micro_batches_on_fsdp8_compile_the_update_once(tmp_path):
     """micro_batches=2 on an 8-device fsdp mesh: 5 steps whose episode lengths vary run with a fixed row count
-    (4 episodes rounded up to micro_batches x devices = 16 rows) and the update compiles once."""
+    (4 episodes rounded up to micro_batches x devices = 16 rows) and the update compiles once, with the
+    prefix-shared packing on (its default)."""
     from orchestra_jax.logging import read_metrics
     from orchestra_jax.train import run
 
@@ -82,6 +83,8 @@ def test_five_steps_micro_batches_on_fsdp8_compile_the_update_once(tmp_path):
     assert {r["packing/rows"] for r in rows} == {16.0}  # 4 episodes -> rounded up to 2 micro x 8 devices
     assert all(r["compiles/update"] == 1.0 for r in rows)
     assert all(r["rollout/episodes"] == 4.0 for r in rows)
+    # train.share_prefix (default on): each group's prompt is computed once, not G = 2 times
+    assert all(r["packing/tokens_computed"] < r["packing/tokens_unshared"] for r in rows)
 
 
 def test_training_refuses_tempered_or_truncated_sampling():
@@ -139,3 +142,69 @@ def test_learned_and_scripted_policies_play_identical_episodes(tmp_path):
     assert {e: ep_l[e] for e in plan} == {e: ep_s[e] for e in plan}
     assert all(seed == cfg.eval.seed for _, seed in ep_s.values())
     assert list(res_l.task_ids) == list(res_s.task_ids) and len(res_l.task_ids) == 6
+
+
+class _Episodes:
+    """The parts of a Rollout that build_batch reads: G episodes per group, group-major."""
+
+    def __init__(self, tokens, assistant_mask, group_size):
+        self.tokens, self.assistant_mask, self.group_size = tokens, assistant_mask, group_size
+        self.lengths = np.array([len(t) for t in tokens], np.int32)
+
+
+def _grouped_episodes(n_groups=3, group_size=3, vocab=64, seed=0):
+    """Each group: one prompt, then per episode sampled turns (mask 1) and observations (mask 0)."""
+    rng = np.random.default_rng(seed)
+    tokens, masks = [], []
+    for _ in range(n_groups):
+        prompt = rng.integers(1, vocab, int(rng.integers(12, 30)))
+        for _ in range(group_size):
+            toks, mask = [prompt], [np.zeros(len(prompt), np.int32)]
+            for turn in range(int(rng.integers(1, 3))):
+                n = int(rng.integers(3, 9))
+                toks.append(rng.integers(1, vocab, n)), mask.append(np.ones(n, np.int32))
+                if turn == 0:
+                    k = int(rng.integers(2, 6))
+                    toks.append(rng.integers(1, vocab, k)), mask.append(np.zeros(k, np.int32))
+            tokens.append(np.concatenate(toks).astype(np.int32))
+            masks.append(np.concatenate(mask))
+    return _Episodes(tokens, masks, group_size), rng.normal(size=len(tokens)).astype(np.float32)
+
+
+@pytest.mark.parametrize("loss", [LossConfig(kl_coef=0.0), LossConfig(kl_coef=0.05, aggregation="seq_mean_token_mean")])
+def test_grpo_update_with_shared_prefix_equals_unshared(loss):
+    """build_batch with share_prefix on (each group's prompt once per unit) vs off (every episode whole) on the
+    same episodes: the update gives the same loss, metrics and parameters (float32, 1e-5) while computing
+    fewer tokens."""
+    from orchestra_jax.rl.grpo import StepConfig, build_batch
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                      intermediate_size=64, attention_backend="xla")
+    algo = AlgoConfig(loss=loss, optim=OptimConfig(lr=1e-2, weight_decay=0.0))
+    opt = make_optimizer(algo.optim)
+    params = init_params(cfg, jax.random.PRNGKey(1))
+    ref = jax.tree.map(lambda x: x + 0.01, params)
+    ro, adv = _grouped_episodes()
+    keep = np.ones(len(adv), bool)
+    out = {}
+    for share in (False, True):
+        step_cfg = StepConfig(tasks_per_step=3, rows_per_host=4, row_len=128, truncate=False, seed=0,
+                              share_prefix=share)
+        batch, m = build_batch(ro, adv, keep, step_cfg, attention_backend="xla", dtype="float32")
+        update = make_update_fn(cfg, algo, opt)
+        p, _, metrics = update(jax.tree.map(jnp.copy, params), opt.init(params), batch.as_dict(),
+                               ref if loss.kl_coef else None)
+        out[share] = (jax.tree.map(np.asarray, p), jax.device_get(metrics), m, batch)
+    (p0, m0, pk0, b0), (p1, m1, pk1, b1) = out[False], out[True]
+    assert "prefix_segment_ids" in b1.as_dict() and "prefix_segment_ids" not in b0.as_dict()
+    assert pk0["packing/tokens_computed"] == pk0["packing/tokens_unshared"] == pk1["packing/tokens_unshared"]
+    assert pk1["packing/tokens_computed"] < 0.8 * pk1["packing/tokens_unshared"]  # 3 prompts stored once, not 9x
+    assert pk1["packing/tokens_computed_ratio"] == pk1["packing/tokens_computed"] / pk1["packing/tokens_unshared"]
+    assert sorted(m0) == sorted(m1)
+    for k in m0:
+        np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert float(m0["grad_norm"]) > 0
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(params)))
+    assert moved > 1e-3  # the update really changed the parameters
