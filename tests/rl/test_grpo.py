@@ -83,8 +83,9 @@ def test_five_steps_micro_batches_on_fsdp8_compile_the_update_once(tmp_path):
     assert {r["packing/rows"] for r in rows} == {16.0}  # 4 episodes -> rounded up to 2 micro x 8 devices
     assert all(r["compiles/update"] == 1.0 for r in rows)
     assert all(r["rollout/episodes"] == 4.0 for r in rows)
-    # train.share_prefix (default on): each group's prompt is computed once, not G = 2 times
-    assert all(r["packing/tokens_computed"] < r["packing/tokens_unshared"] for r in rows)
+    # train.share_prefix (default on): a group's prompt is computed once where its G = 2 episodes fit one row
+    assert all(r["packing/tokens_computed"] <= r["packing/tokens_unshared"] for r in rows)
+    assert any(r["packing/tokens_computed"] < r["packing/tokens_unshared"] for r in rows)
 
 
 def test_training_refuses_tempered_or_truncated_sampling():
