@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch, ffd_assign, pack_groups, pack_shared
+from orchestra_jax.model.attention import supports_shared_prefix
 from orchestra_jax.rl.advantages import group_advantages
 from orchestra_jax.rl.rewards import RewardConfig, RunningMoments, compute_rewards, init_reward_state
 from orchestra_jax.rl.rollout import DONE_REASONS, Rollout, RolloutConfig, concatenate_rollouts, rollout
@@ -153,35 +154,40 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
                 attention_backend: str = "auto", dtype: str = "float32"):
     """This process's kept episodes packed into exactly cfg.rows_per_host rows of cfg.row_len.
 
-    loss_mask = assistant mask, advantages broadcast per token. Episodes that do not fit the fixed rows
-    unshared are left out (the latest first) and counted in ``packing/dropped_episodes`` (the same episodes
-    with sharing on or off); with truncate, episodes longer than a row are cut and counted in
-    ``packing/truncated_*``.
+    loss_mask = assistant mask, advantages broadcast per token. Episodes that do not fit the fixed rows are
+    left out (the latest first) and counted in ``packing/dropped_episodes``; with truncate, episodes longer
+    than a row are cut and counted in ``packing/truncated_*``.
 
     cfg.share_prefix (and a backend that can express the mask, `data.packing.pack_groups`): each group's
     common prompt is stored and computed once per unit (SharedPackedBatch: prefix_segment_ids, prev_index),
-    and the loss is the same as unshared. The layout (keys) is fixed for a run: if a step's shared units
-    would need more rows than the unshared packing, that step packs every episode as its own group.
-    Returns (batch, metrics); packing/tokens_computed over packing/tokens_unshared is the saving.
+    with the same loss as unshared rows; the fit is then counted in shared units, so fewer rows hold the
+    step (a unit is a prompt plus the continuations that fit one row: rows much longer than an episode are
+    what lets a group share). Returns (batch, metrics); packing/tokens_computed over
+    packing/tokens_unshared is the saving.
     """
     idx = [int(i) for i in np.flatnonzero(np.asarray(keep_N, bool) & (ro.lengths > 1))]
     lengths = ro.lengths[idx].astype(np.int64)
     if not cfg.truncate and np.any(lengths > cfg.row_len):
         raise ValueError(f"an episode of {int(lengths.max())} tokens exceeds train.row_len={cfg.row_len}; "
                          "set train.row_len >= rollout.max_seq_len or train.truncate=true")
-    dropped = 0
-    while idx and ffd_assign(np.minimum(lengths, cfg.row_len), cfg.row_len)[1] > cfg.rows_per_host:
-        idx, lengths, dropped = idx[:-1], lengths[:-1], dropped + 1
-    fields = {"loss_mask": [ro.assistant_mask[i].astype(np.float32) for i in idx],
-              "advantages": [np.full(len(ro.tokens[i]), advantages_N[i], np.float32) for i in idx]}
-    seqs = [ro.tokens[i] for i in idx]
-    kwargs = dict(fields=fields, num_rows=cfg.rows_per_host, truncate=cfg.truncate)
+    share = cfg.share_prefix and supports_shared_prefix(attention_backend, dtype)
     groups = [i // ro.group_size for i in idx]
-    try:
-        batch = pack_groups(seqs, groups, cfg.row_len, share_prefix=cfg.share_prefix,
-                            attention_backend=attention_backend, dtype=dtype, **kwargs)
-    except ValueError:  # shared units fit worse than single episodes (rare): no sharing this step
-        batch = pack_shared(seqs, list(range(len(seqs))), cfg.row_len, **kwargs)
+    masks = [ro.assistant_mask[i].astype(np.float32) for i in idx]
+
+    def rows_needed(n: int) -> int:
+        if share:  # units of a prompt + the continuations that fit, first-fit-decreasing (as pack_shared)
+            return pack_shared([ro.tokens[i] for i in idx[:n]], groups[:n], cfg.row_len,
+                               fields={"loss_mask": masks[:n]}, truncate=cfg.truncate).num_rows
+        return ffd_assign(np.minimum(lengths[:n], cfg.row_len), cfg.row_len)[1]
+
+    n = len(idx)
+    while n and rows_needed(n) > cfg.rows_per_host:
+        n -= 1
+    dropped, idx, lengths, groups, masks = len(idx) - n, idx[:n], lengths[:n], groups[:n], masks[:n]
+    fields = {"loss_mask": masks, "advantages": [np.full(len(ro.tokens[i]), advantages_N[i], np.float32) for i in idx]}
+    batch = pack_groups([ro.tokens[i] for i in idx], groups, cfg.row_len, share_prefix=cfg.share_prefix,
+                        attention_backend=attention_backend, dtype=dtype, fields=fields,
+                        num_rows=cfg.rows_per_host, truncate=cfg.truncate)
     unshared = int(np.sum(np.minimum(lengths, cfg.row_len)))
     m = {"packing/truncated_episodes": float(np.sum(lengths > cfg.row_len)),
          "packing/truncated_tokens": float(np.sum(np.maximum(lengths - cfg.row_len, 0))),

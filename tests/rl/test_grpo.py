@@ -209,3 +209,28 @@ def test_grpo_update_with_shared_prefix_equals_unshared(loss):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(params)))
     assert moved > 1e-3  # the update really changed the parameters
+
+
+def test_build_batch_fits_more_episodes_in_fixed_rows_when_prompts_are_shared():
+    """Rows too few for the unshared episodes: sharing keeps every episode in the same rows where the unshared
+    packing drops some (the latest first), and the rows stay exactly rows_per_host either way."""
+    from orchestra_jax.rl.grpo import StepConfig, build_batch
+
+    ro, adv = _grouped_episodes()
+    keep = np.ones(len(adv), bool)
+    total = int(np.sum(ro.lengths))
+    row_len = 128
+    rows = -(-(total - 20) // row_len) - 1  # fewer rows than the unshared tokens need
+    out = {}
+    for share in (False, True):
+        cfg = StepConfig(tasks_per_step=3, rows_per_host=rows, row_len=row_len, truncate=False, seed=0,
+                         share_prefix=share)
+        out[share] = build_batch(ro, adv, keep, cfg, attention_backend="xla", dtype="float32")
+    (b0, m0), (b1, m1) = out[False], out[True]
+    assert b0.num_rows == b1.num_rows == rows
+    assert m0["packing/dropped_episodes"] > 0 and m1["packing/dropped_episodes"] == 0
+    assert m1["packing/episodes"] == len(adv) and m1["packing/tokens_unshared"] == total
+    # the episodes kept unshared are the earliest ones, whole
+    kept = int(m0["packing/episodes"])
+    assert [len(x) for x in b0.unpack("tokens")] == [len(t) for t in ro.tokens[:kept]]
+    assert all(np.array_equal(a, b) for a, b in zip(b1.unpack("tokens"), ro.tokens))
