@@ -234,3 +234,42 @@ def test_build_batch_fits_more_episodes_in_fixed_rows_when_prompts_are_shared():
     kept = int(m0["packing/episodes"])
     assert [len(x) for x in b0.unpack("tokens")] == [len(t) for t in ro.tokens[:kept]]
     assert all(np.array_equal(a, b) for a, b in zip(b1.unpack("tokens"), ro.tokens))
+
+
+def test_rollout_prefills_each_group_prompt_once_with_the_same_episodes(monkeypatch):
+    """rl.rollout prefills a group's prompt once (prefill_groups) when its G prompts are equal: the episodes
+    (tokens, sampled log-probs, end reasons) are exactly those of prefilling all G rows."""
+    from orchestra_jax.config import EnvConfig
+    from orchestra_jax.envs import make_env
+    from orchestra_jax.model import sampling
+    from orchestra_jax.model.kv_cache import init_cache
+    from orchestra_jax.rl import rollout as rollout_mod
+    from orchestra_jax.text.chat import render_prompt
+    from orchestra_jax.text.tokenizer import train_tokenizer
+
+    env = make_env(EnvConfig(setting="qa"))
+    tasks = env.sample_tasks(0, 2)
+    _, prompts = env.reset(env.sample_tasks(1, 20), 0)
+    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts], 600)
+    model_cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                            head_dim=16, intermediate_size=64)
+    params = init_params(model_cfg, jax.random.PRNGKey(3))
+    rcfg = rollout_mod.RolloutConfig(group_size=3, max_turns=2, max_new_tokens=12, max_seq_len=400,
+                                     compact_tools=True)
+    calls = []
+    shared_prefill = rollout_mod.prefill_groups
+    monkeypatch.setattr(rollout_mod, "prefill_groups",
+                        lambda *a, **k: calls.append(a[3].shape) or shared_prefill(*a, **k))
+    shared = rollout_mod.rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
+    assert calls and calls[0][0] == len(tasks)  # one prefill row per group
+
+    def every_row(cfg, p, cache_P, prompts_PT, num_new_P, G, chunk_size=None):
+        cache = init_cache(cfg, cache_P.k.shape[1] * G, cache_P.max_len)
+        return sampling.prefill(cfg, p, cache, np.repeat(np.asarray(prompts_PT), G, 0),
+                                np.repeat(np.asarray(num_new_P), G), chunk_size=chunk_size)
+
+    monkeypatch.setattr(rollout_mod, "prefill_groups", every_row)
+    full = rollout_mod.rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
+    assert all(np.array_equal(a, b) for a, b in zip(shared.tokens, full.tokens))
+    assert all(np.array_equal(a, b) for a, b in zip(shared.sampled_logp, full.sampled_logp))
+    assert shared.done_reason == full.done_reason and sum(np.sum(t) for t in shared.turn_new_tokens) > 0
