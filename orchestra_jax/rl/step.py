@@ -2,8 +2,9 @@
 
 The update takes the `as_dict()` of a PackedBatch (or a prefix-shared SharedPackedBatch, which adds
 prefix_segment_ids and prev_index) with fields loss_mask and advantages (per token), all [R, L], or with a
-leading micro-batch axis [M, R, L] for gradient accumulation. Normalisers (loss-token count, sequence count) are computed on the whole batch, so M micro-batches give the same gradient as one
-full batch for every aggregation mode.
+leading micro-batch axis [M, R, L] for gradient accumulation. Normalisers (loss-token count, sequence count)
+are computed on the whole batch, so M micro-batches give the same gradient as one full batch for every
+aggregation mode.
 
 - ``old_logp`` is optional: without it the behaviour policy is the current one (one PPO epoch, on-policy),
   old = stop_gradient(logp), so the ratio is exactly 1 with the gradient of logp, as trl does; no separate
