@@ -58,28 +58,3 @@ def test_bad_wandb_mode():
         RunLogger("/tmp/x", wandb_mode="cloud", is_main=True)
 
 
-def test_report_compares_runs_and_marks_pareto(tmp_path, capsys):
-    """experiments/report.py: one row per run with the swept key, Pareto flag on (accuracy up, cost down)."""
-    import importlib.util
-    import yaml
-
-    spec = importlib.util.spec_from_file_location(
-        "report", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "report.py"))
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    points = {"a": (0.1, 0.90, 0.010), "b": (0.2, 0.80, 0.020), "c": (0.3, 0.95, 0.030)}
-    for name, (lr, acc, cost) in points.items():
-        d = tmp_path / "sweep" / name
-        d.mkdir(parents=True)
-        yaml.safe_dump({"run_dir": str(d), "algo": {"optim": {"lr": lr}}, "train": {"steps": 5}}, open(d / "config.yaml", "w"))
-        json.dump({"policies": {"grpo": {"accuracy": acc, "mean_cost_usd": cost, "mean_latency_s": 1.0,
-                                         "preference_score": 0.5, "mean_reward": acc, "n_tasks": 10}}},
-                  open(d / "summary.json", "w"))
-        (d / "metrics.jsonl").write_text(json.dumps({"step": 5, "reward/mean": lr}) + "\n")
-    out_json = tmp_path / "r.json"
-    report.main([str(tmp_path / "sweep"), "--json", str(out_json)])
-    rows = {os.path.basename(r["run"]): r for r in json.load(open(out_json))}
-    assert rows["a"]["algo.optim.lr"] == 0.1 and "train.steps" not in rows["a"]  # only varying keys
-    assert rows["a"]["pareto"] and rows["c"]["pareto"] and not rows["b"]["pareto"]  # b: worse and pricier than a
-    assert rows["b"]["train_reward_last"] == 0.2
-    assert "algo.optim.lr" in capsys.readouterr().out

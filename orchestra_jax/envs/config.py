@@ -83,6 +83,9 @@ class QAConfig:
     filler_prob: float = 0.3                # chance of a filler sentence (longer, not harder)
     pool_seed: int = 0                      # seed of the synthetic model pool (envs.pool.make_pool)
     menu_size: int = 4                      # models offered per episode (= the call-count feature slots)
+    alias_style: str = "random"             # random: fresh names ("kelo-7") per episode | slot: "model-1".."model-K"
+    #   in menu order (the profile and price behind each slot still change per episode); slot names are easy to
+    #   copy for a tiny CPU policy, random ones need the policy to copy an arbitrary name from its prompt
     retrieval_bonus: float = 0.0            # search: P(find next needed doc) = sigmoid(base + bonus)
     reasoning_bonus: float = -1.0           # enhance_reasoning: P(correct candidate) = sigmoid(base + bonus)
     missing_doc_penalty: float = 4.0        # factual answer logit penalty x fraction of needed docs missing
@@ -110,6 +113,8 @@ class QAConfig:
             w = getattr(self, name)
             if any(x < 0 for x in w) or sum(w) <= 0:
                 raise ValueError(f"env.qa.{name} must be >= 0 with a positive sum, got {w}")
+        if self.alias_style not in ("random", "slot"):
+            raise ValueError(f"env.qa.alias_style must be one of ('random', 'slot'), got {self.alias_style!r}")
         if not 2 <= self.menu_size <= 12:
             raise ValueError(f"env.qa.menu_size must be in [2, 12], got {self.menu_size}")
         for name in ("filler_prob", "crash_prob", "check_pass_if_right", "check_pass_if_wrong", "tool_prob"):

@@ -128,6 +128,8 @@ class QAEnv(Env):
         else:
             hidden = min(hidden, 0.0)
         aliases = alias_names(rng, self.K) if (cfg.randomize_tools or split == "unseen_tools") else self.fixed_aliases
+        if q.alias_style == "slot":  # drawn above all the same, so both styles see the same tasks
+            aliases = tuple(f"model-{j + 1}" for j in range(self.K))
         scales = sample_price_scales(rng, self.K, split, cfg.price_scale_train, cfg.price_scale_unseen,
                                      cfg.randomize_prices)
         max_usd = 0.0

@@ -89,7 +89,8 @@ def test_no_episode_exceeds_its_budgets(setting, budget):
         if isinstance(policy, ExpensiveLoop):
             assert res.budget_exceeded.all(), (name, set(res.end_reason))  # it never answers
     if budget == "tight":  # the limits were really hit, so the test can fail
-        assert {"max_turns", "max_usd"} <= reasons or {"max_turns", "max_tokens"} <= reasons, reasons
+        # (the function-calling setting's long prompts hit the token and dollar limits before the turn limit)
+        assert len({"max_turns", "max_usd", "max_tokens"} & reasons) >= 2, reasons
 
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
