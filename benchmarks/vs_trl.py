@@ -10,8 +10,9 @@ model, one PPO epoch (ratio 1, no separate old-log-prob pass, as trl), DAPO toke
 without vLLM and without gradient checkpointing. The first step is untimed (compilation / warm-up); prints
 samples_per_s per side (P * G / median step time) and, with both, their ratio.
 
-The orchestra_jax side is ONE function, `orchestra_jax_step`, composed of the current pieces (shared group
-prefill, decode, pack_shared, chunked token_logprobs); switch it to rl.grpo.grpo_step when that lands.
+The orchestra_jax side is ONE function, `orchestra_jax_step`, composed of the training loop's pieces (group
+prefill and decode as rl.rollout, pack_groups as rl.grpo.build_batch, rl.step's jitted update with the
+reference log-probs inside it); not rl.grpo.grpo_step itself, which needs an environment.
 """
 import argparse
 import tempfile
@@ -35,41 +36,31 @@ def group_advantages(rewards, group):
 
 
 def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
-    """(init_state(params), step(state, key) -> (state, metrics)): the whole GRPO step behind one function."""
+    """(init_state(params), step(state, key) -> (state, metrics)): the whole GRPO step behind one function,
+    made of the training loop's pieces: group prefill + decode (as rl.rollout), pack_groups (as
+    rl.grpo.build_batch, prompt once per group) and rl.step's jitted update (policy_loss, reference log-probs
+    inside the update)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
 
-    from orchestra_jax.data.packing import pack_shared
-    from orchestra_jax.model import init_cache, token_logprobs
+    from orchestra_jax.data.packing import pack_groups
+    from orchestra_jax.model import init_cache
     from orchestra_jax.model.sampling import SamplingConfig, decode, prefill_groups
+    from orchestra_jax.rl.losses import LossConfig
+    from orchestra_jax.rl.optim import OptimConfig, make_optimizer
+    from orchestra_jax.rl.step import AlgoConfig, make_update_fn
 
     num_p, prompt_len = prompts.shape
     scfg = SamplingConfig(temperature=1.0, max_new_tokens=completion)
-    opt = optax.adamw(lr)
+    # trl's defaults: k3 KL (unclamped) in the loss, token mean over the batch (DAPO), AdamW, no weight
+    # decay, gradient clipping at norm 1
+    algo = AlgoConfig(loss=LossConfig(kl_coef=BETA, kl_estimator="k3", kl_clamp=None, aggregation="token_mean"),
+                      optim=OptimConfig(lr=lr, weight_decay=0.0, grad_clip_norm=1.0))
+    opt = make_optimizer(algo.optim)
+    update = make_update_fn(cfg, algo, opt)
     row_len = prompt_len + group * completion
     row_len = -(-row_len // 128) * 128
-
-    def logp_fn(p, b):
-        return token_logprobs(cfg, p, b["tokens"], b["positions"], b["segment_ids"], b["prefix_segment_ids"],
-                              b["prev_index"], with_entropy=False)[0]
-
-    ref_logp = jax.jit(logp_fn)
-
-    @jax.jit
-    def update(p, opt_state, b):
-        def loss(p):
-            logp = logp_fn(p, b)
-            mask = b["loss_mask"]
-            ratio = jnp.exp(logp - jax.lax.stop_gradient(logp))  # one epoch: old == current
-            delta = b["ref_logp"] - logp
-            kl = jnp.exp(delta) - delta - 1.0  # k3
-            per_token = -ratio * b["advantages"] + BETA * kl
-            return jnp.sum(per_token * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        value, grads = jax.value_and_grad(loss)(p)
-        updates, opt_state = opt.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, value
 
     def step(state, key):
         params, opt_state = state
@@ -81,13 +72,13 @@ def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
         seqs = [np.r_[prompts[i // group], ids[i]] for i in range(num_p * group)]
         mask = [np.r_[np.zeros(prompt_len), np.ones(completion)].astype(np.float32)] * len(seqs)
         advs = [np.full(prompt_len + completion, a, np.float32) for a in adv]
-        packed = pack_shared(seqs, [i // group for i in range(len(seqs))], row_len,
+        packed = pack_groups(seqs, [i // group for i in range(len(seqs))], row_len,
+                             attention_backend=cfg.attention_backend, dtype=cfg.dtype,
                              fields={"loss_mask": mask, "advantages": advs}, num_rows=num_p)
         batch = {k: jnp.asarray(v) for k, v in packed.as_dict().items()}
-        batch["ref_logp"] = ref_logp(ref_params, batch)
-        params, opt_state, loss = update(params, opt_state, batch)
+        params, opt_state, m = update(params, opt_state, batch, ref_params)
         jax.block_until_ready(params)
-        return (params, opt_state), {"loss": float(loss), "reward": float(token_reward(ids).mean())}
+        return (params, opt_state), {"loss": float(m["loss"]), "reward": float(token_reward(ids).mean())}
 
     return (lambda params: (params, opt.init(params))), step
 

@@ -45,6 +45,7 @@ class TrainConfig:
     rows_per_step: int = 0  # packed rows per process per step (fixed: one compile); 0 = one per episode
     truncate: bool = False  # allow row_len < rollout.max_seq_len: cut longer episodes (counted in metrics)
     rollout_batch_tasks: int = 0  # roll out in chunks of this many tasks (0 = all of a process's tasks at once)
+    share_prefix: bool = True  # pack each group's prompt once per row unit (falls back on backends without the mask)
     checkpoint_every: int = 10  # save every N steps (and always at the last step)
     checkpoint_keep: int = 2  # checkpoints kept on disk
     async_checkpoint: bool = True  # write checkpoints in the background

@@ -368,29 +368,33 @@ def make_sharded_update_fn(update: Callable, model_cfg, optimizer, mesh: Mesh, r
 
 def make_sharded_logprob_fn(logprob: Callable, model_cfg, mesh: Mesh, rules: LogicalRules | None = None) -> Callable:
     """`fn(params, batch) -> (logp_BT, entropy_BT)` jitted over `mesh`, where `logprob(model_cfg, params, tokens,
-    positions, segment_ids)` is the un-jitted per-token log-prob function (`rl.step.token_logprobs`); the
-    params use the policy's shardings. `fn.num_compiled` counts compilations."""
+    positions, segment_ids[, prefix_segment_ids, prev_index])` is the un-jitted per-token log-prob function
+    (`rl.step.token_logprobs`); the two prefix-sharing arrays are passed when the batch has them. The params
+    use the policy's shardings. `fn.num_compiled` counts compilations."""
     import flax.linen as nn
     rules = model_rules(model_cfg, mesh, DEFAULT_RULES if rules is None else rules)
     p_shard = param_shardings(model_cfg, mesh, rules)
     compiled: dict[tuple, Callable] = {}
 
-    def traced(params, tokens, positions, segment_ids):
+    def traced(params, *arrays):
         with nn.logical_axis_rules(rules):
-            return logprob(model_cfg, params, tokens, positions, segment_ids)
+            return logprob(model_cfg, params, *arrays)
 
     def fn(params, batch):
-        arrays = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
+        keys = ["tokens", "positions", "segment_ids"]
+        if "prefix_segment_ids" in batch or "prev_index" in batch:
+            keys += ["prefix_segment_ids", "prev_index"]
+        arrays = {k: batch[k] for k in keys}
         signature = _batch_signature(arrays)
         if signature not in compiled:
             b = batch_shardings(arrays, mesh, rules)
             out = b["tokens"]
-            compiled[signature] = jax.jit(traced, in_shardings=(p_shard, b["tokens"], b["positions"],
-                                                                b["segment_ids"]), out_shardings=(out, out))
+            compiled[signature] = jax.jit(traced, in_shardings=(p_shard,) + tuple(b[k] for k in keys),
+                                          out_shardings=(out, out))
         if jax.process_count() > 1:
             arrays = _place_host_leaves(arrays, batch_shardings(arrays, mesh, rules))
         with jax.set_mesh(mesh):
-            return compiled[signature](params, arrays["tokens"], arrays["positions"], arrays["segment_ids"])
+            return compiled[signature](params, *(arrays[k] for k in keys))
 
     fn.num_compiled = lambda: sum(f._cache_size() for f in compiled.values())
     return fn

@@ -2,7 +2,7 @@
 
 All episodes of a call run together in one static batch (B = n_tasks * G rows of one KV cache):
 
-    prompts -> render + tokenize once -> prefill
+    prompts -> render + tokenize once -> prefill (each group's prompt once when its G prompts are equal)
     repeat up to max_turns:
         decode one turn for the active rows (stops at </tool_call> or <|im_end|>)
         decode the text of exactly those sampled ids -> env.step
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from orchestra_jax.model.kv_cache import init_cache
-from orchestra_jax.model.sampling import STOP_CACHE_FULL, SamplingConfig, decode, prefill
+from orchestra_jax.model.sampling import STOP_CACHE_FULL, SamplingConfig, decode, prefill, prefill_groups
 from orchestra_jax.text import chat
 
 # Why an episode ended (Rollout.done_reason).
@@ -214,13 +214,21 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         done_reason[i] = DONE_LENGTH_BUDGET
     _abort(env, state, too_long)
     num_new = np.array([0 if done_reason[i] else len(ids) for i, ids in enumerate(prompt_ids)], np.int32)
-    cache = init_cache(model_cfg, n_episodes, seq_len)
     last_logits = None
+    # A group whose G prompts are the same tokens is prefilled once and its cache row repeated (1/G cost).
+    same_prompts = group_size > 1 and all(prompt_ids[i] == prompt_ids[i - i % group_size] for i in range(n_episodes))
     if num_new.any():
         window = _bucket(int(num_new.max()), cfg.min_prefill_bucket, seq_len)
         rows = [ids if n else [] for ids, n in zip(prompt_ids, num_new)]
-        last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new,
-                                     chunk_size=cfg.prefill_chunk)
+        if same_prompts:
+            last_logits, cache = prefill_groups(model_cfg, params, init_cache(model_cfg, len(tasks), seq_len),
+                                                _pad_rows(rows[::group_size], window), num_new[::group_size],
+                                                group_size, chunk_size=cfg.prefill_chunk)
+        else:
+            last_logits, cache = prefill(model_cfg, params, init_cache(model_cfg, n_episodes, seq_len),
+                                         _pad_rows(rows, window), num_new, chunk_size=cfg.prefill_chunk)
+    else:
+        cache = init_cache(model_cfg, n_episodes, seq_len)
     lengths = num_new.astype(np.int64)  # host mirror of cache.lengths
 
     for turn in range(max_turns):

@@ -1,9 +1,10 @@
 """Per-token log-probs under the Policy and the jitted GRPO update (one optimizer step).
 
-The update takes the `as_dict()` of a PackedBatch with fields loss_mask and advantages (per token), all
-[R, L], or with a leading micro-batch axis [M, R, L] for gradient accumulation. Normalisers (loss-token
-count, sequence count) are computed on the whole batch, so M micro-batches give the same gradient as one
-full batch for every aggregation mode.
+The update takes the `as_dict()` of a PackedBatch (or a prefix-shared SharedPackedBatch, which adds
+prefix_segment_ids and prev_index) with fields loss_mask and advantages (per token), all [R, L], or with a
+leading micro-batch axis [M, R, L] for gradient accumulation. Normalisers (loss-token count, sequence count)
+are computed on the whole batch, so M micro-batches give the same gradient as one full batch for every
+aggregation mode.
 
 - ``old_logp`` is optional: without it the behaviour policy is the current one (one PPO epoch, on-policy),
   old = stop_gradient(logp), so the ratio is exactly 1 with the gradient of logp, as trl does; no separate
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from orchestra_jax.model import ModelConfig, Policy
+from orchestra_jax.model import ModelConfig
+from orchestra_jax.model import token_logprobs as _model_token_logprobs
 from orchestra_jax.rl.advantages import AdvantageConfig
 from orchestra_jax.rl.losses import (LossConfig, count_tokens_and_segments, kl_penalised_advantages, policy_loss,
                                      validate_loss_config)
@@ -46,6 +48,8 @@ class AlgoConfig:
 
 
 REQUIRED_KEYS = ("tokens", "positions", "segment_ids", "loss_mask", "advantages")
+SHARED_PREFIX_KEYS = ("prefix_segment_ids", "prev_index")  # optional, together (prefix-shared rows)
+LOGPROB_CHUNK = 128  # positions per chunk of the chunked log-softmax
 _MIN_METRICS = ("ratio/min",)
 _MAX_METRICS = ("ratio/max",)
 
@@ -64,29 +68,22 @@ def _metric_identity(key):
     return jnp.asarray(value, jnp.float32)
 
 
-def logprobs_from_logits(logits_BTV, tokens_BT, segment_ids_BT):
-    """(logp_BT, entropy_BT) in the ARCHITECTURE.md convention.
+def token_logprobs(model_cfg: ModelConfig, params, tokens, positions, segment_ids, prefix_segment_ids=None,
+                   prev_index=None):
+    """Run the Policy over packed rows; returns (logp_BT, entropy_BT) in the ARCHITECTURE.md convention.
 
-    logp[b, t] = log p(tokens[b, t] | earlier tokens of its segment), read from logits[b, t - 1]; entropy[b, t]
-    is the entropy of that same distribution. Both are 0 at each segment's first token and on padding.
+    The one call site of the model's log-probs for training: chunked log-softmax over the vocabulary
+    (`model.token_logprobs`), never a float32 [rows, len, vocab] logits buffer. prefix_segment_ids /
+    prev_index come with prefix-shared rows (`data.packing.pack_shared`); both None for plain packed rows.
     """
-    logits = logits_BTV[:, :-1].astype(jnp.float32)
-    log_norm = jax.nn.logsumexp(logits, axis=-1)
-    target = jnp.take_along_axis(logits, tokens_BT[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
-    logp = target - log_norm
-    probs = jnp.exp(logits - log_norm[..., None])
-    entropy = log_norm - jnp.sum(probs * logits, axis=-1)
-    same_segment = (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1]) & (segment_ids_BT[:, 1:] != 0)
-    zero = jnp.zeros((logits.shape[0], 1), jnp.float32)
-    logp = jnp.concatenate([zero, jnp.where(same_segment, logp, 0.0)], axis=1)
-    entropy = jnp.concatenate([zero, jnp.where(same_segment, entropy, 0.0)], axis=1)
-    return logp, entropy
+    return _model_token_logprobs(model_cfg, params, tokens, positions, segment_ids, prefix_segment_ids,
+                                 prev_index, chunk_size=LOGPROB_CHUNK, with_entropy=True)
 
 
-def token_logprobs(model_cfg: ModelConfig, params, tokens, positions, segment_ids):
-    """Run the Policy over packed rows; returns (logp_BT, entropy_BT) (see logprobs_from_logits)."""
-    logits = Policy(model_cfg).apply({"params": params}, tokens, positions, segment_ids)
-    return logprobs_from_logits(logits, tokens, segment_ids)
+def batch_logprobs(model_cfg: ModelConfig, params, batch: dict):
+    """token_logprobs over a batch dict, with the optional prefix-sharing fields when it has them."""
+    return token_logprobs(model_cfg, params, batch["tokens"], batch["positions"], batch["segment_ids"],
+                          batch.get("prefix_segment_ids"), batch.get("prev_index"))
 
 
 def split_micro_batches(batch: dict, micro_batches: int) -> dict:
@@ -103,6 +100,9 @@ def _check_batch(batch: dict, needs_ref: bool):
     missing = [k for k in REQUIRED_KEYS if k not in batch]
     if needs_ref:
         missing.append("ref_logp (or pass ref_params)")
+    present = [k for k in SHARED_PREFIX_KEYS if k in batch]
+    if present and len(present) != len(SHARED_PREFIX_KEYS):
+        missing.append(f"{[k for k in SHARED_PREFIX_KEYS if k not in batch]} (prefix-shared rows need both)")
     if missing:
         raise ValueError(f"update batch is missing keys {missing}; has {sorted(batch)}")
     shape = tuple(np.shape(batch["tokens"]))
@@ -121,12 +121,12 @@ def build_update(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.
     schedule = make_schedule(algo_cfg.optim)
 
     def micro_loss(params, mb, ref_params, num_tokens, num_segments):
-        logp, entropy = token_logprobs(model_cfg, params, mb["tokens"], mb["positions"], mb["segment_ids"])
+        logp, entropy = batch_logprobs(model_cfg, params, mb)
         # one PPO epoch: the behaviour policy is this one (ratio 1, gradient of logp), no extra forward
         old_logp = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
         ref_logp = mb.get("ref_logp")
         if needs_ref and ref_logp is None:
-            ref_logp, _ = token_logprobs(model_cfg, ref_params, mb["tokens"], mb["positions"], mb["segment_ids"])
+            ref_logp, _ = batch_logprobs(model_cfg, ref_params, mb)
             ref_logp = jax.lax.stop_gradient(ref_logp)
         advantages = mb["advantages"]
         if loss_cfg.kl_in_reward and loss_cfg.kl_coef != 0.0:

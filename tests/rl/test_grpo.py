@@ -70,7 +70,8 @@ def _micro(run_dir, **over):
 
 def test_five_steps_micro_batches_on_fsdp8_compile_the_update_once(tmp_path):
     """micro_batches=2 on an 8-device fsdp mesh: 5 steps whose episode lengths vary run with a fixed row count
-    (4 episodes rounded up to micro_batches x devices = 16 rows) and the update compiles once."""
+    (4 episodes rounded up to micro_batches x devices = 16 rows) and the update compiles once, with the
+    prefix-shared packing on (its default)."""
     from orchestra_jax.logging import read_metrics
     from orchestra_jax.train import run
 
@@ -82,6 +83,9 @@ def test_five_steps_micro_batches_on_fsdp8_compile_the_update_once(tmp_path):
     assert {r["packing/rows"] for r in rows} == {16.0}  # 4 episodes -> rounded up to 2 micro x 8 devices
     assert all(r["compiles/update"] == 1.0 for r in rows)
     assert all(r["rollout/episodes"] == 4.0 for r in rows)
+    # train.share_prefix (default on): a group's prompt is computed once where its G = 2 episodes fit one row
+    assert all(r["packing/tokens_computed"] <= r["packing/tokens_unshared"] for r in rows)
+    assert any(r["packing/tokens_computed"] < r["packing/tokens_unshared"] for r in rows)
 
 
 def test_training_refuses_tempered_or_truncated_sampling():
@@ -139,3 +143,133 @@ def test_learned_and_scripted_policies_play_identical_episodes(tmp_path):
     assert {e: ep_l[e] for e in plan} == {e: ep_s[e] for e in plan}
     assert all(seed == cfg.eval.seed for _, seed in ep_s.values())
     assert list(res_l.task_ids) == list(res_s.task_ids) and len(res_l.task_ids) == 6
+
+
+class _Episodes:
+    """The parts of a Rollout that build_batch reads: G episodes per group, group-major."""
+
+    def __init__(self, tokens, assistant_mask, group_size):
+        self.tokens, self.assistant_mask, self.group_size = tokens, assistant_mask, group_size
+        self.lengths = np.array([len(t) for t in tokens], np.int32)
+
+
+def _grouped_episodes(n_groups=3, group_size=3, vocab=64, seed=0):
+    """Each group: one prompt, then per episode sampled turns (mask 1) and observations (mask 0)."""
+    rng = np.random.default_rng(seed)
+    tokens, masks = [], []
+    for _ in range(n_groups):
+        prompt = rng.integers(1, vocab, int(rng.integers(12, 30)))
+        for _ in range(group_size):
+            toks, mask = [prompt], [np.zeros(len(prompt), np.int32)]
+            for turn in range(int(rng.integers(1, 3))):
+                n = int(rng.integers(3, 9))
+                toks.append(rng.integers(1, vocab, n)), mask.append(np.ones(n, np.int32))
+                if turn == 0:
+                    k = int(rng.integers(2, 6))
+                    toks.append(rng.integers(1, vocab, k)), mask.append(np.zeros(k, np.int32))
+            tokens.append(np.concatenate(toks).astype(np.int32))
+            masks.append(np.concatenate(mask))
+    return _Episodes(tokens, masks, group_size), rng.normal(size=len(tokens)).astype(np.float32)
+
+
+@pytest.mark.parametrize("loss", [LossConfig(kl_coef=0.0), LossConfig(kl_coef=0.05, aggregation="seq_mean_token_mean")])
+def test_grpo_update_with_shared_prefix_equals_unshared(loss):
+    """build_batch with share_prefix on (each group's prompt once per unit) vs off (every episode whole) on the
+    same episodes: the update gives the same loss, metrics and parameters (float32, 1e-5) while computing
+    fewer tokens."""
+    from orchestra_jax.rl.grpo import StepConfig, build_batch
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                      intermediate_size=64, attention_backend="xla")
+    algo = AlgoConfig(loss=loss, optim=OptimConfig(lr=1e-2, weight_decay=0.0))
+    opt = make_optimizer(algo.optim)
+    params = init_params(cfg, jax.random.PRNGKey(1))
+    ref = jax.tree.map(lambda x: x + 0.01, params)
+    ro, adv = _grouped_episodes()
+    keep = np.ones(len(adv), bool)
+    out = {}
+    for share in (False, True):
+        step_cfg = StepConfig(tasks_per_step=3, rows_per_host=4, row_len=128, truncate=False, seed=0,
+                              share_prefix=share)
+        batch, m = build_batch(ro, adv, keep, step_cfg, attention_backend="xla", dtype="float32")
+        update = make_update_fn(cfg, algo, opt)
+        p, _, metrics = update(jax.tree.map(jnp.copy, params), opt.init(params), batch.as_dict(),
+                               ref if loss.kl_coef else None)
+        out[share] = (jax.tree.map(np.asarray, p), jax.device_get(metrics), m, batch)
+    (p0, m0, pk0, b0), (p1, m1, pk1, b1) = out[False], out[True]
+    assert "prefix_segment_ids" in b1.as_dict() and "prefix_segment_ids" not in b0.as_dict()
+    assert pk0["packing/tokens_computed"] == pk0["packing/tokens_unshared"] == pk1["packing/tokens_unshared"]
+    assert pk1["packing/tokens_computed"] < 0.8 * pk1["packing/tokens_unshared"]  # 3 prompts stored once, not 9x
+    assert pk1["packing/tokens_computed_ratio"] == pk1["packing/tokens_computed"] / pk1["packing/tokens_unshared"]
+    assert sorted(m0) == sorted(m1)
+    for k in m0:
+        np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert float(m0["grad_norm"]) > 0
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(params)))
+    assert moved > 1e-3  # the update really changed the parameters
+
+
+def test_build_batch_fits_more_episodes_in_fixed_rows_when_prompts_are_shared():
+    """Rows too few for the unshared episodes: sharing keeps every episode in the same rows where the unshared
+    packing drops some (the latest first), and the rows stay exactly rows_per_host either way."""
+    from orchestra_jax.rl.grpo import StepConfig, build_batch
+
+    ro, adv = _grouped_episodes()
+    keep = np.ones(len(adv), bool)
+    total = int(np.sum(ro.lengths))
+    row_len = 128
+    rows = -(-(total - 20) // row_len) - 1  # fewer rows than the unshared tokens need
+    out = {}
+    for share in (False, True):
+        cfg = StepConfig(tasks_per_step=3, rows_per_host=rows, row_len=row_len, truncate=False, seed=0,
+                         share_prefix=share)
+        out[share] = build_batch(ro, adv, keep, cfg, attention_backend="xla", dtype="float32")
+    (b0, m0), (b1, m1) = out[False], out[True]
+    assert b0.num_rows == b1.num_rows == rows
+    assert m0["packing/dropped_episodes"] > 0 and m1["packing/dropped_episodes"] == 0
+    assert m1["packing/episodes"] == len(adv) and m1["packing/tokens_unshared"] == total
+    # the episodes kept unshared are the earliest ones, whole
+    kept = int(m0["packing/episodes"])
+    assert [len(x) for x in b0.unpack("tokens")] == [len(t) for t in ro.tokens[:kept]]
+    assert all(np.array_equal(a, b) for a, b in zip(b1.unpack("tokens"), ro.tokens))
+
+
+def test_rollout_prefills_each_group_prompt_once_with_the_same_episodes(monkeypatch):
+    """rl.rollout prefills a group's prompt once (prefill_groups) when its G prompts are equal: the episodes
+    (tokens, sampled log-probs, end reasons) are exactly those of prefilling all G rows."""
+    from orchestra_jax.config import EnvConfig
+    from orchestra_jax.envs import make_env
+    from orchestra_jax.model import sampling
+    from orchestra_jax.model.kv_cache import init_cache
+    from orchestra_jax.rl import rollout as rollout_mod
+    from orchestra_jax.text.chat import render_prompt
+    from orchestra_jax.text.tokenizer import train_tokenizer
+
+    env = make_env(EnvConfig(setting="qa"))
+    tasks = env.sample_tasks(0, 2)
+    _, prompts = env.reset(env.sample_tasks(1, 20), 0)
+    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts], 600)
+    model_cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                            head_dim=16, intermediate_size=64)
+    params = init_params(model_cfg, jax.random.PRNGKey(3))
+    rcfg = rollout_mod.RolloutConfig(group_size=3, max_turns=2, max_new_tokens=12, max_seq_len=400,
+                                     compact_tools=True)
+    calls = []
+    shared_prefill = rollout_mod.prefill_groups
+    monkeypatch.setattr(rollout_mod, "prefill_groups",
+                        lambda *a, **k: calls.append(a[3].shape) or shared_prefill(*a, **k))
+    shared = rollout_mod.rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
+    assert calls and calls[0][0] == len(tasks)  # one prefill row per group
+
+    def every_row(cfg, p, cache_P, prompts_PT, num_new_P, G, chunk_size=None):
+        cache = init_cache(cfg, cache_P.k.shape[1] * G, cache_P.max_len)
+        return sampling.prefill(cfg, p, cache, np.repeat(np.asarray(prompts_PT), G, 0),
+                                np.repeat(np.asarray(num_new_P), G), chunk_size=chunk_size)
+
+    monkeypatch.setattr(rollout_mod, "prefill_groups", every_row)
+    full = rollout_mod.rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
+    assert all(np.array_equal(a, b) for a, b in zip(shared.tokens, full.tokens))
+    assert all(np.array_equal(a, b) for a, b in zip(shared.sampled_logp, full.sampled_logp))
+    assert shared.done_reason == full.done_reason and sum(np.sum(t) for t in shared.turn_new_tokens) > 0
