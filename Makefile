@@ -52,8 +52,8 @@ paper: venv
 	$(PY) experiments/report.py --combine $(PAPER_DIR)/reward_weights $(PAPER_DIR)/generalisation \
 		$(PAPER_DIR)/preferences --out $(PAPER_DIR)
 
-bench: venv
-	for f in benchmarks/*.py; do $(PY) $$f; done
+bench: venv-test
+	for f in benchmarks/[a-z]*.py; do PYTHONPATH=$$PWD $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs outputs multirun
