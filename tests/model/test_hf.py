@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (CI installs the test extras: a missing torch must fail, not skip)
+import transformers  # noqa: E402
 
 from orchestra_jax.model import ModelConfig, Policy  # noqa: E402
 from orchestra_jax.model.hf import config_from_hf, load_hf_checkpoint, save_hf_checkpoint  # noqa: E402

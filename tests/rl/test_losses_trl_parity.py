@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-grpo_trainer = pytest.importorskip("trl.trainer.grpo_trainer")
+import torch  # noqa: E402  (CI installs the test extras: a missing torch must fail, not skip)
+import trl.trainer.grpo_trainer as grpo_trainer  # noqa: E402
 
 from orchestra_jax.rl.losses import LossConfig, policy_loss
 
