@@ -22,7 +22,9 @@ def _same(a, b):
 @pytest.mark.parametrize("kind", ["tool_errors", "tool_timeouts", "latency_spikes", "search_injection"])
 def test_rate_zero_is_the_plain_env(qa_env, episodes, kind):
     plain = run_policy(qa_env, "rule_based", episodes, seed=4)
-    _same(run_policy(PerturbedEnv(qa_env, Perturbation(kind, rate=0.0)), "rule_based", episodes, seed=4), plain)
+    perturbed = run_policy(PerturbedEnv(qa_env, Perturbation(kind, rate=0.0)), "rule_based", episodes, seed=4)
+    assert len(perturbed.solved) == len(plain.solved) == len(episodes)
+    _same(perturbed, plain)  # np.testing.assert_array_equal on every outcome field
 
 
 def test_every_call_failing_solves_nothing_and_charges_timeouts(qa_env, episodes):
