@@ -113,6 +113,7 @@ def start_policy(cfg: Config, prep, setup: GRPOSetup):
 def train_grpo(cfg: Config, setup: GRPOSetup, start, train_path: str, logger: RunLogger):
     """``cfg.train.steps`` GRPO steps from ``start`` (or the latest checkpoint); returns (state, history)."""
     from orchestra_jax.data.tasks import task_iterator
+    from orchestra_jax.model.sampling import compile_counts
 
     t, P, p = cfg.train, jax.process_count(), jax.process_index()
     ckpt = Checkpointer(str(epath.Path(cfg.run_dir) / "checkpoints"), keep=t.checkpoint_keep,
@@ -123,7 +124,7 @@ def train_grpo(cfg: Config, setup: GRPOSetup, start, train_path: str, logger: Ru
     tasks_it = task_iterator(train_path, t.tasks_per_step * P, t.seed, state=data_state or None)
     monitor = DivergenceMonitor(DivergenceBounds(t.max_consecutive_skips, t.alert_kl_max, t.alert_entropy_min,
                                                  t.alert_entropy_max))
-    history = []
+    history, compiled_before = [], compile_counts()  # the sampler's jit cache is per process: count this run's
     with PreemptionGuard() as guard:  # SIGTERM / SIGINT: finish the step, save it, exit with a clear line
         for step in range(int(state.step) + 1, t.steps + 1):
             t0 = time.perf_counter()
@@ -133,7 +134,8 @@ def train_grpo(cfg: Config, setup: GRPOSetup, start, train_path: str, logger: Ru
             dt = time.perf_counter() - t0
             metrics.update({"time/step_s": dt,
                             "throughput/sampled_tokens_per_s": metrics["rollout/sampled_tokens"] / dt,
-                            "compiles/update": float(setup.update.num_compiled)})
+                            "compiles/update": float(setup.update.num_compiled),
+                            **{f"compiles/{k}": float(n - compiled_before[k]) for k, n in compile_counts().items()}})
             try:
                 metrics.update(monitor.observe(step, metrics))  # N skipped updates in a row: stop, no save
             except Exception:

@@ -237,6 +237,11 @@ def _decode(model_cfg, cfg, params, cache, last_logits_BV, key, active_B, stop_i
 _decode_jit = jax.jit(_decode, static_argnums=(0, 1))
 
 
+def compile_counts() -> dict[str, int]:
+    """Compiled programs of the jitted prefill and decode held by this process (one per shape / config)."""
+    return {"prefill": _prefill_jit._cache_size(), "decode": _decode_jit._cache_size()}
+
+
 def decode(model_cfg, params, cache, last_logits_BV, key, active_B, stop_ids, cfg: SamplingConfig) -> DecodeOutput:
     """Samples up to cfg.max_new_tokens tokens for each active row, appending each to the cache.
 

@@ -23,10 +23,11 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from orchestra_jax.model.kv_cache import init_cache
-from orchestra_jax.model.sampling import STOP_CACHE_FULL, SamplingConfig, decode, prefill, prefill_groups
+from orchestra_jax.model.sampling import STOP_CACHE_FULL, SamplingConfig, decode, prefill, repeat_rows
 from orchestra_jax.text import chat
 
 # Why an episode ended (Rollout.done_reason).
@@ -49,9 +50,12 @@ class RolloutConfig:
     max_new_tokens: sampled tokens per turn at most; overrides sampling.max_new_tokens.
     max_seq_len: KV-cache size = the longest episode (prompt + turns + observations); a sequence that
       reaches it ends as runaway (done reason length_budget, solved False).
-    min_prefill_bucket: smallest prefill window; windows are powers of two >= this (few compilations).
-    prefill_chunk: prefill runs its window in chunks of this many tokens (bounds the [B, chunk, V] logits).
+    prefill_window: prompts and observations are prefilled in windows of exactly this many tokens (several
+      calls for a longer input), so the prefill compiles once per row count whatever the lengths; it also
+      bounds the [B, window, V] logits buffer.
     compact_tools: render the tools section of the prompt in the compact wording (tiny CPU policies).
+    share_prompt_prefill: prefill a group's prompt once and copy its cache row to the G episodes (when the G
+      prompts are the same tokens); false prefills every episode's row (same values, G times the work).
     sampling: temperature / top-p / greedy.
     """
 
@@ -59,14 +63,13 @@ class RolloutConfig:
     max_turns: int = 4
     max_new_tokens: int = 64
     max_seq_len: int = 1024
-    min_prefill_bucket: int = 16
-    prefill_chunk: int = 512
+    prefill_window: int = 64
     compact_tools: bool = False
+    share_prompt_prefill: bool = True
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
 
     def __post_init__(self):
-        for name in ("group_size", "max_turns", "max_new_tokens", "max_seq_len", "min_prefill_bucket",
-                     "prefill_chunk"):
+        for name in ("group_size", "max_turns", "max_new_tokens", "max_seq_len", "prefill_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RolloutConfig.{name} must be a positive int, got {value!r}")
@@ -126,17 +129,31 @@ class Rollout:
         return np.array([len(t) for t in self.tokens], np.int32)
 
 
-def _bucket(n: int, min_bucket: int, cap: int) -> int:
-    """Smallest power of two >= max(n, min_bucket), at most cap (the cache size; n <= cap)."""
-    size = 1 << max(0, int(n) - 1).bit_length()
-    return min(max(size, 1 << max(0, min_bucket - 1).bit_length()), cap)
-
-
 def _pad_rows(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
     out = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):
         out[i, :len(r)] = r
     return out
+
+
+def _cache_like(params, model_cfg, batch: int, seq_len: int):
+    """An empty KV cache, committed to the device of single-device (process-local) params, so the first prefill
+    call sees the same input placement as the later ones (one compiled program, not two)."""
+    cache, devices = init_cache(model_cfg, batch, seq_len), jax.tree_util.tree_leaves(params)[0].devices()
+    return jax.device_put(cache, next(iter(devices))) if len(devices) == 1 else cache
+
+
+def _prefill_windows(model_cfg, params, cache, rows, num_new, last_logits, window: int):
+    """Prefill rows[i][:num_new[i]] in fixed windows of `window` tokens: one prefill call per window, every
+    call the same shape, so the jitted prefill compiles once per row count (not once per length)."""
+    if last_logits is None:  # committed where the cache is, as the later windows' inputs are: one program
+        last_logits = jax.device_put(jnp.zeros((len(rows), model_cfg.vocab_size), jnp.float32),
+                                     cache.lengths.sharding)
+    for start in range(0, int(np.max(num_new, initial=0)), window):
+        n = np.clip(num_new - start, 0, window).astype(np.int32)
+        chunk = _pad_rows([r[start:start + window] if k else [] for r, k in zip(rows, n)], window)
+        last_logits, cache = prefill(model_cfg, params, cache, chunk, n, last_logits)
+    return last_logits, cache
 
 
 def _abort(env, state, indices: Sequence[int]) -> None:
@@ -216,19 +233,18 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
     num_new = np.array([0 if done_reason[i] else len(ids) for i, ids in enumerate(prompt_ids)], np.int32)
     last_logits = None
     # A group whose G prompts are the same tokens is prefilled once and its cache row repeated (1/G cost).
-    same_prompts = group_size > 1 and all(prompt_ids[i] == prompt_ids[i - i % group_size] for i in range(n_episodes))
+    same_prompts = cfg.share_prompt_prefill and group_size > 1 and all(prompt_ids[i] == prompt_ids[i - i % group_size] for i in range(n_episodes))
     if num_new.any():
-        window = _bucket(int(num_new.max()), cfg.min_prefill_bucket, seq_len)
         rows = [ids if n else [] for ids, n in zip(prompt_ids, num_new)]
         if same_prompts:
-            last_logits, cache = prefill_groups(model_cfg, params, init_cache(model_cfg, len(tasks), seq_len),
-                                                _pad_rows(rows[::group_size], window), num_new[::group_size],
-                                                group_size, chunk_size=cfg.prefill_chunk)
+            last_P, cache_P = _prefill_windows(model_cfg, params, _cache_like(params, model_cfg, len(tasks), seq_len),
+                                               rows[::group_size], num_new[::group_size], None, cfg.prefill_window)
+            cache, last_logits = repeat_rows(cache_P, last_P, group_size)
         else:
-            last_logits, cache = prefill(model_cfg, params, init_cache(model_cfg, n_episodes, seq_len),
-                                         _pad_rows(rows, window), num_new, chunk_size=cfg.prefill_chunk)
+            last_logits, cache = _prefill_windows(model_cfg, params, _cache_like(params, model_cfg, n_episodes, seq_len),
+                                                  rows, num_new, None, cfg.prefill_window)
     else:
-        cache = init_cache(model_cfg, n_episodes, seq_len)
+        cache = _cache_like(params, model_cfg, n_episodes, seq_len)
     lengths = num_new.astype(np.int64)  # host mirror of cache.lengths
 
     for turn in range(max_turns):
@@ -302,9 +318,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                 logp[i] += [0.0] * len(ids)
                 sample_logp[i] += [0.0] * len(ids)
                 lengths[i] += len(ids)
-            window = _bucket(int(num_new.max()), cfg.min_prefill_bucket, seq_len)
-            last_logits, cache = prefill(model_cfg, params, cache, _pad_rows(rows, window), num_new, last_logits,
-                                         chunk_size=cfg.prefill_chunk)
+            last_logits, cache = _prefill_windows(model_cfg, params, cache, rows, num_new, last_logits,
+                                                  cfg.prefill_window)
 
     if not np.array_equal(np.asarray(cache.lengths), lengths):  # cheap guard on the host bookkeeping
         raise AssertionError(f"rollout: cache lengths {np.asarray(cache.lengths)} != trajectory lengths {lengths}")

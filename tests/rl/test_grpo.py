@@ -82,6 +82,10 @@ def test_five_steps_micro_batches_on_fsdp8_compile_the_update_once(tmp_path):
     assert len({r["rollout/tokens_per_episode"] for r in rows}) > 1  # episode lengths vary
     assert {r["packing/rows"] for r in rows} == {16.0}  # 4 episodes -> rounded up to 2 micro x 8 devices
     assert all(r["compiles/update"] == 1.0 for r in rows)
+    # the sampler: fixed prefill windows, so no step compiles a new prefill or decode program (the counts are
+    # this run's new programs; the jit cache is per process, so an earlier test may have compiled them)
+    assert {r["compiles/prefill"] for r in rows} == {rows[0]["compiles/prefill"]} and rows[0]["compiles/prefill"] <= 2
+    assert {r["compiles/decode"] for r in rows} == {rows[0]["compiles/decode"]} and rows[0]["compiles/decode"] <= 1
     assert all(r["rollout/episodes"] == 4.0 for r in rows)
     # train.share_prefix (default on): a group's prompt is computed once where its G = 2 episodes fit one row
     assert all(r["packing/tokens_computed"] <= r["packing/tokens_unshared"] for r in rows)
@@ -257,19 +261,14 @@ def test_rollout_prefills_each_group_prompt_once_with_the_same_episodes(monkeypa
     rcfg = rollout_mod.RolloutConfig(group_size=3, max_turns=2, max_new_tokens=12, max_seq_len=400,
                                      compact_tools=True)
     calls = []
-    shared_prefill = rollout_mod.prefill_groups
-    monkeypatch.setattr(rollout_mod, "prefill_groups",
-                        lambda *a, **k: calls.append(a[3].shape) or shared_prefill(*a, **k))
+    prefill = rollout_mod.prefill
+    monkeypatch.setattr(rollout_mod, "prefill", lambda *a, **k: calls.append(a[3].shape) or prefill(*a, **k))
     shared = rollout_mod.rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
-    assert calls and calls[0][0] == len(tasks)  # one prefill row per group
-
-    def every_row(cfg, p, cache_P, prompts_PT, num_new_P, G, chunk_size=None):
-        cache = init_cache(cfg, cache_P.k.shape[1] * G, cache_P.max_len)
-        return sampling.prefill(cfg, p, cache, np.repeat(np.asarray(prompts_PT), G, 0),
-                                np.repeat(np.asarray(num_new_P), G), chunk_size=chunk_size)
-
-    monkeypatch.setattr(rollout_mod, "prefill_groups", every_row)
+    assert calls and calls[0][0] == len(tasks)  # the prompts: one prefill row per group
+    calls.clear()
+    rcfg = dataclasses.replace(rcfg, share_prompt_prefill=False)
     full = rollout_mod.rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
+    assert calls[0][0] == len(tasks) * 3  # every episode's row
     assert all(np.array_equal(a, b) for a, b in zip(shared.tokens, full.tokens))
     assert all(np.array_equal(a, b) for a, b in zip(shared.sampled_logp, full.sampled_logp))
     assert shared.done_reason == full.done_reason and sum(np.sum(t) for t in shared.turn_new_tokens) > 0

@@ -252,7 +252,7 @@ def stop_biased_params(cfg, tok, seed, stop_logit):
 
 def test_rollout_with_qa_env(qa_setup, monkeypatch):
     env, tasks, tok, model_cfg, params = qa_setup
-    rcfg = RolloutConfig(group_size=3, max_turns=4, max_new_tokens=16, max_seq_len=412, prefill_chunk=128,
+    rcfg = RolloutConfig(group_size=3, max_turns=4, max_new_tokens=16, max_seq_len=412, prefill_window=128,
                          compact_tools=True,
                          sampling=SamplingConfig(temperature=1.0))
     ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
