@@ -13,6 +13,7 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import grain
+from etils import epath
 
 SCHEMA_KEY = "_schema"
 SCHEMA_VERSION = 1
@@ -36,15 +37,21 @@ def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> int:
 def write_lines_atomically(path: str, lines: Iterable[str]) -> int:
     """Writes ``lines`` (one per line) to a temp file and renames it over ``path``, so a crash never
     leaves a half-written file; returns the number of lines. Shared by every JSONL writer."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    path = as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{path.name}.tmp{os.getpid()}"
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with tmp.open("w") as f:
         for line in lines:
             f.write(line + "\n")
             n += 1
-    os.replace(tmp, path)
+    tmp.replace(path)
     return n
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """Local paths and remote URLs (``gs://bucket/...``) alike, through etils.epath."""
+    return epath.Path(os.fspath(path))
 
 
 class RecordFileError(ValueError):
@@ -121,10 +128,9 @@ def read_jsonl(path: str, fields: Mapping[str, type | tuple] | None = None) -> l
     JSON, a truncated last line, a line that is not an object, another schema version, and (with
     ``fields``: name -> type) a missing field or one of the wrong JSON type. Reading changes nothing.
     """
-    if not os.path.exists(path):
+    if not as_path(path).exists():
         raise RecordFileError(f"task file not found: {path}")
-    with open(path, "rb") as f:
-        return parse_jsonl(decode_text(f.read(), path), path, fields)
+    return parse_jsonl(decode_text(as_path(path).read_bytes(), path), path, fields)
 
 
 def decode_text(raw: bytes, source: str) -> str:
@@ -140,8 +146,7 @@ def read_trajectories(path: str) -> list[dict[str, Any]]:
     """SFT teacher trajectories: ``read_jsonl`` with TRAJECTORY_FIELDS, ``prompt.messages`` an array and the
     actions and observations arrays of strings."""
     records = read_jsonl(path, TRAJECTORY_FIELDS)
-    with open(path, encoding="utf-8") as f:
-        numbers = [i for i, ln in enumerate(f, 1) if ln.strip()]
+    numbers = [i for i, ln in enumerate(as_path(path).read_text().split("\n"), 1) if ln.strip()]
     for lineno, rec in zip(numbers, records):
         where = f"{path}:{lineno}"
         check_fields(rec["prompt"], {"messages": list}, f"{where}: prompt")

@@ -15,12 +15,11 @@ Pipeline (``experiments/factory.py`` is the CLI):
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Iterable, Sequence
 
 import grain
 
-from orchestra_jax.data.tasks import write_lines_atomically
+from orchestra_jax.data.tasks import as_path, write_lines_atomically
 from orchestra_jax.envs.base import Env
 from orchestra_jax.envs.baselines import Trajectory, make_policy, rollout
 
@@ -127,10 +126,10 @@ def read_records(path: str, kind: str) -> list[dict[str, Any]]:
     """Reads and validates a factory JSONL file; any bad line raises ValueError naming file and line."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if not os.path.exists(path):
+    if not as_path(path).exists():
         raise ValueError(f"{path}: file not found")
     out = []
-    with open(path, encoding="utf-8") as f:
+    with as_path(path).open("r") as f:
         for lineno, line in enumerate(f, 1):
             where = f"{path}:{lineno}"
             if not line.strip():

@@ -13,6 +13,7 @@ import os
 from typing import Iterable, Sequence
 
 import tokenizers
+from etils import epath
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 PAD_TOKEN = "<|endoftext|>"
@@ -85,11 +86,10 @@ class Tokenizer:
 
     def save(self, folder: str | os.PathLike) -> str:
         """Write ``folder/tokenizer.json`` (Hugging Face format); returns its path."""
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, TOKENIZER_FILE)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
-        return path
+        folder = epath.Path(os.fspath(folder))  # local or remote (gs://...)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / TOKENIZER_FILE).write_text(self.to_json())
+        return os.fspath(folder / TOKENIZER_FILE)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
@@ -152,15 +152,14 @@ def load_tokenizer(folder_or_file: str | os.PathLike) -> Tokenizer:
     """
     if isinstance(folder_or_file, str) and folder_or_file.lstrip().startswith("{"):
         return _from_json_text(folder_or_file, "JSON text passed to load_tokenizer")
-    path = os.fspath(folder_or_file)
-    if os.path.isdir(path):
-        path = os.path.join(path, TOKENIZER_FILE)
-    if not os.path.isfile(path):
+    path = epath.Path(os.fspath(folder_or_file))  # local or remote (gs://...)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
         raise FileNotFoundError(f"no tokenizer file at {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = path.read_bytes().decode("utf-8")
         json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable tokenizer JSON file: {e}") from e
-    return _from_json_text(text, path)
+    return _from_json_text(text, os.fspath(path))

@@ -204,3 +204,41 @@ def test_empty_missing_and_non_utf8_files(tmp_path):
     (tmp_path / "b.jsonl").write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
     with pytest.raises(RecordFileError, match=r"b.jsonl:2: not UTF-8"):
         read_jsonl(str(tmp_path / "b.jsonl"))
+
+
+def test_run_dir_files_go_through_epath_so_gs_urls_work(tmp_path, monkeypatch):
+    """A gs:// run_dir: task files, SFT trajectories and the tokenizer are written and read through etils.epath
+    (mocked here onto a local folder); plain open/os.path would have made a local 'gs:' folder instead."""
+    from etils.epath import testing as epath_testing
+
+    from orchestra_jax.envs.factory import read_records
+    from orchestra_jax.text.tokenizer import load_tokenizer, train_tokenizer
+
+    bucket = tmp_path / "bucket"
+    to_local = lambda p: os.fspath(p).replace("gs://", str(bucket) + "/")  # noqa: E731
+
+    def redirect(original, path, *args, **kwargs):
+        return original(to_local(path), *args, **kwargs)
+
+    def redirect2(original, path, dst, *args, **kwargs):
+        return original(to_local(path), to_local(dst), *args, **kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    fns = {n: redirect for n in ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "remove", "stat", "glob")}
+    fns.update(rename=redirect2, replace=redirect2)
+    with epath_testing.mock_epath(**fns):
+        run = "gs://runs/exp1"
+        tasks = [{"id": i, "question": f"q{i}"} for i in range(3)]
+        assert write_jsonl(f"{run}/data/train_tasks.jsonl", tasks) == 3
+        assert read_jsonl(f"{run}/data/train_tasks.jsonl") == tasks
+        traj = {"prompt": {"messages": [{"role": "user", "content": "x"}]}, "actions": ["a"], "observations": ["o"]}
+        write_jsonl(f"{run}/data/sft_trajectories.jsonl", [traj])
+        assert read_trajectories(f"{run}/data/sft_trajectories.jsonl")[0]["actions"] == ["a"]
+        tok = train_tokenizer(["hello world", "tool call"], vocab_size=300)
+        tok.save(f"{run}/tokenizer")
+        assert load_tokenizer(f"{run}/tokenizer").encode("hello world") == tok.encode("hello world")
+        with pytest.raises(ValueError, match="file not found"):
+            read_records(f"{run}/data/missing.jsonl", "task")
+    assert (bucket / "runs/exp1/data/train_tasks.jsonl").is_file()
+    assert (bucket / "runs/exp1/tokenizer/tokenizer.json").is_file()
+    assert not (tmp_path / "gs:").exists()  # nothing went to a local folder named after the URL
