@@ -99,17 +99,18 @@ def make_sft_optimizer(learning_rate: float, steps: int, warmup_steps: int, weig
     return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, weight_decay=weight_decay))
 
 
-def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation) -> Callable:
-    """jitted (params, opt_state, batch) -> (params, opt_state, metrics)."""
+def make_sft_update(model_cfg: ModelConfig, optimizer: optax.GradientTransformation) -> Callable:
+    """Un-jitted (params, opt_state, batch, ref_params=None) -> (params, opt_state, metrics), the signature
+    `parallel.make_sharded_update_fn` jits over a mesh (ref_params is unused: no KL in behaviour cloning)."""
 
-    def step(params, opt_state, batch):
+    def update(params, opt_state, batch, ref_params=None):
         (loss, metrics), grads = jax.value_and_grad(lambda p: sft_loss(model_cfg, p, batch), has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = dict(metrics, **{"sft/grad_norm": optax.global_norm(grads)})
         return params, opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return update
 
 
 def pack_sft_dataset(sequences: Sequence[tuple[np.ndarray, np.ndarray]], row_len: int):
@@ -123,24 +124,32 @@ def pack_sft_dataset(sequences: Sequence[tuple[np.ndarray, np.ndarray]], row_len
 def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarray, np.ndarray]], *,
               steps: int, batch_rows: int, row_len: int, learning_rate: float, warmup_steps: int,
               weight_decay: float, grad_clip: float, seed: int,
-              log_fn: Callable[[int, dict], Any] | None = None, log_every: int = 10):
-    """Runs ``steps`` AdamW steps of behaviour cloning; returns (params, list of per-step metric dicts)."""
+              log_fn: Callable[[int, dict], Any] | None = None, log_every: int = 10, mesh=None, rules=None):
+    """Runs ``steps`` AdamW steps of behaviour cloning on ``mesh`` (default: one device), the same sharded
+    update path as GRPO (parameters and Adam state sharded by the logical rules, one compile); every
+    process holds the same seeded data, so each batch is the global one. ``batch_rows`` is rounded up to a
+    multiple of the mesh's data x fsdp devices. Returns (params on the mesh, list of per-step metric dicts)."""
+    from orchestra_jax.parallel import MeshConfig, batch_row_multiple, make_mesh, make_sharded_update_fn
+
     packed = pack_sft_dataset(sequences, row_len)
     data = packed.as_dict()
     num_rows = packed.num_rows
-    batch_rows = min(batch_rows, num_rows)
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]) if mesh is None else mesh
     optimizer = make_sft_optimizer(learning_rate, steps, warmup_steps, weight_decay, grad_clip)
-    opt_state = optimizer.init(params)
-    step_fn = make_sft_step(model_cfg, optimizer)
+    step_fn = make_sharded_update_fn(make_sft_update(model_cfg, optimizer), model_cfg, optimizer, mesh, rules)
+    multiple = batch_row_multiple(mesh, step_fn.rules)
+    batch_rows = -(-min(batch_rows, num_rows) // multiple) * multiple
+    params = step_fn.shard_params(jax.tree_util.tree_map(np.asarray, params))  # a fresh copy: the step donates
+    opt_state = step_fn.init_opt_state(params)
     rng = np.random.default_rng(seed)
     order = np.empty((0,), np.int64)
     history = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
-        if len(order) < batch_rows:  # new epoch: reshuffle all rows (leftover rows roll over first)
+        while len(order) < batch_rows:  # new epoch: reshuffle all rows (leftover rows roll over first)
             order = np.concatenate([order, rng.permutation(num_rows)])
         idx, order = order[:batch_rows], order[batch_rows:]
-        batch = {k: jnp.asarray(v[idx]) for k, v in data.items()}
+        batch = {k: v[idx] for k, v in data.items()}
         params, opt_state, metrics = step_fn(params, opt_state, batch)
         if step % log_every == 0 or step == steps:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -153,20 +162,22 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
 
 
 # ------------------------------------------------------------------------------------- the run's stage
-def sft_stage(cfg, prep, param_shardings) -> tuple[Any, str]:
+def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
     """The GRPO start and its honest name: behaviour cloning from ``prep.init_params`` (random or pretrained)
     on the factory's teacher data when ``cfg.sft.enabled`` ("sft"), restored from ``<run_dir>/sft`` if that
-    checkpoint exists; else the initial params (``prep.init_name``). Returned on the mesh
-    (``param_shardings``), so multi-host orbax saves work. Every process runs the same (seeded) SFT on its
-    own devices and places the identical result."""
+    checkpoint exists; else the initial params (``prep.init_name``). Trained and returned on ``mesh``
+    (sharded by ``rules`` like the GRPO policy), so multi-host orbax saves work; every process feeds the same
+    (seeded) global batches."""
     import json
     import sys
 
     from etils import epath
 
     from orchestra_jax.checkpoint import Checkpointer
-    from orchestra_jax.parallel.sharding import put_on_mesh
+    from orchestra_jax.parallel import param_shardings as make_param_shardings
+    from orchestra_jax.parallel import put_on_mesh
 
+    param_shardings = make_param_shardings(prep.model_cfg, mesh, rules)
     if not cfg.sft.enabled:
         return put_on_mesh(prep.init_params, param_shardings), prep.init_name
     s = cfg.sft
@@ -202,13 +213,13 @@ def sft_stage(cfg, prep, param_shardings) -> tuple[Any, str]:
             bar.set_postfix(loss=f"{m['sft/loss']:.3f}", p=f"{m['sft/mean_token_prob']:.3f}")
             bar.refresh()
 
-    start = jax.tree_util.tree_map(jnp.copy, prep.init_params)  # the SFT step donates its input
-    params, _ = train_sft(prep.model_cfg, start, seqs, steps=s.steps, batch_rows=s.batch_rows, row_len=s.row_len,
+    params, _ = train_sft(prep.model_cfg, prep.init_params, seqs, steps=s.steps, batch_rows=s.batch_rows, row_len=s.row_len,
                           learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
-                          grad_clip=s.grad_clip, seed=s.seed, log_fn=log_fn, log_every=s.log_every)
+                          grad_clip=s.grad_clip, seed=s.seed, log_fn=log_fn, log_every=s.log_every,
+                          mesh=mesh, rules=rules)
     if bar is not None:
         bar.close()
-    placed = put_on_mesh(params, param_shardings)
+    placed = jax.device_put(params, param_shardings)  # already there: the same mesh and rules
     ckpt.save(s.steps, {"params": placed}, force=True)
     ckpt.close()
     if main:

@@ -102,10 +102,11 @@ def state_to_local(state: TrainState, mesh):
 
 def start_policy(cfg: Config, prep, setup: GRPOSetup):
     """(start params on the mesh, its name, a process-local copy for evaluation)."""
+    from orchestra_jax.parallel import make_rules
     from orchestra_jax.parallel.sharding import replicate_to_local
     from orchestra_jax.sft import sft_stage
 
-    start, name = sft_stage(cfg, prep, setup.update.param_shardings)
+    start, name = sft_stage(cfg, prep, setup.mesh, make_rules(cfg.mesh))
     return start, name, replicate_to_local(start, setup.mesh)
 
 

@@ -182,9 +182,10 @@ def test_hf_start_with_model_overrides_then_sft_then_grpo(tmp_path):
     assert np.isfinite(read_metrics(str(tmp_path / "run"))[0]["loss"])
     # without SFT the start is the pretrained checkpoint, and is called so
     from orchestra_jax.sft import sft_stage
-    from orchestra_jax.train import build_mesh, make_setup
+    from orchestra_jax.parallel import make_rules
+    from orchestra_jax.train import build_mesh
 
     no_sft = _cfg(tmp_path / "run2", **{**over, "sft": {"enabled": False}})
     prep2 = prepare(no_sft)
-    _, name = sft_stage(no_sft, prep2, make_setup(no_sft, prep2, build_mesh(no_sft)).update.param_shardings)
+    _, name = sft_stage(no_sft, prep2, build_mesh(no_sft), make_rules(no_sft.mesh))
     assert name == "pretrained"
