@@ -129,7 +129,7 @@ def run_expert(env, state, i: int, alias: str, policy_tokens_in=None) -> tuple[s
         led.log_call(i, {"turn": int(led.turns[i]), "tool": "call_expert", "alias": alias, "profile": prof.model.display,
                          "valid": True, "cost_usd": usd, "outcome": outcome if within else "budget", "correct": outcome == "correct"})
     if not within:
-        return f"[{alias}] {env._budget_text(led.end_reason[i])}", {"outcome": "budget", **info}
+        return f"[{alias}] {env.budget_text(led.end_reason[i])}", {"outcome": "budget", **info}
     lines = []
     for a in calls:
         if led.done[i]:
@@ -144,7 +144,7 @@ def run_expert(env, state, i: int, alias: str, policy_tokens_in=None) -> tuple[s
         state.reads_wrong[i].add(r)
     if not led.done[i]:
         if reply is not None:
-            env._finish(state, i, reply)
+            env.finish(state, i, reply)
             lines.append(f"[{alias}] responded to the user: {reply} (conversation ended)")
         else:
             lines.append(f"[{alias}] I have taken care of this request.")

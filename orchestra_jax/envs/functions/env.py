@@ -258,17 +258,17 @@ class FunctionsEnv(Env):
                 if not valid[i]:
                     led.n_invalid[i] += 1
             else:
-                obs[i], infos[i] = self._budget_text(led.end_reason[i]), {"tool": None, "error": "budget"}
+                obs[i], infos[i] = self.budget_text(led.end_reason[i]), {"tool": None, "error": "budget"}
             led.end_turn(i)
             if led.done[i] and led.end_reason[i] == "max_turns":
-                obs[i] += ("\n" if obs[i] else "") + self._budget_text("max_turns")
+                obs[i] += ("\n" if obs[i] else "") + self.budget_text("max_turns")
             state.context_chars[i] += len(text) + len(obs[i])
             cost[i], lat[i] = led.usd[i] - usd0, led.latency[i] - lat0
             infos[i]["end_reason"] = led.end_reason[i]
         return state, StepOutput(observations=obs, done=led.done.copy(), cost_usd=cost, latency_s=lat,
                                  tool_index=tool_index, valid=valid, info=infos)
 
-    def _budget_text(self, reason: str) -> str:
+    def budget_text(self, reason: str) -> str:
         what = {"max_usd": f"${self.budget.max_usd:g}", "max_tokens": f"{self.budget.max_tokens} tokens",
                 "max_turns": f"{self.budget.max_turns} turns"}[reason]
         return f"Budget exceeded ({what}): episode ended."
@@ -282,7 +282,7 @@ class FunctionsEnv(Env):
         if name == RESPOND:
             if not isinstance(args, dict) or set(args) != {"message"} or not isinstance(args["message"], str):
                 return "Error: respond takes exactly one argument 'message' (a string)", -1, False, {"tool": RESPOND, "error": "arguments"}
-            self._finish(state, i, args["message"])
+            self.finish(state, i, args["message"])
             return "The conversation has ended.", -1, True, {"tool": RESPOND, **state.checks[i]}
         if name == CALL_EXPERT:
             if not isinstance(args, dict) or set(args) != {"expert"} or args["expert"] not in task.aliases:
@@ -325,7 +325,7 @@ class FunctionsEnv(Env):
                     break
         return res.output, "ok"
 
-    def _finish(self, state: FunctionsState, i: int, message: str) -> None:
+    def finish(self, state: FunctionsState, i: int, message: str) -> None:
         gold = state.gold[i]
         checks = {"db_match": state.dbs[i] == gold.db,
                   "info_given": info_given(message, state.tasks[i].required_info, self.fcfg.max_message_chars),

@@ -16,7 +16,7 @@ import numpy as np
 
 from orchestra_jax.envs.domains.base import DB, Action, DomainError, money_text
 from orchestra_jax.envs.functions.engine import Tools, column, display, rows_where
-from orchestra_jax.envs.functions.spec import DomainSpec, _placeholders
+from orchestra_jax.envs.functions.spec import DomainSpec, placeholders
 
 RESPOND = "respond"
 EVOLUTIONS = ("add_request", "conditional", "describe", "ask", "distract")
@@ -62,7 +62,7 @@ class RequestBuilder:
         self.ph = spec.phrases
         self.user, self.item, self.order = tools.user, tools.item, tools.order
         self.search = spec.tool_of("search")
-        self.at_field = _placeholders(self.ph.at)[0]
+        self.at_field = placeholders(self.ph.at)[0]
         self.at_word = self.ph.lookup.get(self.at_field, self.at_field.replace("_", " "))
         self.kinds: dict[str, Callable] = {
             "book": self.book, "book_conditional": self.book_conditional, "cancel": self.cancel,
@@ -75,7 +75,7 @@ class RequestBuilder:
         return display(getattr(rec, column(self.item.field(field))), column(self.item.field(field)))
 
     def filter_text(self, it) -> str:
-        return self.ph.item_filter.format(**{f: getattr(it, f) for f in _placeholders(self.ph.item_filter)})
+        return self.ph.item_filter.format(**{f: getattr(it, f) for f in placeholders(self.ph.item_filter)})
 
     def at_text(self, it) -> str:
         return self.ph.at.format(**{self.at_field: self._value(it, self.at_field)})

@@ -146,14 +146,14 @@ class DomainSpec:
                 continue
             if role and self.table(t.table).role != role:
                 continue
-            if kind == "search" and set(t.filters) != set(_placeholders(self.phrases.item_filter)):
+            if kind == "search" and set(t.filters) != set(placeholders(self.phrases.item_filter)):
                 continue
             return t
         raise KeyError(kind + (":" + role if role else ""))
 
 
 # ------------------------------------------------------------------------------------------- parsing
-def _placeholders(template: str) -> list[str]:
+def placeholders(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
@@ -349,11 +349,11 @@ def spec_from_dict(d: Any, source: str = "<dict>") -> DomainSpec:
     enum_fields = [f.name for f in item.fields if f.gen == "choice"]
     for ph in ("item_filter", "at"):
         r.text(p[ph], f"phrases.{ph}")
-        for ph_field in _placeholders(p[ph]):
+        for ph_field in placeholders(p[ph]):
             if ph_field not in (enum_fields if ph == "item_filter" else item_fields):
                 r.fail(f"phrases.{ph}", f"placeholder {{{ph_field}}} is not a{' choice' if ph == 'item_filter' else 'n'}"
                                         f" field of table {item.name}")
-    at_fields = _placeholders(p["at"])
+    at_fields = placeholders(p["at"])
     if len(at_fields) != 1:
         r.fail("phrases.at", f"must have exactly one placeholder (the sort field), got {at_fields}")
     lookup = r.mapping(p["lookup"], "phrases.lookup", (), tuple(item_fields))
@@ -368,7 +368,7 @@ def spec_from_dict(d: Any, source: str = "<dict>") -> DomainSpec:
         if k not in info_fields:
             r.fail(f"phrases.info_questions.{k}", f"not a field of an info table; known {sorted(info_fields)}")
         r.text(q, f"phrases.info_questions.{k}")
-        ks = _placeholders(q)
+        ks = placeholders(q)
         keys = {t.key for t in info}
         if len(ks) != 1 or ks[0] not in keys:
             r.fail(f"phrases.info_questions.{k}", f"must have one placeholder naming an info table's key {sorted(keys)}")
@@ -436,7 +436,7 @@ def spec_from_dict(d: Any, source: str = "<dict>") -> DomainSpec:
                 spec.tool_of(step)
             except KeyError:
                 r.fail(f"requests[{k}]", f"request kind {req.kind!r} needs a tool of kind {step!r}"
-                                         + (f" filtering on {_placeholders(phrases.item_filter)}" if step == "search" else ""))
+                                         + (f" filtering on {placeholders(phrases.item_filter)}" if step == "search" else ""))
     return spec
 
 
