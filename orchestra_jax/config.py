@@ -57,6 +57,7 @@ class TrainConfig:
     wandb_project: str = "orchestra_jax"  # wandb project
     wandb_group: Optional[str] = None  # wandb group (e.g. the sweep name); None = none
     wandb_name: Optional[str] = None  # wandb run name; None = basename of run_dir
+    wandb_tags: tuple[str, ...] = ()  # wandb tags (a sweep adds its swept k=v to them)
     allow_config_change: bool = False  # resume a run_dir whose recorded config differs in training keys (recorded)
     max_consecutive_skips: int = 5  # stop after this many non-finite (skipped) updates in a row; 0 = never
     alert_kl_max: Optional[float] = None  # alert when the KL to the reference exceeds this; None = off
@@ -81,6 +82,8 @@ class SFTConfig:
     grad_clip: float = 1.0  # global-norm gradient clipping
     seed: int = 0  # factory and batch-order seed
     log_every: int = 10  # SFT metrics every N steps
+    checkpoint_dir: str = ""  # SFT checkpoint folder; "" = <run_dir>/sft. Runs that share one (a sweep's points)
+                              # skip SFT when it exists: create it first (experiments/sft.py) under parallel launchers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,9 @@ class EvalConfig:
     group_size: int = 4  # rollouts per task for the policies (mean_reward is computed within these groups)
     greedy: bool = False  # greedy decoding for the learned policies (False = sample as in training)
     batch_size: int = 0  # episodes per rollout batch; 0 = as in training (tasks_per_step x group_size)
+    splits: tuple[str, ...] = ()  # further env splits evaluated on the same policies (e.g. unseen_tools)
+    robustness: tuple[str, ...] = ()  # analysis.robustness.ROBUSTNESS_SPLITS played on the primary split's tasks
+    robustness_tasks: int = 0  # tasks per robustness split (the first N of the primary split's); 0 = all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +218,13 @@ def _validate(cfg: Config) -> None:
             check()
         except ValueError as err:
             raise ValueError(f"config error at {key}: {err}") from None
+    if e.robustness_tasks < 0:
+        raise ValueError(f"config error at eval.robustness_tasks: must be >= 0, got {e.robustness_tasks}")
+    from orchestra_jax.analysis.robustness import ROBUSTNESS_SPLITS
+
+    for name in e.robustness:
+        if name not in ROBUSTNESS_SPLITS:
+            raise ValueError(f"config error at eval.robustness: {name!r} is not one of {sorted(ROBUSTNESS_SPLITS)}")
     if t.steps > 0:
         try:
             validate_sampling(cfg.rollout)

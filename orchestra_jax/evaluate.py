@@ -272,18 +272,44 @@ def baseline_results(cfg, env, tasks, name: str):
     return run_policy(env, make_policy(name, env), episode_tasks, seed=cfg.eval.seed)
 
 
-def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_policy: str | None = None) -> dict:
-    """Evaluates ``learned`` ({name: process-local params}) and the env baselines on held-out tasks; process 0
-    writes summary.json. Every process evaluates the same episodes (their summaries are identical)."""
-    import jax
-
-    e = cfg.eval
-    tasks = env.sample_tasks(e.seed, e.num_tasks, split=e.split)
+def split_results(cfg, env, tokenizer, model_cfg, learned: dict, tasks) -> dict:
+    """{policy: EpisodeResults} of the learned policies and every baseline on ``tasks`` through ``env``
+    (the same episode plan and env seed for all)."""
     results = {name: policy_results(cfg, env, tokenizer, model_cfg, p, tasks) for name, p in learned.items()}
     for name in BASELINE_NAMES:
         results[name] = baseline_results(cfg, env, tasks, name)
-    summary = summarise(cfg.reward, results, len(tasks), e.group_size)
-    summary["eval"] = {"split": e.split, "num_tasks": e.num_tasks, "group_size": e.group_size, "greedy": e.greedy,
+    return results
+
+
+def evaluation_plan(cfg) -> list[tuple[str, str, str | None]]:
+    """(name, env split, robustness perturbation or None) of every evaluated split, the primary one first:
+    eval.split, then eval.splits, then each eval.robustness wrapper on the primary split's tasks."""
+    e = cfg.eval
+    plan = [(e.split, e.split, None)] + [(s, s, None) for s in e.splits if s != e.split]
+    return plan + [(r, e.split, r) for r in e.robustness]
+
+
+def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_policy: str | None = None) -> dict:
+    """Evaluates ``learned`` ({name: process-local params}) and the env baselines on held-out tasks of every
+    split of ``evaluation_plan``; process 0 writes summary.json. Every policy plays the same episodes in a
+    split; every process evaluates the same episodes (their summaries are identical)."""
+    import jax
+
+    from orchestra_jax.analysis.robustness import ROBUSTNESS_SPLITS, PerturbedEnv
+
+    e = cfg.eval
+    by_split, tasks_of = {}, {}
+    for name, split, perturbation in evaluation_plan(cfg):
+        if split not in tasks_of:
+            tasks_of[split] = env.sample_tasks(e.seed, e.num_tasks, split=split)
+        tasks, split_env = tasks_of[split], env
+        if perturbation is not None:
+            tasks = tasks[:e.robustness_tasks or len(tasks)]
+            split_env = PerturbedEnv(env, ROBUSTNESS_SPLITS[perturbation])
+        by_split[name] = split_results(cfg, split_env, tokenizer, model_cfg, learned, tasks)
+    summary = summarise_splits(cfg.reward, by_split, e.group_size, primary=e.split)
+    summary["eval"] = {"split": e.split, "splits": list(by_split), "num_tasks": e.num_tasks,
+                       "robustness_tasks": e.robustness_tasks, "group_size": e.group_size, "greedy": e.greedy,
                        "seed": e.seed}
     if start_policy is not None:  # what GRPO started from: sft, random or pretrained
         summary["eval"]["start_policy"] = start_policy
