@@ -133,10 +133,12 @@ class PerturbedEnv:
 
     # ------------------------------------------------------------------------------- the Env API
     def reset(self, tasks: Sequence, seed: int, episode_ids: Sequence[int] | None = None):
-        p = self.p
         inner, prompts = self.env.reset(tasks, seed, episode_ids=episode_ids)
         if self.p.kind in ("tool_timeouts", "latency_spikes") and getattr(inner, "ledger", None) is None:
             raise ValueError(f"PerturbedEnv({self.p.kind}) needs the env state to keep a budget.Ledger")
+        if self.p.kind == "noisy_search" and not (hasattr(inner, "found") and all(hasattr(t, "docs") for t in tasks)):
+            raise ValueError("PerturbedEnv(noisy_search) needs an env state with `found` and tasks with `docs` "
+                             "(the QA setting)")
         ids = list(range(len(tasks))) if episode_ids is None else [int(e) for e in episode_ids]
         if self.p.kind == "schema_drift":
             prompts = [self._drift_prompt(p) for p in prompts]
