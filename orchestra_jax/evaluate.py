@@ -192,6 +192,7 @@ def summary_filename(name: str | None = None) -> str:
 
 def write_summary(run_dir: str, summary: dict, name: str | None = None) -> str:
     """Writes ``<run_dir>/summary.json`` (or ``summary-<name>.json``; atomic) and returns its path."""
+    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, summary_filename(name))
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
