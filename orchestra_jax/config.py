@@ -320,7 +320,10 @@ def swept_keys(argv) -> list[str]:
 def resolve_hydra_run_dir(raw: DictConfig, argv=None) -> DictConfig:
     """Under ``--multirun`` gives every job its own run directory ``<run_dir>/<k1=v1,k2=v2>`` named by the
     swept keys only (the job number when none is found), so sweep points never resume each other and
-    rerunning the same sweep resumes each point. A single run is unchanged."""
+    rerunning the same sweep resumes each point. wandb: an unset ``train.wandb_group`` becomes the sweep
+    directory's name (multirun) or the experiment's name (+experiment=NAME); the experiment name and a sweep
+    point's ``k=v`` are added to ``train.wandb_tags``. Outside hydra.main the config is returned unchanged."""
+    import os
     import sys
 
     try:
@@ -330,8 +333,18 @@ def resolve_hydra_run_dir(raw: DictConfig, argv=None) -> DictConfig:
         hc = HydraConfig.get()
     except Exception:  # not running under hydra.main (tests, notebooks)
         return raw
+    experiment = OmegaConf.select(hc, "runtime.choices.experiment", default=None)
+    out = OmegaConf.create(OmegaConf.to_container(raw, resolve=True))
+    train = out.get("train")
+    tags = list(train.get("wandb_tags") or []) if train is not None else []
+    if experiment and experiment not in tags:
+        tags.append(str(experiment))
     if hc.mode != RunMode.MULTIRUN:
-        return raw
+        if train is not None:
+            if train.get("wandb_group") is None and experiment:
+                train.wandb_group = str(experiment)
+            train.wandb_tags = tags
+        return out
     swept = swept_keys(sys.argv[1:] if argv is None else argv)
     # keys a preset sweeps (hydra.sweeper.params of conf/experiment/sweep_*.yaml) name the run too
     params = OmegaConf.select(hc, "sweeper.params", default=None) or {}
@@ -343,6 +356,9 @@ def resolve_hydra_run_dir(raw: DictConfig, argv=None) -> DictConfig:
             chosen[k.lstrip("+~")] = v
     parts = [f"{k}={chosen[k]}" for k in swept if k in chosen]
     sub = ",".join(parts) if parts else str(hc.job.num)
-    out = OmegaConf.create(OmegaConf.to_container(raw, resolve=True))
     out.run_dir = f"{raw.run_dir}/{sub}"
+    if train is not None:
+        if train.get("wandb_group") is None:
+            train.wandb_group = os.path.basename(os.path.normpath(str(raw.run_dir)))
+        train.wandb_tags = tags + [p for p in parts if p not in tags]
     return out

@@ -181,6 +181,28 @@ def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
     return out
 
 
+EVAL_TABLE_COLUMNS = ("accuracy", "mean_cost_usd", "latency_mean_s", "latency_p95_s", "preference_score",
+                      "fixed_reward", "utility_a0.5", "mean_reward", "n_tasks")
+
+
+def eval_tables(summary: dict) -> dict[str, tuple[list[str], list[list]]]:
+    """``{split: (columns, rows)}``: one row per policy with each metric and its 95% interval (wandb tables)."""
+    cols = ["policy"] + [c for k in EVAL_TABLE_COLUMNS for c in ((k, f"{k}_lo", f"{k}_hi") if k != "n_tasks" else (k,))]
+    splits = summary.get("splits") or {summary.get("primary_split", "test"): {"policies": summary["policies"]}}
+    out = {}
+    for split, s in splits.items():
+        rows = []
+        for name, m in s["policies"].items():
+            row = [name]
+            for k in EVAL_TABLE_COLUMNS:
+                row.append(m.get(k))
+                if k != "n_tasks":
+                    row += list(m.get("ci", {}).get(k, (None, None)))
+            rows.append(row)
+        out[split] = (cols, rows)
+    return out
+
+
 def summary_filename(name: str | None = None) -> str:
     """``summary.json``, or ``summary-<name>.json`` for a named re-evaluation written beside it."""
     if name is None:
