@@ -203,6 +203,19 @@ def eval_tables(summary: dict) -> dict[str, tuple[list[str], list[list]]]:
     return out
 
 
+def sweep_objective(summary: dict, n_objectives: int = 1, policy: str = "grpo"):
+    """What a Hydra sweeper optimises for one run: ``(accuracy, mean_cost_usd)`` of ``policy`` on the primary
+    split when the sweeper has two directions (optuna multi-objective: [maximize, minimize]), else its
+    ``fixed_reward`` (one fixed reference preference, comparable across runs with different P; NaN without
+    an evaluation)."""
+    m = summary.get("policies", {}).get(policy, {})
+    if n_objectives == 2:
+        return float(m.get("accuracy", float("nan"))), float(m.get("mean_cost_usd", float("nan")))
+    if n_objectives != 1:
+        raise ValueError(f"sweep objective: {n_objectives} directions; expected 1 or 2 (accuracy, mean $)")
+    return float(m.get("fixed_reward", float("nan")))
+
+
 def summary_filename(name: str | None = None) -> str:
     """``summary.json``, or ``summary-<name>.json`` for a named re-evaluation written beside it."""
     if name is None:
