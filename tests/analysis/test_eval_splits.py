@@ -76,3 +76,14 @@ def test_every_policy_on_every_split_in_one_summary(tmp_path, setup):
 def test_unknown_robustness_split_names_the_key(tmp_path):
     with pytest.raises(ValueError, match="eval.robustness"):
         _cfg(tmp_path, robustness=["earthquake"])
+
+
+def test_sweep_objective_is_on_a_fixed_scale():
+    from orchestra_jax.evaluate import sweep_objective
+
+    s = {"policies": {"grpo": {"accuracy": 0.5, "mean_cost_usd": 0.01, "fixed_reward": 0.3, "mean_reward": 0.9}}}
+    assert sweep_objective(s) == 0.3                      # not the pool-normalised mean_reward
+    assert sweep_objective(s, 2) == (0.5, 0.01)           # optuna [maximize, minimize]
+    assert np.isnan(sweep_objective({"policies": {}}))    # no evaluation: NaN, not a crash
+    with pytest.raises(ValueError, match="directions"):
+        sweep_objective(s, 3)
