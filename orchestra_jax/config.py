@@ -98,6 +98,7 @@ class EvalConfig:
     greedy: bool = False  # greedy decoding for the learned policies (False = sample as in training)
     batch_size: int = 0  # episodes per rollout batch; 0 = as in training (tasks_per_step x group_size)
     splits: tuple[str, ...] = ()  # further env splits evaluated on the same policies (e.g. unseen_tools)
+    split_tasks: int = 0  # tasks per further split (the first N of its sample); 0 = num_tasks
     robustness: tuple[str, ...] = ()  # analysis.robustness.ROBUSTNESS_SPLITS played on the primary split's tasks
     robustness_tasks: int = 0  # tasks per robustness split (the first N of the primary split's); 0 = all
 
@@ -218,8 +219,9 @@ def _validate(cfg: Config) -> None:
             check()
         except ValueError as err:
             raise ValueError(f"config error at {key}: {err}") from None
-    if e.robustness_tasks < 0:
-        raise ValueError(f"config error at eval.robustness_tasks: must be >= 0, got {e.robustness_tasks}")
+    for key, value in {"eval.robustness_tasks": e.robustness_tasks, "eval.split_tasks": e.split_tasks}.items():
+        if value < 0:
+            raise ValueError(f"config error at {key}: must be >= 0, got {value}")
     from orchestra_jax.analysis.robustness import ROBUSTNESS_SPLITS
 
     for name in e.robustness:

@@ -319,7 +319,8 @@ def split_results(cfg, env, tokenizer, model_cfg, learned: dict, tasks) -> dict:
 
 def evaluation_plan(cfg) -> list[tuple[str, str, str | None]]:
     """(name, env split, robustness perturbation or None) of every evaluated split, the primary one first:
-    eval.split, then eval.splits, then each eval.robustness wrapper on the primary split's tasks."""
+    eval.split (eval.num_tasks tasks), then eval.splits (the first eval.split_tasks of each), then each
+    eval.robustness wrapper on the first eval.robustness_tasks of the primary split's tasks."""
     e = cfg.eval
     plan = [(e.split, e.split, None)] + [(s, s, None) for s in e.splits if s != e.split]
     return plan + [(r, e.split, r) for r in e.robustness]
@@ -342,10 +343,12 @@ def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_polic
         if perturbation is not None:
             tasks = tasks[:e.robustness_tasks or len(tasks)]
             split_env = PerturbedEnv(env, ROBUSTNESS_SPLITS[perturbation])
+        elif name != e.split:
+            tasks = tasks[:e.split_tasks or len(tasks)]
         by_split[name] = split_results(cfg, split_env, tokenizer, model_cfg, learned, tasks)
     summary = summarise_splits(cfg.reward, by_split, e.group_size, primary=e.split)
     summary["eval"] = {"split": e.split, "splits": list(by_split), "num_tasks": e.num_tasks,
-                       "robustness_tasks": e.robustness_tasks, "group_size": e.group_size, "greedy": e.greedy,
+                       "split_tasks": e.split_tasks, "robustness_tasks": e.robustness_tasks, "group_size": e.group_size, "greedy": e.greedy,
                        "seed": e.seed}
     if start_policy is not None:  # what GRPO started from: sft, random or pretrained
         summary["eval"]["start_policy"] = start_policy
