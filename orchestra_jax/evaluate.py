@@ -326,7 +326,26 @@ def evaluation_plan(cfg) -> list[tuple[str, str, str | None]]:
     return plan + [(r, e.split, r) for r in e.robustness]
 
 
-def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_policy: str | None = None) -> dict:
+def reevaluation_name(cfg) -> str | None:
+    """None when ``cfg`` equals the run's recorded config (config.yaml) or there is none; else the differing
+    keys as ``k=v,...`` (file-name safe): a re-evaluation with other settings goes to summary-<name>.json."""
+    import re
+
+    from orchestra_jax.config import to_dict
+    from orchestra_jax.run_dir import config_diff, read_record
+
+    record = read_record(cfg.run_dir)
+    if record is None:
+        return None
+    diff = {k: v for k, v in config_diff(record, json.loads(json.dumps(to_dict(cfg), default=str))).items()
+            if not k.startswith(("train.wandb_", "train.progress_bar"))}   # display-only keys
+    if not diff:
+        return None
+    return re.sub(r"[^\w.=,+-]", "_", ",".join(f"{k}={v}" for k, (_, v) in sorted(diff.items())))[:120]
+
+
+def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_policy: str | None = None,
+                      summary_name: str | None = None) -> dict:
     """Evaluates ``learned`` ({name: process-local params}) and the env baselines on held-out tasks of every
     split of ``evaluation_plan``; process 0 writes summary.json. Every policy plays the same episodes in a
     split; every process evaluates the same episodes (their summaries are identical)."""
@@ -353,7 +372,7 @@ def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_polic
     if start_policy is not None:  # what GRPO started from: sft, random or pretrained
         summary["eval"]["start_policy"] = start_policy
     if jax.process_index() == 0:
-        write_summary(cfg.run_dir, summary)
+        write_summary(cfg.run_dir, summary, summary_name)
     return summary
 
 
@@ -372,18 +391,19 @@ def evaluate_run(cfg) -> dict:
         raise ValueError(f"no GRPO checkpoint in {ckpt_dir}: train first (experiments/train.py run_dir={cfg.run_dir})")
     from orchestra_jax.prepare import prepare
 
+    name = reevaluation_name(cfg)
     mesh = build_mesh(cfg)
-    prep = prepare(cfg)
+    prep = prepare(cfg, record=False)  # the run's config.yaml stays as training wrote it
     setup = make_setup(cfg, prep, mesh)
     start, start_name, start_local = start_policy(cfg, prep, setup)
     state, _ = restore_state(ck, setup, start)
     ck.close()
     summary = evaluate_policies(cfg, prep.env, prep.tokenizer, prep.model_cfg,
                                 {"grpo": state_to_local(state, mesh), start_name: start_local},
-                                start_policy=start_name)
+                                start_policy=start_name, summary_name=name)
     summary["eval"]["grpo_step"] = int(state.step)
     if jax.process_index() == 0:
-        write_summary(cfg.run_dir, summary)
+        path = write_summary(cfg.run_dir, summary, name)
         print(format_table(summary))
-        print(f"summary: {cfg.run_dir}/summary.json (GRPO step {int(state.step)})")
+        print(f"summary: {path} (GRPO step {int(state.step)})")
     return summary

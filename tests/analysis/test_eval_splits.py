@@ -87,3 +87,17 @@ def test_sweep_objective_is_on_a_fixed_scale():
     assert np.isnan(sweep_objective({"policies": {}}))    # no evaluation: NaN, not a crash
     with pytest.raises(ValueError, match="directions"):
         sweep_objective(s, 3)
+
+
+def test_reevaluation_with_other_settings_is_named(tmp_path):
+    from orchestra_jax.config import to_dict
+    from orchestra_jax.evaluate import reevaluation_name, summary_filename
+    from orchestra_jax.run_dir import write_record
+
+    cfg = _cfg(tmp_path)
+    assert reevaluation_name(cfg) is None                      # no record yet: the run's own evaluation
+    write_record(str(tmp_path), json.loads(json.dumps(to_dict(cfg), default=str)))
+    assert reevaluation_name(cfg) is None                      # same settings: summary.json
+    assert reevaluation_name(_cfg(tmp_path, num_tasks=500, split="unseen_tools")) == \
+        "eval.num_tasks=500,eval.split=unseen_tools"
+    assert summary_filename(reevaluation_name(_cfg(tmp_path, splits=["a b"]))) == "summary-eval.splits=__a_b__.json"
