@@ -52,7 +52,7 @@ PAPER_COMMON = sft.checkpoint_dir=$(PAPER_DIR)/sft/sft tokenizer=$(PAPER_DIR)/sf
 	train.steps=$(PAPER_STEPS) eval.num_tasks=$(PAPER_EVAL_TASKS) train.progress_bar=false
 paper: venv
 	$(PY) experiments/sft.py +experiment=quickstart run_dir=$(PAPER_DIR)/sft train.progress_bar=false
-	$(PY) experiments/train.py +experiment=sweep_reward_weights run_dir=$(PAPER_DIR)/reward_weights \
+	$(PY) experiments/train.py --multirun +experiment=sweep_reward_weights run_dir=$(PAPER_DIR)/reward_weights \
 		reward=paper env.pref_latency=0.0 env.pref_cost=0.0,0.25,0.5,0.75,1.0 eval.splits=[] $(PAPER_COMMON)
 	$(PY) experiments/train.py +experiment=generalisation run_dir=$(PAPER_DIR)/generalisation train.seed=0 \
 		env=qa_quickstart eval.splits=[unseen_tools,unseen_prices] \
