@@ -314,9 +314,26 @@ def swept_keys(argv) -> list[str]:
         key = key.lstrip("+~")
         if key.startswith("hydra.") or key == "run_dir":
             continue
-        if "," in value or value.strip().startswith(("range(", "choice(", "glob(", "interval(")):
+        if _top_level_comma(value) or value.strip().startswith(("range(", "choice(", "glob(", "interval(")):
             keys.append(key)
     return keys
+
+
+def _top_level_comma(value: str) -> bool:
+    """A comma outside brackets and quotes (``a,b`` sweeps; ``[a,b]`` or ``'a,b'`` is one value)."""
+    depth, quote = 0, None
+    for c in value:
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{(":
+            depth += 1
+        elif c in "]})":
+            depth -= 1
+        elif c == "," and depth == 0:
+            return True
+    return False
 
 
 def resolve_hydra_run_dir(raw: DictConfig, argv=None) -> DictConfig:

@@ -140,7 +140,7 @@ class RunLogger:
         os.environ.setdefault("WANDB_SILENT", "true")
         run = wandb.init(
             project=project, name=name or epath.Path(self.run_dir).name, group=group,
-            tags=list(tags), dir=self.run_dir if "://" not in str(self.run_dir) else None, mode=mode, id=run_id, resume="allow",
+            tags=[str(t)[:64] for t in tags], dir=self.run_dir if "://" not in str(self.run_dir) else None, mode=mode, id=run_id, resume="allow",
             config=to_python(config or {}), settings=wandb.Settings(silent=True, console="off"),
         )
         for axis, patterns in STEP_AXES.items():  # GRPO curves on grpo/step, SFT curves on sft/step

@@ -104,3 +104,14 @@ def test_group_and_tags_default_from_the_sweep_and_experiment():
     assert out.train.wandb_group == "quickstart" and list(out.train.wandb_tags) == ["quickstart"]
     out = _resolved(["+experiment=quickstart", "train.wandb_group=g", "train.wandb_tags=[x]"], False, [])
     assert out.train.wandb_group == "g" and list(out.train.wandb_tags) == ["x", "quickstart"]
+    # a list value on a multirun command line is one value, not a sweep: it names neither the run nor a tag
+    argv = ["+experiment=quickstart", "run_dir=runs/s", "eval.splits=[unseen_tools,unseen_prices]", "train.seed=0,1"]
+    out = _resolved(["+experiment=quickstart", "run_dir=runs/s", "eval.splits=[unseen_tools,unseen_prices]",
+                     "train.seed=1"], True, argv)
+    assert out.run_dir == "runs/s/train.seed=1" and list(out.train.wandb_tags) == [
+        "quickstart", "train.seed=1"]
+
+
+def test_wandb_tags_are_cut_to_64_characters(tmp_path, fake_wandb):
+    RunLogger(str(tmp_path), wandb_mode="offline", wandb_tags=("x" * 80, "y"), is_main=True, progress_bar=False)
+    assert fake_wandb.runs[0].init_kw["tags"] == ["x" * 64, "y"]
