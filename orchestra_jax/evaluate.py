@@ -317,6 +317,11 @@ def split_results(cfg, env, tokenizer, model_cfg, learned: dict, tasks) -> dict:
     return results
 
 
+def reference_split(split: str, n_tasks: int) -> str:
+    """Name of the primary split's first ``n_tasks`` tasks (what the robustness splits are compared with)."""
+    return f"{split}[:{n_tasks}]"
+
+
 def evaluation_plan(cfg) -> list[tuple[str, str, str | None]]:
     """(name, env split, robustness perturbation or None) of every evaluated split, the primary one first:
     eval.split (eval.num_tasks tasks), then eval.splits (the first eval.split_tasks of each), then each
@@ -365,6 +370,10 @@ def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_polic
         elif name != e.split:
             tasks = tasks[:e.split_tasks or len(tasks)]
         by_split[name] = split_results(cfg, split_env, tokenizer, model_cfg, learned, tasks)
+    n_rob = min(e.robustness_tasks or e.num_tasks, len(tasks_of[e.split]))
+    if e.robustness and n_rob < len(tasks_of[e.split]):  # the unperturbed reference on the same tasks
+        by_split[reference_split(e.split, n_rob)] = {k: _take(r, n_rob * e.group_size)
+                                                     for k, r in by_split[e.split].items()}
     summary = summarise_splits(cfg.reward, by_split, e.group_size, primary=e.split)
     summary["eval"] = {"split": e.split, "splits": list(by_split), "num_tasks": e.num_tasks,
                        "split_tasks": e.split_tasks, "robustness_tasks": e.robustness_tasks, "group_size": e.group_size, "greedy": e.greedy,

@@ -50,8 +50,11 @@ def test_every_policy_on_every_split_in_one_summary(tmp_path, setup):
     s = evaluate_policies(cfg, env, tok, model_cfg, {"grpo": params})
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     names = ["test", "unseen_tools", "unseen_prices", "tool_errors", "noisy_search"]
-    assert list(s["splits"]) == names == on_disk["eval"]["splits"]
-    for split in names:
+    assert list(s["splits"]) == names + ["test[:4]"] == on_disk["eval"]["splits"]
+    # the robustness splits' unperturbed reference: the primary split's first 4 tasks, same episodes
+    ref, full = s["splits"]["test[:4]"]["policies"]["rule_based"], s["policies"]["rule_based"]
+    assert ref["n_tasks"] == 4 and full["n_tasks"] == 6
+    for split in names + ["test[:4]"]:
         assert set(on_disk["splits"][split]["policies"]) == {"grpo", *BASELINE_NAMES}
     assert s["policies"] == s["splits"]["test"]["policies"] and s["primary_split"] == "test"
     assert s["splits"]["noisy_search"]["policies"]["grpo"]["n_tasks"] == 4
@@ -61,9 +64,10 @@ def test_every_policy_on_every_split_in_one_summary(tmp_path, setup):
     assert alone["policies"]["grpo"]["accuracy"] == s["policies"]["grpo"]["accuracy"]
     assert alone["policies"]["grpo"]["mean_cost_usd"] == s["policies"]["grpo"]["mean_cost_usd"]
     # each split's baseline numbers equal an independent replay of that split's episodes
-    for split, env_split, kind in [("unseen_prices", "unseen_prices", None), ("tool_errors", "test", "tool_errors")]:
+    for split, env_split, kind in [("unseen_prices", "unseen_prices", None), ("tool_errors", "test", "tool_errors"),
+                                   ("test[:4]", "test", "none")]:
         tasks = env.sample_tasks(7, 6, split=env_split)[:4 if kind else 6]
-        play_env = PerturbedEnv(env, ROBUSTNESS_SPLITS[kind]) if kind else env
+        play_env = PerturbedEnv(env, ROBUSTNESS_SPLITS[kind]) if kind and kind != "none" else env
         res = run_policy(play_env, "rule_based", [t for t in tasks for _ in range(2)], seed=7)
         m = s["splits"][split]["policies"]["rule_based"]
         assert m["accuracy"] == pytest.approx(float(np.mean(res.solved)))
