@@ -58,7 +58,8 @@ paper: venv
 		env=qa_quickstart eval.splits=[unseen_tools,unseen_prices] \
 		eval.robustness=[tool_errors,tool_timeouts,schema_drift,latency_spikes,noisy_search] \
 		eval.robustness_tasks=50 $(PAPER_COMMON)
-	$(PY) experiments/train.py +experiment=preferences run_dir=$(PAPER_DIR)/preferences train.seed=0 $(PAPER_COMMON)
+	$(PY) experiments/train.py +experiment=preferences run_dir=$(PAPER_DIR)/preferences train.seed=0 \
+		env=qa_quickstart $(PAPER_COMMON)
 	$(PY) experiments/report.py --combine $(PAPER_DIR)/reward_weights $(PAPER_DIR)/generalisation \
 		$(PAPER_DIR)/preferences --out $(PAPER_DIR)
 
