@@ -1,10 +1,12 @@
-"""Re-evaluates a finished (or partly trained) run on held-out tasks and rewrites its summary.json.
+"""Re-evaluates a finished (or partly trained) run on held-out tasks; never rewrites its config.yaml.
 
     python experiments/evaluate.py +experiment=quickstart run_dir=runs/quickstart eval.num_tasks=500
 
 Loads the run's tokenizer, its GRPO checkpoint (latest step) and its start (SFT checkpoint, or the
 initial params), then evaluates them with the env's baselines (always_strongest, cheapest, random,
-rule_based) on the same tasks and prints the table.
+rule_based) on the same tasks and prints the table. With the run's recorded settings the result is its
+summary.json; with other settings (here eval.num_tasks=500) it goes beside it as
+summary-eval.num_tasks=500.json, which experiments/report.py reads as a further split.
 """
 import os
 import sys

@@ -32,7 +32,9 @@ def main(raw: DictConfig) -> None:
     mesh = build_mesh(cfg)
     prep = prepare(cfg)
     start_policy(cfg, prep, make_setup(cfg, prep, mesh))
-    print(f"SFT checkpoint: {os.path.join(cfg.run_dir, 'sft')}")
+    from orchestra_jax.sft import sft_dir
+
+    print(f"SFT checkpoint: {sft_dir(cfg)}")
 
 
 if __name__ == "__main__":

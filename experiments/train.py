@@ -18,7 +18,7 @@ from orchestra_jax.config import resolve_hydra_run_dir, to_config  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(raw: DictConfig) -> float:
+def main(raw: DictConfig):
     try:
         cfg = to_config(resolve_hydra_run_dir(raw))
     except ValueError as e:  # one clear line, no traceback, before any work
@@ -36,8 +36,18 @@ def main(raw: DictConfig) -> float:
         summary = run(cfg)
     except (ConfigChangeError, CheckpointMismatchError) as e:  # one clear line, no traceback
         sys.exit(f"error: {e}")
-    grpo = summary.get("policies", {}).get("grpo", {})
-    return float(grpo.get("mean_reward", float("nan")))  # the sweep's objective
+    from orchestra_jax.evaluate import sweep_objective
+
+    return sweep_objective(summary, n_objectives())  # fixed_reward, or (accuracy, mean $) for [max, min]
+
+
+def n_objectives() -> int:
+    """Directions of the Hydra sweeper (optuna: a list of two for accuracy and $), 1 otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import ListConfig
+
+    direction = HydraConfig.get().sweeper.get("direction")
+    return len(direction) if isinstance(direction, (list, ListConfig)) else 1
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ class TrainConfig:
     wandb_project: str = "orchestra_jax"  # wandb project
     wandb_group: Optional[str] = None  # wandb group (e.g. the sweep name); None = none
     wandb_name: Optional[str] = None  # wandb run name; None = basename of run_dir
+    wandb_tags: tuple[str, ...] = ()  # wandb tags (a sweep adds its swept k=v to them)
     allow_config_change: bool = False  # resume a run_dir whose recorded config differs in training keys (recorded)
     max_consecutive_skips: int = 5  # stop after this many non-finite (skipped) updates in a row; 0 = never
     alert_kl_max: Optional[float] = None  # alert when the KL to the reference exceeds this; None = off
@@ -81,6 +82,8 @@ class SFTConfig:
     grad_clip: float = 1.0  # global-norm gradient clipping
     seed: int = 0  # factory and batch-order seed
     log_every: int = 10  # SFT metrics every N steps
+    checkpoint_dir: str = ""  # SFT checkpoint folder; "" = <run_dir>/sft. Runs that share one (a sweep's points)
+                              # skip SFT when it exists: create it first (experiments/sft.py) under parallel launchers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,10 @@ class EvalConfig:
     group_size: int = 4  # rollouts per task for the policies (mean_reward is computed within these groups)
     greedy: bool = False  # greedy decoding for the learned policies (False = sample as in training)
     batch_size: int = 0  # episodes per rollout batch; 0 = as in training (tasks_per_step x group_size)
+    splits: tuple[str, ...] = ()  # further env splits evaluated on the same policies (e.g. unseen_tools)
+    split_tasks: int = 0  # tasks per further split (the first N of its sample); 0 = num_tasks
+    robustness: tuple[str, ...] = ()  # analysis.robustness.ROBUSTNESS_SPLITS played on the primary split's tasks
+    robustness_tasks: int = 0  # tasks per robustness split (the first N of the primary split's); 0 = all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +219,14 @@ def _validate(cfg: Config) -> None:
             check()
         except ValueError as err:
             raise ValueError(f"config error at {key}: {err}") from None
+    for key, value in {"eval.robustness_tasks": e.robustness_tasks, "eval.split_tasks": e.split_tasks}.items():
+        if value < 0:
+            raise ValueError(f"config error at {key}: must be >= 0, got {value}")
+    from orchestra_jax.analysis.robustness import ROBUSTNESS_SPLITS
+
+    for name in e.robustness:
+        if name not in ROBUSTNESS_SPLITS:
+            raise ValueError(f"config error at eval.robustness: {name!r} is not one of {sorted(ROBUSTNESS_SPLITS)}")
     if t.steps > 0:
         try:
             validate_sampling(cfg.rollout)
@@ -299,15 +314,35 @@ def swept_keys(argv) -> list[str]:
         key = key.lstrip("+~")
         if key.startswith("hydra.") or key == "run_dir":
             continue
-        if "," in value or value.strip().startswith(("range(", "choice(", "glob(", "interval(")):
+        if _top_level_comma(value) or value.strip().startswith(("range(", "choice(", "glob(", "interval(")):
             keys.append(key)
     return keys
+
+
+def _top_level_comma(value: str) -> bool:
+    """A comma outside brackets and quotes (``a,b`` sweeps; ``[a,b]`` or ``'a,b'`` is one value)."""
+    depth, quote = 0, None
+    for c in value:
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{(":
+            depth += 1
+        elif c in "]})":
+            depth -= 1
+        elif c == "," and depth == 0:
+            return True
+    return False
 
 
 def resolve_hydra_run_dir(raw: DictConfig, argv=None) -> DictConfig:
     """Under ``--multirun`` gives every job its own run directory ``<run_dir>/<k1=v1,k2=v2>`` named by the
     swept keys only (the job number when none is found), so sweep points never resume each other and
-    rerunning the same sweep resumes each point. A single run is unchanged."""
+    rerunning the same sweep resumes each point. wandb: an unset ``train.wandb_group`` becomes the sweep
+    directory's name (multirun) or the experiment's name (+experiment=NAME); the experiment name and a sweep
+    point's ``k=v`` are added to ``train.wandb_tags``. Outside hydra.main the config is returned unchanged."""
+    import os
     import sys
 
     try:
@@ -317,8 +352,18 @@ def resolve_hydra_run_dir(raw: DictConfig, argv=None) -> DictConfig:
         hc = HydraConfig.get()
     except Exception:  # not running under hydra.main (tests, notebooks)
         return raw
+    experiment = OmegaConf.select(hc, "runtime.choices.experiment", default=None)
+    out = OmegaConf.create(OmegaConf.to_container(raw, resolve=True))
+    train = out.get("train")
+    tags = list(train.get("wandb_tags") or []) if train is not None else []
+    if experiment and experiment not in tags:
+        tags.append(str(experiment))
     if hc.mode != RunMode.MULTIRUN:
-        return raw
+        if train is not None:
+            if train.get("wandb_group") is None and experiment:
+                train.wandb_group = str(experiment)
+            train.wandb_tags = tags
+        return out
     swept = swept_keys(sys.argv[1:] if argv is None else argv)
     # keys a preset sweeps (hydra.sweeper.params of conf/experiment/sweep_*.yaml) name the run too
     params = OmegaConf.select(hc, "sweeper.params", default=None) or {}
@@ -330,6 +375,9 @@ def resolve_hydra_run_dir(raw: DictConfig, argv=None) -> DictConfig:
             chosen[k.lstrip("+~")] = v
     parts = [f"{k}={chosen[k]}" for k in swept if k in chosen]
     sub = ",".join(parts) if parts else str(hc.job.num)
-    out = OmegaConf.create(OmegaConf.to_container(raw, resolve=True))
     out.run_dir = f"{raw.run_dir}/{sub}"
+    if train is not None:
+        if train.get("wandb_group") is None:
+            train.wandb_group = os.path.basename(os.path.normpath(str(raw.run_dir)))
+        train.wandb_tags = tags + [p for p in parts if p not in tags]
     return out

@@ -181,6 +181,41 @@ def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
     return out
 
 
+EVAL_TABLE_COLUMNS = ("accuracy", "mean_cost_usd", "latency_mean_s", "latency_p95_s", "preference_score",
+                      "fixed_reward", "utility_a0.5", "mean_reward", "n_tasks")
+
+
+def eval_tables(summary: dict) -> dict[str, tuple[list[str], list[list]]]:
+    """``{split: (columns, rows)}``: one row per policy with each metric and its 95% interval (wandb tables)."""
+    cols = ["policy"] + [c for k in EVAL_TABLE_COLUMNS for c in ((k, f"{k}_lo", f"{k}_hi") if k != "n_tasks" else (k,))]
+    splits = summary.get("splits") or {summary.get("primary_split", "test"): {"policies": summary["policies"]}}
+    out = {}
+    for split, s in splits.items():
+        rows = []
+        for name, m in s["policies"].items():
+            row = [name]
+            for k in EVAL_TABLE_COLUMNS:
+                row.append(m.get(k))
+                if k != "n_tasks":
+                    row += list(m.get("ci", {}).get(k, (None, None)))
+            rows.append(row)
+        out[split] = (cols, rows)
+    return out
+
+
+def sweep_objective(summary: dict, n_objectives: int = 1, policy: str = "grpo"):
+    """What a Hydra sweeper optimises for one run: ``(accuracy, mean_cost_usd)`` of ``policy`` on the primary
+    split when the sweeper has two directions (optuna multi-objective: [maximize, minimize]), else its
+    ``fixed_reward`` (one fixed reference preference, comparable across runs with different P; NaN without
+    an evaluation)."""
+    m = summary.get("policies", {}).get(policy, {})
+    if n_objectives == 2:
+        return float(m.get("accuracy", float("nan"))), float(m.get("mean_cost_usd", float("nan")))
+    if n_objectives != 1:
+        raise ValueError(f"sweep objective: {n_objectives} directions; expected 1 or 2 (accuracy, mean $)")
+    return float(m.get("fixed_reward", float("nan")))
+
+
 def summary_filename(name: str | None = None) -> str:
     """``summary.json``, or ``summary-<name>.json`` for a named re-evaluation written beside it."""
     if name is None:
@@ -192,6 +227,7 @@ def summary_filename(name: str | None = None) -> str:
 
 def write_summary(run_dir: str, summary: dict, name: str | None = None) -> str:
     """Writes ``<run_dir>/summary.json`` (or ``summary-<name>.json``; atomic) and returns its path."""
+    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, summary_filename(name))
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -272,23 +308,80 @@ def baseline_results(cfg, env, tasks, name: str):
     return run_policy(env, make_policy(name, env), episode_tasks, seed=cfg.eval.seed)
 
 
-def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_policy: str | None = None) -> dict:
-    """Evaluates ``learned`` ({name: process-local params}) and the env baselines on held-out tasks; process 0
-    writes summary.json. Every process evaluates the same episodes (their summaries are identical)."""
-    import jax
-
-    e = cfg.eval
-    tasks = env.sample_tasks(e.seed, e.num_tasks, split=e.split)
+def split_results(cfg, env, tokenizer, model_cfg, learned: dict, tasks) -> dict:
+    """{policy: EpisodeResults} of the learned policies and every baseline on ``tasks`` through ``env``
+    (the same episode plan and env seed for all)."""
     results = {name: policy_results(cfg, env, tokenizer, model_cfg, p, tasks) for name, p in learned.items()}
     for name in BASELINE_NAMES:
         results[name] = baseline_results(cfg, env, tasks, name)
-    summary = summarise(cfg.reward, results, len(tasks), e.group_size)
-    summary["eval"] = {"split": e.split, "num_tasks": e.num_tasks, "group_size": e.group_size, "greedy": e.greedy,
+    return results
+
+
+def reference_split(split: str, n_tasks: int) -> str:
+    """Name of the primary split's first ``n_tasks`` tasks (what the robustness splits are compared with)."""
+    return f"{split}[:{n_tasks}]"
+
+
+def evaluation_plan(cfg) -> list[tuple[str, str, str | None]]:
+    """(name, env split, robustness perturbation or None) of every evaluated split, the primary one first:
+    eval.split (eval.num_tasks tasks), then eval.splits (the first eval.split_tasks of each), then each
+    eval.robustness wrapper on the first eval.robustness_tasks of the primary split's tasks."""
+    e = cfg.eval
+    plan = [(e.split, e.split, None)] + [(s, s, None) for s in e.splits if s != e.split]
+    return plan + [(r, e.split, r) for r in e.robustness]
+
+
+def reevaluation_name(cfg) -> str | None:
+    """None when ``cfg`` equals the run's recorded config (config.yaml) or there is none; else the differing
+    keys as ``k=v,...`` (file-name safe): a re-evaluation with other settings goes to summary-<name>.json."""
+    import re
+
+    from orchestra_jax.config import to_dict
+    from orchestra_jax.run_dir import config_diff, read_record
+
+    record = read_record(cfg.run_dir)
+    if record is None:
+        return None
+    diff = {k: v for k, v in config_diff(record, json.loads(json.dumps(to_dict(cfg), default=str))).items()
+            if not k.startswith(("train.wandb_", "train.progress_bar"))}   # display-only keys
+    if not diff:
+        return None
+    return re.sub(r"[^\w.=,+-]", "_", ",".join(f"{k}={v}" for k, (_, v) in sorted(diff.items())))[:120]
+
+
+def evaluate_policies(cfg, env, tokenizer, model_cfg, learned: dict, start_policy: str | None = None,
+                      summary_name: str | None = None) -> dict:
+    """Evaluates ``learned`` ({name: process-local params}) and the env baselines on held-out tasks of every
+    split of ``evaluation_plan``; process 0 writes summary.json. Every policy plays the same episodes in a
+    split; every process evaluates the same episodes (their summaries are identical)."""
+    import jax
+
+    from orchestra_jax.analysis.robustness import ROBUSTNESS_SPLITS, PerturbedEnv
+
+    e = cfg.eval
+    by_split, tasks_of = {}, {}
+    for name, split, perturbation in evaluation_plan(cfg):
+        if split not in tasks_of:
+            tasks_of[split] = env.sample_tasks(e.seed, e.num_tasks, split=split)
+        tasks, split_env = tasks_of[split], env
+        if perturbation is not None:
+            tasks = tasks[:e.robustness_tasks or len(tasks)]
+            split_env = PerturbedEnv(env, ROBUSTNESS_SPLITS[perturbation])
+        elif name != e.split:
+            tasks = tasks[:e.split_tasks or len(tasks)]
+        by_split[name] = split_results(cfg, split_env, tokenizer, model_cfg, learned, tasks)
+    n_rob = min(e.robustness_tasks or e.num_tasks, len(tasks_of[e.split]))
+    if e.robustness and n_rob < len(tasks_of[e.split]):  # the unperturbed reference on the same tasks
+        by_split[reference_split(e.split, n_rob)] = {k: _take(r, n_rob * e.group_size)
+                                                     for k, r in by_split[e.split].items()}
+    summary = summarise_splits(cfg.reward, by_split, e.group_size, primary=e.split)
+    summary["eval"] = {"split": e.split, "splits": list(by_split), "num_tasks": e.num_tasks,
+                       "split_tasks": e.split_tasks, "robustness_tasks": e.robustness_tasks, "group_size": e.group_size, "greedy": e.greedy,
                        "seed": e.seed}
     if start_policy is not None:  # what GRPO started from: sft, random or pretrained
         summary["eval"]["start_policy"] = start_policy
     if jax.process_index() == 0:
-        write_summary(cfg.run_dir, summary)
+        write_summary(cfg.run_dir, summary, summary_name)
     return summary
 
 
@@ -307,18 +400,19 @@ def evaluate_run(cfg) -> dict:
         raise ValueError(f"no GRPO checkpoint in {ckpt_dir}: train first (experiments/train.py run_dir={cfg.run_dir})")
     from orchestra_jax.prepare import prepare
 
+    name = reevaluation_name(cfg)
     mesh = build_mesh(cfg)
-    prep = prepare(cfg)
+    prep = prepare(cfg, record=False)  # the run's config.yaml stays as training wrote it
     setup = make_setup(cfg, prep, mesh)
     start, start_name, start_local = start_policy(cfg, prep, setup)
     state, _ = restore_state(ck, setup, start)
     ck.close()
     summary = evaluate_policies(cfg, prep.env, prep.tokenizer, prep.model_cfg,
                                 {"grpo": state_to_local(state, mesh), start_name: start_local},
-                                start_policy=start_name)
+                                start_policy=start_name, summary_name=name)
     summary["eval"]["grpo_step"] = int(state.step)
     if jax.process_index() == 0:
-        write_summary(cfg.run_dir, summary)
+        path = write_summary(cfg.run_dir, summary, name)
         print(format_table(summary))
-        print(f"summary: {cfg.run_dir}/summary.json (GRPO step {int(state.step)})")
+        print(f"summary: {path} (GRPO step {int(state.step)})")
     return summary

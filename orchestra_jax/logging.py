@@ -20,6 +20,11 @@ import numpy as np
 from etils import epath
 
 WANDB_MODES = ("offline", "online", "disabled")
+GRPO_STEP, SFT_STEP = "grpo/step", "sft/step"   # wandb step axes (define_metric); wandb's own step just counts logs
+STEP_AXES = {GRPO_STEP: ("rollout/*", "reward/*", "loss", "loss/*", "calls/*", "done/*", "time/*", "throughput/*",
+                         "packing/*", "update/*", "adv/*", "policy/*", "kl*", "entropy*", "compiles/*", "alert*",
+                         "samples"),
+             SFT_STEP: ("sft/*",)}
 
 
 def to_python(value: Any) -> Any:
@@ -133,11 +138,16 @@ class RunLogger:
             run_id = uuid.uuid4().hex[:8]
             id_path.write_text(run_id)
         os.environ.setdefault("WANDB_SILENT", "true")
-        return wandb.init(
+        run = wandb.init(
             project=project, name=name or epath.Path(self.run_dir).name, group=group,
-            tags=list(tags), dir=self.run_dir if "://" not in str(self.run_dir) else None, mode=mode, id=run_id, resume="allow",
+            tags=[str(t)[:64] for t in tags], dir=self.run_dir if "://" not in str(self.run_dir) else None, mode=mode, id=run_id, resume="allow",
             config=to_python(config or {}), settings=wandb.Settings(silent=True, console="off"),
         )
+        for axis, patterns in STEP_AXES.items():  # GRPO curves on grpo/step, SFT curves on sft/step
+            run.define_metric(axis)
+            for pattern in patterns:
+                run.define_metric(pattern, step_metric=axis)
+        return run
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.is_main:
@@ -150,8 +160,31 @@ class RunLogger:
             self._bar.set_postfix({k: f"{v:.3g}" if isinstance(v, float) else v for k, v in shown.items()},
                                   refresh=False)
             self._bar.refresh()
-        if self._wandb is not None:
-            self._wandb.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=int(step))
+        if self._wandb is not None:  # on the grpo/step axis (define_metric), so SFT rows can share the run
+            self._wandb.log({**{k: v for k, v in row.items() if v is not None and k != "step"},
+                             GRPO_STEP: int(step)})
+
+    def log_sft_curve(self, rows: Sequence[dict]) -> int:
+        """SFT metric rows (sft_metrics.jsonl: ``{"step", "sft/...": v}``) on the ``sft/step`` axis; returns
+        how many rows were logged."""
+        n = 0
+        if self._wandb is None:
+            return n
+        for row in rows:
+            vals = {k: v for k, v in to_python(row).items() if k.startswith("sft/") and isinstance(v, (int, float))}
+            if vals:
+                self._wandb.log({SFT_STEP: int(row["step"]), **vals})
+                n += 1
+        return n
+
+    def log_eval_tables(self, tables: dict[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
+        """Evaluation tables ``{name: (columns, rows)}`` as wandb.Tables named ``eval/<name>``."""
+        if self._wandb is None:
+            return
+        import wandb
+
+        self._wandb.log({f"eval/{name}": wandb.Table(columns=list(cols), data=[to_python(list(r)) for r in rows])
+                         for name, (cols, rows) in tables.items()})
 
     def log_table(self, step: int, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Sample trajectories: a wandb.Table plus ``<run_dir>/samples.jsonl``."""
@@ -163,8 +196,8 @@ class RunLogger:
         if self._wandb is not None:
             import wandb
 
-            self._wandb.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])},
-                            step=int(step))
+            self._wandb.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows]),
+                             GRPO_STEP: int(step)})
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final numbers into the wandb run summary (e.g. the evaluation table)."""

@@ -33,14 +33,14 @@ class Prepared:
     teacher: list
 
 
-def save_config(cfg: Config) -> None:
+def save_config(cfg: Config, record: bool = True) -> None:
     """Records the config in <run_dir>/config.yaml; a run_dir made with a different training config is
     refused with the differing keys named, unless train.allow_config_change (run_dir.check_resume)."""
     from orchestra_jax.run_dir import check_resume
 
     epath.Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     check_resume(cfg.run_dir, to_dict(cfg), allow_change=cfg.train.allow_config_change,
-                 write=jax.process_index() == 0)
+                 write=record and jax.process_index() == 0)
 
 
 def teacher_data(cfg: Config, env) -> list:
@@ -98,12 +98,12 @@ def init_model(cfg: Config, tokenizer) -> tuple[ModelConfig, Any, str]:
     return model_cfg, params, "random"
 
 
-def prepare(cfg: Config) -> Prepared:
+def prepare(cfg: Config, record: bool = True) -> Prepared:
     """Env, task pool (written once, read through grain), teacher data, tokenizer, initial params."""
     from orchestra_jax.envs import make_env
     from orchestra_jax.text.chat import render_prompt
 
-    save_config(cfg)
+    save_config(cfg, record)  # record=False (a re-evaluation): check the run's record, never rewrite it
     env = make_env(cfg.env)
     train_path = epath.Path(cfg.run_dir) / "data" / "train_tasks.jsonl"
 

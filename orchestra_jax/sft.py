@@ -162,6 +162,13 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
 
 
 # ------------------------------------------------------------------------------------- the run's stage
+def sft_dir(cfg):
+    """The SFT checkpoint folder: ``cfg.sft.checkpoint_dir``, or ``<run_dir>/sft`` when that is empty."""
+    from etils import epath
+
+    return epath.Path(cfg.sft.checkpoint_dir) if cfg.sft.checkpoint_dir else epath.Path(cfg.run_dir) / "sft"
+
+
 def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
     """The GRPO start and its honest name: behaviour cloning from ``prep.init_params`` (random or pretrained)
     on the factory's teacher data when ``cfg.sft.enabled`` ("sft"), restored from ``<run_dir>/sft`` if that
@@ -181,7 +188,7 @@ def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
     if not cfg.sft.enabled:
         return put_on_mesh(prep.init_params, param_shardings), prep.init_name
     s = cfg.sft
-    ckpt = Checkpointer(str(epath.Path(cfg.run_dir) / "sft"), keep=1, async_save=False)
+    ckpt = Checkpointer(str(sft_dir(cfg)), keep=1, async_save=False)
     if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(None, {"params": put_on_mesh(prep.init_params, param_shardings)})
         ckpt.close()

@@ -170,13 +170,24 @@ def sample_rows(info: dict, tokenizer, n: int) -> list[list]:
 def make_logger(cfg: Config, initial_step: int, desc: str = "grpo") -> RunLogger:
     t = cfg.train
     return RunLogger(cfg.run_dir, config=to_dict(cfg), wandb_mode=t.wandb_mode, wandb_project=t.wandb_project,
-                     wandb_name=t.wandb_name, wandb_group=t.wandb_group, total_steps=t.steps,
+                     wandb_name=t.wandb_name, wandb_group=t.wandb_group, wandb_tags=t.wandb_tags, total_steps=t.steps,
                      initial_step=initial_step, desc=desc, console_keys=CONSOLE_KEYS, progress_bar=t.progress_bar)
+
+
+def log_sft_curve(cfg: Config, logger: RunLogger) -> None:
+    """The SFT loss curve (sft_metrics.jsonl beside the SFT checkpoint, shared or the run's own) to wandb."""
+    import json
+
+    from orchestra_jax.sft import sft_dir
+
+    path = sft_dir(cfg).parent / "sft_metrics.jsonl"
+    if cfg.sft.enabled and path.exists():
+        logger.log_sft_curve([json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()])
 
 
 def run(cfg: Config) -> dict:
     """The whole job (module docstring). Returns the summary dict (also <run_dir>/summary.json)."""
-    from orchestra_jax.evaluate import evaluate_policies, format_table
+    from orchestra_jax.evaluate import eval_tables, evaluate_policies, flat_metrics, format_table
     from orchestra_jax.parallel.distributed import initialize
     from orchestra_jax.prepare import prepare
 
@@ -190,13 +201,15 @@ def run(cfg: Config) -> dict:
     logger = make_logger(cfg, initial_step=latest)
     summary = {}
     try:
+        log_sft_curve(cfg, logger)
         state, _ = train_grpo(cfg, setup, start, prep.train_path, logger)
         logger.write(f"GRPO done ({time.perf_counter() - t_start:.0f}s)")
         if cfg.eval.enabled:
             summary = evaluate_policies(cfg, prep.env, prep.tokenizer, prep.model_cfg,
                                         {"grpo": state_to_local(state, mesh), start_name: start_local},
                                         start_policy=start_name)
-            logger.summary({f"eval/{n}/{k}": v for n, m in summary["policies"].items() for k, v in m.items()})
+            logger.summary(flat_metrics(summary))
+            logger.log_eval_tables(eval_tables(summary))
     finally:
         logger.close()
     if summary and jax.process_index() == 0:

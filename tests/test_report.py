@@ -149,6 +149,11 @@ def test_tiny_sweep_end_to_end_with_the_real_cli(tmp_path):
         s = json.load(open(os.path.join(sweep_dir, row["run"], "summary.json")))["policies"]["grpo"]
         lo, hi = s["ci"]["accuracy"]
         assert row["accuracy [95% CI]"] == f"{s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
+        # the QA quickstart's evaluation covers the generalisation splits, every policy in each
+        full = json.load(open(os.path.join(sweep_dir, row["run"], "summary.json")))
+        assert set(full["splits"]) == {"test", "unseen_tools", "unseen_prices"}  # (json keys sorted)
+        assert all(set(sp["policies"]) == set(full["policies"]) for sp in full["splits"].values())
+    assert "generalisation" in md.lower()
     for _, rel in re.findall(r"!\[(\w+)\]\(([^)]+)\)", md):
         _png_ok(os.path.join(sweep_dir, rel))
 

@@ -158,7 +158,7 @@ def build_report(paths: Sequence[str], out_dir: str, policy: str = "grpo") -> Re
     first = runs[0]
     entries += [(name, per_split(first, name)) for name in first.summary["policies"] if name != policy]
     all_splits = list(dict.fromkeys(s for _, d in entries for s in d))
-    gen_splits = [s for s in all_splits if s not in ROBUSTNESS_SPLITS]
+    gen_splits = [s for s in all_splits if s not in ROBUSTNESS_SPLITS and not s.endswith("]")]
     if gen_splits:
         gcols = ["policy"] + [f"{s}/{k}" for s in gen_splits for k in ("accuracy", "mean_cost_usd")]
         grows = [[lab] + [d.get(s, {}).get(k) for s in gen_splits for k in ("accuracy", "mean_cost_usd")]
@@ -172,7 +172,8 @@ def build_report(paths: Sequence[str], out_dir: str, policy: str = "grpo") -> Re
                 os.path.join(fig_dir, "generalisation.png"), title="accuracy per split")
     rob = [s for s in all_splits if s in ROBUSTNESS_SPLITS]
     if rob:
-        base = "test" if "test" in all_splits else all_splits[0]
+        refs = [s for s in all_splits if s.endswith("]") and "[:" in s]   # evaluate.reference_split
+        base = refs[0] if refs else ("test" if "test" in all_splits else all_splits[0])
         rcols = ["policy"] + [f"{s}/{k}" for s in rob for k in ("accuracy", "d_accuracy", "d_cost_usd", "d_latency_s")]
         rrows = []
         for lab, d in entries:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-STEP_AXES = {"grpo/step": ("rollout/*", "reward/*", "loss", "loss/*", "calls/*", "done/*", "time/*",
-                           "throughput/*", "packing/*", "update/*", "adv/*", "policy/*"),
-             "sft/step": ("sft/*",)}
+from orchestra_jax.logging import STEP_AXES  # the axes RunLogger declares (grpo/step, sft/step)
 
 
 def define_step_metrics(run) -> None:

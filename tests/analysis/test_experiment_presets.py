@@ -43,6 +43,9 @@ def test_generalisation_and_preferences(name, mode):
     _commented(name)
     assert cfg.env.preference_mode == mode and cfg.env.randomize_tools and cfg.env.randomize_prices
     assert params["train.seed"] == "0,1,2" and cfg.train.wandb_group == name
+    if name == "generalisation":  # every policy on the three splits and the robustness wrappers, one summary
+        assert cfg.eval.split == "test" and set(cfg.eval.splits) == {"unseen_tools", "unseen_prices"}
+        assert "noisy_search" in cfg.eval.robustness and cfg.eval.robustness_tasks > 0
     # unseen_tools offers pool profiles (new skill mixes) never offered in training
     assert cfg.env.setting == "qa" and cfg.env.randomize_tools
 

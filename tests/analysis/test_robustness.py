@@ -19,7 +19,8 @@ def _same(a, b):
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
 
 
-@pytest.mark.parametrize("kind", ["tool_errors", "tool_timeouts", "latency_spikes", "search_injection"])
+@pytest.mark.parametrize("kind", ["tool_errors", "tool_timeouts", "latency_spikes", "search_injection",
+                                  "noisy_search"])
 def test_rate_zero_is_the_plain_env(qa_env, episodes, kind):
     plain = run_policy(qa_env, "rule_based", episodes, seed=4)
     perturbed = run_policy(PerturbedEnv(qa_env, Perturbation(kind, rate=0.0)), "rule_based", episodes, seed=4)
@@ -89,6 +90,36 @@ def test_schema_drift_renames_and_maps_back(qa_env, episodes):
     adapted, trajs = rollout(PerturbedEnv(qa_env, Perturbation("schema_drift")), Renaming(qa_env, "_v2"), episodes, seed=4)
     _same(adapted, plain)
     assert all('"answer_v2"' in t.actions[-1] for t in trajs)
+
+
+def test_noisy_search_hides_every_found_document_and_costs_accuracy(qa_env):
+    tasks = qa_env.sample_tasks(3, 120, split="test")
+    episodes = [t for t in tasks for _ in range(2)]
+    factual = np.array([t.domain == "factual" for t in episodes])
+    assert 20 < factual.sum() < len(episodes)
+    plain = run_policy(qa_env, "rule_based", episodes, seed=4)
+    env = PerturbedEnv(qa_env, Perturbation("noisy_search", rate=1.0))
+    noisy, trajs = rollout(env, make_policy("rule_based", qa_env), episodes, seed=4)
+    # no hop document is ever retrieved, and every search observation is a look-alike of the task
+    assert all(f == 0 for s in env.states for f in s.inner.found)
+    looks = {(t.docs[t.hops + h][0]) for t in tasks for h in range(t.hops)}
+    seen = [o.split("[", 1)[1].split("]", 1)[0] for tr in trajs for a, o in zip(tr.actions, tr.observations)
+            if '"search"' in a and "[" in o]
+    assert seen and all(e in looks for e in seen)
+    # episodes without documents play exactly as in the plain env; factual accuracy falls
+    for f in ("solved", "cost_usd", "latency_s", "n_turns"):
+        np.testing.assert_array_equal(getattr(noisy, f)[~factual], getattr(plain, f)[~factual], err_msg=f)
+    assert noisy.solved[factual].mean() < plain.solved[factual].mean() - 0.1
+    assert np.all(noisy.n_invalid == plain.n_invalid)
+
+
+def test_noisy_search_needs_documents():
+    class NoDocs:
+        def reset(self, tasks, seed, episode_ids=None):
+            return object(), [{"messages": []} for _ in tasks]
+
+    with pytest.raises(ValueError, match="noisy_search"):
+        PerturbedEnv(NoDocs(), Perturbation("noisy_search")).reset([1], 0)
 
 
 def test_bad_perturbation():
