@@ -45,7 +45,8 @@ def _same(expected, got):
 def known_gap(overrides, problem) -> bool:
     """Gaps of config.py found by this fuzz (reported to its owner, issue 10), tolerated here so the rest of
     the contract stays enforced: a bool field takes any integer; a list field given a mapping or a
-    wrong-length list fails without naming the key; ${...} interpolations are resolved (env vars read)."""
+    wrong-length list fails without naming the key; ${...} interpolations are resolved (env vars read); a
+    string field takes a NaN as the text 'nan'."""
     (key, value), = overrides if len(overrides) == 1 else [(None, None)]
     if key is None:
         return any(known_gap([o], problem) for o in overrides)
@@ -57,7 +58,9 @@ def known_gap(overrides, problem) -> bool:
         return True
     if isinstance(value, str) and value.startswith("${"):
         return True
-    return isinstance(value, float) and math.isnan(value) and isinstance(DEFAULT.get(key), str)
+    # a NaN given to a string field (str or Optional[str], default None) is kept as the text 'nan'
+    return isinstance(value, float) and math.isnan(value) and (isinstance(DEFAULT.get(key), str) or
+                                                               (key in DEFAULT and DEFAULT[key] is None))
 
 
 def check(overrides, tolerate_known=True):
