@@ -261,9 +261,7 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
         batch = global_batch(setup, packed)
         if algo.ppo_epochs > 1:  # fixed behaviour log-probs over the epochs (one extra forward)
-            flat = {k: v.reshape((-1,) + v.shape[-1:]) if algo.micro_batches > 1 else v for k, v in batch.items()}
-            old, _ = setup.logprob(params, flat)
-            batch["old_logp"] = old.reshape(batch["tokens"].shape) if algo.micro_batches > 1 else old
+            batch["old_logp"], _ = setup.logprob(params, batch)  # the batch's layout, micro-batches included
         update_ms = []
         for _ in range(algo.ppo_epochs):
             params, opt_state, m = setup.update(params, opt_state, batch, state.ref_params)
