@@ -237,7 +237,10 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     rng, roll_key = jax.random.split(jnp.asarray(state.rng, jnp.uint32))
     p, n_local = jax.process_index(), len(tasks)
     if params_local is None:
-        params_local = state.params if setup.mesh.size == 1 else replicate_to_local(state.params, setup.mesh)
+        # one device: the same arrays as single-device views (no copy), so the sampler sees the placement of
+        # the multi-device path's replica and its first call compiles the same program as the later ones
+        params_local = (jax.tree_util.tree_map(lambda x: x.addressable_data(0), state.params)
+                        if setup.mesh.size == 1 else replicate_to_local(state.params, setup.mesh))
 
     ro = rollout_tasks(setup, params_local, tasks, roll_key, env_seed(cfg.seed, step, 1), first_task=p * n_local)
     if setup.on_phase is not None:

@@ -68,7 +68,8 @@ def _micro(run_dir, **over):
     return to_config(raw)
 
 
-def test_five_steps_micro_batches_on_fsdp8_compile_every_jitted_function_once(tmp_path):
+@pytest.mark.parametrize("devices", [8, 1])
+def test_five_steps_micro_batches_on_fsdp8_compile_every_jitted_function_once(tmp_path, devices):
     """micro_batches=2 and ppo_epochs=2 on an 8-device fsdp mesh, SFT then 5 GRPO steps whose episode, prompt
     and observation lengths vary: a fixed row count (4 episodes rounded up to micro_batches x devices = 16
     rows), and every jitted function of the run compiles exactly one program: the SFT update, the prompt
@@ -79,6 +80,8 @@ def test_five_steps_micro_batches_on_fsdp8_compile_every_jitted_function_once(tm
     from orchestra_jax.parallel.sharding import clear_replicate_cache
     from orchestra_jax.train import run
 
+    if devices == 1:  # the quickstart's mesh: the rollout samples from the state's own (one-device) params
+        return _one_device_compiles_once(tmp_path)
     clear_compile_caches()  # module-level jits: an earlier test's programs would hide this run's count
     clear_replicate_cache()
     run(_micro(tmp_path, mesh={"data": 1, "fsdp": -1, "tensor": 1},
@@ -100,6 +103,21 @@ def test_five_steps_micro_batches_on_fsdp8_compile_every_jitted_function_once(tm
     # train.share_prefix (default on): a group's prompt is computed once where its G = 2 episodes fit one row
     assert all(r["packing/tokens_computed"] <= r["packing/tokens_unshared"] for r in rows)
     assert any(r["packing/tokens_computed"] < r["packing/tokens_unshared"] for r in rows)
+
+
+def _one_device_compiles_once(tmp_path):
+    from orchestra_jax.logging import read_metrics
+    from orchestra_jax.model.sampling import clear_compile_caches
+    from orchestra_jax.train import run
+
+    clear_compile_caches()
+    run(_micro(tmp_path, mesh={"data": 1, "fsdp": 1, "tensor": 1},
+               sft={"enabled": True, "num_tasks": 8, "teacher_samples": 1, "steps": 2, "log_every": 1}))
+    rows = read_metrics(str(tmp_path))
+    assert len({r["rollout/tokens_per_episode"] for r in rows}) > 1  # episode lengths vary
+    names = ("prefill_prompts", "prefill", "decode", "update")
+    for r in rows:
+        assert {k: r[f"compiles/{k}"] for k in names} == dict.fromkeys(names, 1.0), r
 
 
 def test_training_refuses_tempered_or_truncated_sampling():
