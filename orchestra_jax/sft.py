@@ -139,7 +139,9 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
     step_fn = make_sharded_update_fn(make_sft_update(model_cfg, optimizer), model_cfg, optimizer, mesh, rules)
     multiple = batch_row_multiple(mesh, step_fn.rules)
     batch_rows = -(-min(batch_rows, num_rows) // multiple) * multiple
-    params = step_fn.shard_params(jax.tree_util.tree_map(np.asarray, params))  # a fresh copy: the step donates
+    # float32 master weights (as GRPO: bf16 parameters would round small Adam updates away), a fresh copy:
+    # the step donates its input
+    params = step_fn.shard_params(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params))
     opt_state = step_fn.init_opt_state(params)
     rng = np.random.default_rng(seed)
     order = np.empty((0,), np.int64)
@@ -155,6 +157,8 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             m["sft/tokens_per_s"] = float(batch_rows * row_len * step / (time.perf_counter() - t0))
             m["sft/packing_utilisation"] = float(packed.utilisation)
+            m["sft/rows_per_step"] = float(batch_rows)
+            m["compiles/sft_update"] = float(step_fn.num_compiled)  # fixed rows: 1 over the run
             history.append({"step": step, **m})
             if log_fn is not None:
                 log_fn(step, m)

@@ -135,8 +135,7 @@ def train_grpo(cfg: Config, setup: GRPOSetup, start, train_path: str, logger: Ru
             dt = time.perf_counter() - t0
             metrics.update({"time/step_s": dt,
                             "throughput/sampled_tokens_per_s": metrics["rollout/sampled_tokens"] / dt,
-                            "compiles/update": float(setup.update.num_compiled),
-                            **{f"compiles/{k}": float(n - compiled_before[k]) for k, n in compile_counts().items()}})
+                            **compile_metrics(setup, compiled_before)})
             try:
                 metrics.update(monitor.observe(step, metrics))  # N skipped updates in a row: stop, no save
             except Exception:
@@ -157,6 +156,22 @@ def train_grpo(cfg: Config, setup: GRPOSetup, start, train_path: str, logger: Ru
                 raise err
     ckpt.close()
     return state, history
+
+
+def compile_metrics(setup: GRPOSetup, before: dict[str, int]) -> dict[str, float]:
+    """Programs compiled by this run for each jitted function of a step (static shapes: 1 each): the sampler's
+    (its jit cache is per process: counted from ``before``), the update, the old-log-prob forward and the
+    params replica the rollout samples from."""
+    from orchestra_jax.model.sampling import compile_counts
+    from orchestra_jax.parallel.sharding import replicate_compile_count
+
+    m = {f"compiles/{k}": float(n - before[k]) for k, n in compile_counts().items()}
+    m["compiles/update"] = float(setup.update.num_compiled)
+    if setup.algo.ppo_epochs > 1:
+        m["compiles/logprob"] = float(setup.logprob.num_compiled())
+    if setup.mesh.size > 1:
+        m["compiles/replicate"] = float(replicate_compile_count())
+    return m
 
 
 def sample_rows(info: dict, tokenizer, n: int) -> list[list]:

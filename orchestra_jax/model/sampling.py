@@ -113,23 +113,33 @@ def _prefill(model_cfg, chunk, params, cache, tokens_BT, num_new_B, prev_last_lo
 
 
 _prefill_jit = jax.jit(_prefill, static_argnums=(0, 1))
+# The rollout's prompt prefill (P = B / G rows when a group's prompt is shared) is a jitted function of its
+# own, so that each sampler function compiles one program per run: prompts here, observations above.
+def _prefill_prompts(*args):  # a distinct function: jax keys its compile cache on the Python function
+    return _prefill(*args)
 
 
-def prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV=None, chunk_size=None):
+_prefill_prompts_jit = jax.jit(_prefill_prompts, static_argnums=(0, 1))
+
+
+def prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV=None, chunk_size=None,
+            prompts: bool = False):
     """Appends num_new_B[b] tokens of tokens_BT[b] to cache row b; returns (last_logits_BV float32, cache).
 
     tokens_BT: int32 [B, T], real tokens left-aligned (the rest is ignored); num_new_B: int32 [B], 0..T.
     last_logits_BV[b] are the logits after row b's last new token; rows with num_new_B[b] == 0 carry
     prev_last_logits_BV[b] (zeros when not given). chunk_size: run the window in chunks of this many
     tokens (None = one chunk), which bounds the logits buffer to [B, chunk_size, V]. Jitted; compiles
-    once per (B, T, S, chunk_size). The caller must keep cache.lengths + num_new_B <= S.
+    once per (B, T, S, chunk_size). prompts: use the separate jitted function for prompts (the rollout's
+    first prefill), so its row count does not add a second program to the observation prefill's.
+    The caller must keep cache.lengths + num_new_B <= S.
     """
     tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
     chunk = tokens_BT.shape[1] if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"prefill chunk_size must be >= 1, got {chunk_size}")
-    return _prefill_jit(model_cfg, chunk, params, cache, tokens_BT, jnp.asarray(num_new_B, jnp.int32),
-                        prev_last_logits_BV)
+    jitted = _prefill_prompts_jit if prompts else _prefill_jit
+    return jitted(model_cfg, chunk, params, cache, tokens_BT, jnp.asarray(num_new_B, jnp.int32), prev_last_logits_BV)
 
 
 def repeat_rows(cache, last_logits_BV, group_size: int):
@@ -238,8 +248,16 @@ _decode_jit = jax.jit(_decode, static_argnums=(0, 1))
 
 
 def compile_counts() -> dict[str, int]:
-    """Compiled programs of the jitted prefill and decode held by this process (one per shape / config)."""
-    return {"prefill": _prefill_jit._cache_size(), "decode": _decode_jit._cache_size()}
+    """Compiled programs of the jitted prompt prefill, observation prefill and decode held by this process
+    (one per shape / config; a rollout with fixed shapes: one each)."""
+    return {"prefill_prompts": _prefill_prompts_jit._cache_size(), "prefill": _prefill_jit._cache_size(),
+            "decode": _decode_jit._cache_size()}
+
+
+def clear_compile_caches() -> None:
+    """Drops the sampler's compiled programs (a test that counts one run's compiles starts from zero)."""
+    for fn in (_prefill_prompts_jit, _prefill_jit, _decode_jit):
+        fn.clear_cache()
 
 
 def decode(model_cfg, params, cache, last_logits_BV, key, active_B, stop_ids, cfg: SamplingConfig) -> DecodeOutput:

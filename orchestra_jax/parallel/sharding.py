@@ -370,15 +370,20 @@ def make_sharded_logprob_fn(logprob: Callable, model_cfg, mesh: Mesh, rules: Log
     """`fn(params, batch) -> (logp_BT, entropy_BT)` jitted over `mesh`, where `logprob(model_cfg, params, tokens,
     positions, segment_ids[, prefix_segment_ids, prev_index])` is the un-jitted per-token log-prob function
     (`rl.step.token_logprobs`); the two prefix-sharing arrays are passed when the batch has them. The params
-    use the policy's shardings. `fn.num_compiled` counts compilations."""
+    use the policy's shardings; a batch in micro-batch layout [M, R/M, L] gives [M, R/M, L] results (the
+    reshape is inside the jit: an eager reshape of the global batch loses its row sharding, and on several
+    processes would mix their rows). `fn.num_compiled` counts compilations."""
     import flax.linen as nn
     rules = model_rules(model_cfg, mesh, DEFAULT_RULES if rules is None else rules)
     p_shard = param_shardings(model_cfg, mesh, rules)
     compiled: dict[tuple, Callable] = {}
 
     def traced(params, *arrays):
+        lead = arrays[0].shape[:-2]  # [M, R/M, L] micro-batches: flattened inside the jit (row order kept)
+        arrays = [a.reshape((-1,) + a.shape[len(lead) + 1:]) for a in arrays]
         with nn.logical_axis_rules(rules):
-            return logprob(model_cfg, params, *arrays)
+            logp, entropy = logprob(model_cfg, params, *arrays)
+        return logp.reshape(lead + (-1,) + logp.shape[1:]), entropy.reshape(lead + (-1,) + entropy.shape[1:])
 
     def fn(params, batch):
         keys = ["tokens", "positions", "segment_ids"]
@@ -404,6 +409,20 @@ def replicate_to_local(tree: Any, mesh: Mesh) -> Any:
     """A process-local copy of a (sharded, possibly multi-host) tree on one local device: an all-gather on
     the mesh, then this process's first replica. For host-side loops (rollouts, evaluation) that run plain
     jit on this process's own data."""
-    rep = replicated(mesh)
-    full = jax.jit(lambda t: t, out_shardings=rep)(tree)
-    return jax.tree_util.tree_map(lambda x: x.addressable_data(0), full)
+    fn = _REPLICATE.get(mesh)
+    if fn is None:  # one jitted all-gather per mesh: a fresh jit per call would trace and compile every step
+        fn = _REPLICATE[mesh] = jax.jit(lambda t: t, out_shardings=replicated(mesh))
+    return jax.tree_util.tree_map(lambda x: x.addressable_data(0), fn(tree))
+
+
+_REPLICATE: dict = {}  # mesh -> the jitted all-gather of replicate_to_local
+
+
+def replicate_compile_count() -> int:
+    """Compiled programs of `replicate_to_local` held by this process (one per mesh and tree structure)."""
+    return sum(fn._cache_size() for fn in _REPLICATE.values())
+
+
+def clear_replicate_cache() -> None:
+    """Drops `replicate_to_local`'s compiled programs (a test that counts one run's compiles starts at 0)."""
+    _REPLICATE.clear()

@@ -237,7 +237,10 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     rng, roll_key = jax.random.split(jnp.asarray(state.rng, jnp.uint32))
     p, n_local = jax.process_index(), len(tasks)
     if params_local is None:
-        params_local = state.params if setup.mesh.size == 1 else replicate_to_local(state.params, setup.mesh)
+        # one device: the same arrays as single-device views (no copy), so the sampler sees the placement of
+        # the multi-device path's replica and its first call compiles the same program as the later ones
+        params_local = (jax.tree_util.tree_map(lambda x: x.addressable_data(0), state.params)
+                        if setup.mesh.size == 1 else replicate_to_local(state.params, setup.mesh))
 
     ro = rollout_tasks(setup, params_local, tasks, roll_key, env_seed(cfg.seed, step, 1), first_task=p * n_local)
     if setup.on_phase is not None:
@@ -261,9 +264,7 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
         batch = global_batch(setup, packed)
         if algo.ppo_epochs > 1:  # fixed behaviour log-probs over the epochs (one extra forward)
-            flat = {k: v.reshape((-1,) + v.shape[-1:]) if algo.micro_batches > 1 else v for k, v in batch.items()}
-            old, _ = setup.logprob(params, flat)
-            batch["old_logp"] = old.reshape(batch["tokens"].shape) if algo.micro_batches > 1 else old
+            batch["old_logp"], _ = setup.logprob(params, batch)  # the batch's layout, micro-batches included
         update_ms = []
         for _ in range(algo.ppo_epochs):
             params, opt_state, m = setup.update(params, opt_state, batch, state.ref_params)

@@ -143,16 +143,18 @@ def _cache_like(params, model_cfg, batch: int, seq_len: int):
     return jax.device_put(cache, next(iter(devices))) if len(devices) == 1 else cache
 
 
-def _prefill_windows(model_cfg, params, cache, rows, num_new, last_logits, window: int):
+def _prefill_windows(model_cfg, params, cache, rows, num_new, last_logits, window: int, prompts: bool = False):
     """Prefill rows[i][:num_new[i]] in fixed windows of `window` tokens: one prefill call per window, every
-    call the same shape, so the jitted prefill compiles once per row count (not once per length)."""
+    call the same shape, so the jitted prefill compiles once per row count (not once per length). prompts:
+    the shared group prompts (P rows) go to the sampler's separate prompt prefill, so the observation
+    prefill (B rows) and the prompt prefill each compile one program per run."""
     if last_logits is None:  # committed where the cache is, as the later windows' inputs are: one program
         last_logits = jax.device_put(jnp.zeros((len(rows), model_cfg.vocab_size), jnp.float32),
                                      cache.lengths.sharding)
     for start in range(0, int(np.max(num_new, initial=0)), window):
         n = np.clip(num_new - start, 0, window).astype(np.int32)
         chunk = _pad_rows([r[start:start + window] if k else [] for r, k in zip(rows, n)], window)
-        last_logits, cache = prefill(model_cfg, params, cache, chunk, n, last_logits)
+        last_logits, cache = prefill(model_cfg, params, cache, chunk, n, last_logits, prompts=prompts)
     return last_logits, cache
 
 
@@ -238,7 +240,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         rows = [ids if n else [] for ids, n in zip(prompt_ids, num_new)]
         if same_prompts:
             last_P, cache_P = _prefill_windows(model_cfg, params, _cache_like(params, model_cfg, len(tasks), seq_len),
-                                               rows[::group_size], num_new[::group_size], None, cfg.prefill_window)
+                                               rows[::group_size], num_new[::group_size], None, cfg.prefill_window,
+                                               prompts=True)
             cache, last_logits = repeat_rows(cache_P, last_P, group_size)
         else:
             last_logits, cache = _prefill_windows(model_cfg, params, _cache_like(params, model_cfg, n_episodes, seq_len),

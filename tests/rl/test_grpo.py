@@ -68,28 +68,56 @@ def _micro(run_dir, **over):
     return to_config(raw)
 
 
-def test_five_steps_micro_batches_on_fsdp8_compile_the_update_once(tmp_path):
-    """micro_batches=2 on an 8-device fsdp mesh: 5 steps whose episode lengths vary run with a fixed row count
-    (4 episodes rounded up to micro_batches x devices = 16 rows) and the update compiles once, with the
-    prefix-shared packing on (its default)."""
+@pytest.mark.parametrize("devices", [8, 1])
+def test_five_steps_micro_batches_on_fsdp8_compile_every_jitted_function_once(tmp_path, devices):
+    """micro_batches=2 and ppo_epochs=2 on an 8-device fsdp mesh, SFT then 5 GRPO steps whose episode, prompt
+    and observation lengths vary: a fixed row count (4 episodes rounded up to micro_batches x devices = 16
+    rows), and every jitted function of the run compiles exactly one program: the SFT update, the prompt
+    prefill (P rows), the observation prefill (B rows), the decode, the params replica the rollout samples
+    from, the old-log-prob forward and the GRPO update; prefix-shared packing on (its default)."""
     from orchestra_jax.logging import read_metrics
+    from orchestra_jax.model.sampling import clear_compile_caches
+    from orchestra_jax.parallel.sharding import clear_replicate_cache
     from orchestra_jax.train import run
 
-    run(_micro(tmp_path, mesh={"data": 1, "fsdp": -1, "tensor": 1}, algo={"micro_batches": 2, "optim": {"lr": 1e-3},
-                                                                           "loss": {"kl_coef": 0.01}}))
+    if devices == 1:  # the quickstart's mesh: the rollout samples from the state's own (one-device) params
+        return _one_device_compiles_once(tmp_path)
+    clear_compile_caches()  # module-level jits: an earlier test's programs would hide this run's count
+    clear_replicate_cache()
+    run(_micro(tmp_path, mesh={"data": 1, "fsdp": -1, "tensor": 1},
+               algo={"micro_batches": 2, "ppo_epochs": 2, "optim": {"lr": 1e-3}, "loss": {"kl_coef": 0.01}},
+               sft={"enabled": True, "num_tasks": 8, "teacher_samples": 1, "steps": 3, "batch_rows": 4,
+                    "row_len": 512, "log_every": 1, "warmup_steps": 0}))
     rows = read_metrics(str(tmp_path))
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert len({r["rollout/tokens_per_episode"] for r in rows}) > 1  # episode lengths vary
     assert {r["packing/rows"] for r in rows} == {16.0}  # 4 episodes -> rounded up to 2 micro x 8 devices
-    assert all(r["compiles/update"] == 1.0 for r in rows)
-    # the sampler: fixed prefill windows, so no step compiles a new prefill or decode program (the counts are
-    # this run's new programs; the jit cache is per process, so an earlier test may have compiled them)
-    assert {r["compiles/prefill"] for r in rows} == {rows[0]["compiles/prefill"]} and rows[0]["compiles/prefill"] <= 2
-    assert {r["compiles/decode"] for r in rows} == {rows[0]["compiles/decode"]} and rows[0]["compiles/decode"] <= 1
+    names = ("prefill_prompts", "prefill", "decode", "replicate", "logprob", "update")
+    for r in rows:
+        assert {k: r[f"compiles/{k}"] for k in names} == dict.fromkeys(names, 1.0), r
     assert all(r["rollout/episodes"] == 4.0 for r in rows)
+    sft_rows = [json.loads(line) for line in (tmp_path / "sft_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in sft_rows] == [1, 2, 3]
+    assert [r["compiles/sft_update"] for r in sft_rows] == [1.0, 1.0, 1.0]
+    assert {r["sft/rows_per_step"] for r in sft_rows} == {8.0}  # 4 rows rounded up to the 8 fsdp devices
     # train.share_prefix (default on): a group's prompt is computed once where its G = 2 episodes fit one row
     assert all(r["packing/tokens_computed"] <= r["packing/tokens_unshared"] for r in rows)
     assert any(r["packing/tokens_computed"] < r["packing/tokens_unshared"] for r in rows)
+
+
+def _one_device_compiles_once(tmp_path):
+    from orchestra_jax.logging import read_metrics
+    from orchestra_jax.model.sampling import clear_compile_caches
+    from orchestra_jax.train import run
+
+    clear_compile_caches()
+    run(_micro(tmp_path, mesh={"data": 1, "fsdp": 1, "tensor": 1},
+               sft={"enabled": True, "num_tasks": 8, "teacher_samples": 1, "steps": 2, "log_every": 1}))
+    rows = read_metrics(str(tmp_path))
+    assert len({r["rollout/tokens_per_episode"] for r in rows}) > 1  # episode lengths vary
+    names = ("prefill_prompts", "prefill", "decode", "update")
+    for r in rows:
+        assert {k: r[f"compiles/{k}"] for k in names} == dict.fromkeys(names, 1.0), r
 
 
 def test_training_refuses_tempered_or_truncated_sampling():

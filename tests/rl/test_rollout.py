@@ -339,3 +339,26 @@ def test_rollout_config_rejects_bad_values():
     with pytest.raises(ValueError, match="RolloutConfig.max_seq_len"):
         RolloutConfig(max_seq_len=-5)
     assert RolloutConfig(max_new_tokens=7).sampling_config.max_new_tokens == 7
+
+
+def test_prefill_window_does_not_change_the_episodes(qa_setup, fake_setup):
+    """The fixed prefill window only splits the same tokens over more calls: a window of 8 (prompts of
+    76-380 tokens in 10-48 calls, observations in several) and one window over the whole cache (one call
+    per prefill, as the former power-of-two buckets did) give the same greedy and sampled tokens and the same
+    log-probs, with the prompt shared per group or prefilled per episode (tokens equal the former bucketed
+    sampler's too: checked once by hand against commit 2ff9290)."""
+    for env, tasks, tok, model_cfg, params in (qa_setup, fake_setup):
+        for greedy in (True, False):
+            runs = []
+            for window, share in ((8, True), (412, True), (8, False)):
+                rcfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=16, max_seq_len=412,
+                                     prefill_window=window, share_prompt_prefill=share, compact_tools=True,
+                                     sampling=SamplingConfig(greedy=greedy))
+                runs.append(rollout(model_cfg, params, env, tok, tasks, jax.random.key(5), rcfg, 7))
+            base = runs[0]
+            assert min(base.prompt_len) > 8 * 8 and sum(base.n_turns) > len(base.n_turns)  # many windows, turns
+            for other in runs[1:]:
+                assert all(np.array_equal(a, b) for a, b in zip(base.tokens, other.tokens))
+                for a, b in zip(base.sampled_logp, other.sampled_logp):
+                    np.testing.assert_allclose(a, b, atol=1e-5)
+                assert base.done_reason == other.done_reason
