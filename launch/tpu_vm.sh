@@ -207,6 +207,7 @@ follow_job() {
     status=0
     ssh_workers 0 "cd $REMOTE_DIR && bash launch/worker_job.sh wait" || status=$?
     [[ "$status" == 143 ]] && return 75  # SIGTERM: the job saved its step and stopped (preemption)
+    [[ "$status" == 130 ]] && exit 130   # Ctrl-C reached ssh before this shell: stop here, the job runs on
     if [[ "$status" == 255 || "$status" == 4 ]]; then  # ssh lost, or the worker's job vanished
       case "$(vm_state)" in
         READY) echo "# connection to $NAME lost; the job keeps running, re-attaching in ${POLL}s" >&2
@@ -215,7 +216,11 @@ follow_job() {
       esac
     fi
     local all
-    all=$(ssh_workers all "cd $REMOTE_DIR && bash launch/worker_job.sh status") || all=""
+    if ! all=$(ssh_workers all "cd $REMOTE_DIR && bash launch/worker_job.sh status"); then
+      # an unreadable state is not an ended job: never conclude "ended" (and delete the VM) from a failed query
+      echo "# could not read the job's state on $NAME; re-attaching in ${POLL}s" >&2
+      sleep "$POLL"; continue
+    fi
     if [[ "$DRY_RUN" == 1 || "$all" != *running* ]]; then
       JOB_ENDED=1
       return "$status"

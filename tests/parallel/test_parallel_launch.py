@@ -184,19 +184,34 @@ def test_tpu_vm_dropped_connection_reattaches_and_deletes_only_at_the_end(sandbo
     assert "gcloud storage ls gs://bkt/runs/run-1/" in calls[-2]
 
 
+def test_tpu_vm_failed_state_query_is_not_an_ended_job(sandbox):
+    """The job's state cannot be read (ssh fails): the launcher re-attaches instead of concluding the job ended
+    and deleting the VM; it deletes only after a readable 'exited'."""
+    log = stub_gcloud(sandbox, [("worker_job.sh wait", [0], None),
+                                ("worker_job.sh status", [255, 0], ["", "exited 0"])])
+    result = real_run(sandbox)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    statuses = [i for i, c in enumerate(calls) if "worker_job.sh status" in c]
+    delete = [i for i, c in enumerate(calls) if " tpu-vm delete " in c]
+    assert "could not read the job's state on run-1" in result.stderr
+    assert len(statuses) == 2 and len(delete) == 1 and delete[0] > statuses[1]
+
+
 def test_tpu_vm_killed_launcher_leaves_the_job_running(sandbox):
     log = stub_gcloud(sandbox, [("worker_job.sh wait", [0], None)])
     (sandbox / "bin" / "gcloud").write_text((sandbox / "bin" / "gcloud").read_text().replace(
-        'args="$*"', 'args="$*"\n[[ "$args" == *"worker_job.sh wait"* ]] && sleep 30'))
+        'args="$*"', 'args="$*"\n[[ "$args" == *"worker_job.sh wait"* ]] && sleep 200'))
     env = {"PATH": f"{sandbox}/bin:/usr/bin:/bin", "HOME": str(sandbox), "TMPDIR": str(sandbox), "USER": "t"}
     proc = subprocess.Popen(["bash", str(LAUNCH / "tpu_vm.sh"), *TPU_ARGS, "--bucket", "bkt", "--", "x=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=sandbox,
                             start_new_session=True)
     import time
 
-    deadline = time.time() + 30
+    deadline = time.time() + 180  # a loaded machine can take long to reach the wait (before it, Ctrl-C deletes)
     while time.time() < deadline and "worker_job.sh wait" not in (log.read_text() if log.exists() else ""):
         time.sleep(0.1)
+    assert "worker_job.sh wait" in log.read_text(), "the launcher never reached the job's wait"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the launcher's terminal (its ssh child gets it too)
     _, err = proc.communicate(timeout=60)
     calls = log.read_text().splitlines()
