@@ -26,7 +26,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from orchestra_jax.envs import env_config_from_dict, make_env  # noqa: E402
 from orchestra_jax.envs.stats import SPLITS, compute_stats, format_checks, format_rows  # noqa: E402
 from orchestra_jax.envs.tools import resolve_path  # noqa: E402
-from orchestra_jax.evaluate import pooled_rewards  # noqa: E402
+from orchestra_jax.summary import pooled_rewards  # noqa: E402
 from orchestra_jax.rl.rewards import RewardConfig  # noqa: E402
 
 

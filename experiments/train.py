@@ -36,7 +36,7 @@ def main(raw: DictConfig):
         summary = run(cfg)
     except (ConfigChangeError, CheckpointMismatchError) as e:  # one clear line, no traceback
         sys.exit(f"error: {e}")
-    from orchestra_jax.evaluate import sweep_objective
+    from orchestra_jax.summary import sweep_objective
 
     return sweep_objective(summary, n_objectives())  # fixed_reward, or (accuracy, mean $) for [max, min]
 

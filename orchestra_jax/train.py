@@ -202,7 +202,8 @@ def log_sft_curve(cfg: Config, logger: RunLogger) -> None:
 
 def run(cfg: Config) -> dict:
     """The whole job (module docstring). Returns the summary dict (also <run_dir>/summary.json)."""
-    from orchestra_jax.evaluate import eval_tables, evaluate_policies, flat_metrics, format_table
+    from orchestra_jax.evaluate import evaluate_policies
+    from orchestra_jax.summary import eval_tables, flat_metrics, format_table
     from orchestra_jax.parallel.distributed import initialize
     from orchestra_jax.prepare import prepare
 

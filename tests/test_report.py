@@ -13,7 +13,7 @@ import yaml
 from orchestra_jax.analysis.robustness import PerturbedEnv, ROBUSTNESS_SPLITS
 from orchestra_jax.envs import EnvConfig, make_env
 from orchestra_jax.envs.baselines import run_policy
-from orchestra_jax.evaluate import summarise_splits, write_summary
+from orchestra_jax.summary import summarise_splits, write_summary
 from orchestra_jax.rl.rewards import RewardConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ import pytest
 
 from orchestra_jax.checkpoint import Checkpointer
 from orchestra_jax.config import to_config
-from orchestra_jax.evaluate import check_summary
+from orchestra_jax.summary import check_summary
 from orchestra_jax.logging import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

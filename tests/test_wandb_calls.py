@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from orchestra_jax.config import resolve_hydra_run_dir
-from orchestra_jax.evaluate import eval_tables
+from orchestra_jax.summary import eval_tables
 from orchestra_jax.logging import RunLogger
 
 

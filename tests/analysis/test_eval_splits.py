@@ -83,7 +83,7 @@ def test_unknown_robustness_split_names_the_key(tmp_path):
 
 
 def test_sweep_objective_is_on_a_fixed_scale():
-    from orchestra_jax.evaluate import sweep_objective
+    from orchestra_jax.summary import sweep_objective
 
     s = {"policies": {"grpo": {"accuracy": 0.5, "mean_cost_usd": 0.01, "fixed_reward": 0.3, "mean_reward": 0.9}}}
     assert sweep_objective(s) == 0.3                      # not the pool-normalised mean_reward
@@ -95,7 +95,8 @@ def test_sweep_objective_is_on_a_fixed_scale():
 
 def test_reevaluation_with_other_settings_is_named(tmp_path):
     from orchestra_jax.config import to_dict
-    from orchestra_jax.evaluate import reevaluation_name, summary_filename
+    from orchestra_jax.evaluate import reevaluation_name
+    from orchestra_jax.summary import summary_filename
     from orchestra_jax.run_dir import write_record
 
     cfg = _cfg(tmp_path)

@@ -1,11 +1,11 @@
-"""evaluate.summarise / summarise_splits / format_table / write_summary on real scripted episodes."""
+"""summary.summarise / summarise_splits / format_table / write_summary on real scripted episodes."""
 import json
 
 import numpy as np
 import pytest
 
-from orchestra_jax.evaluate import (SUMMARY_KEYS, check_summary, flat_metrics, format_table, paired_difference,
-                                    pooled_rewards, summarise, summarise_splits, write_summary)
+from orchestra_jax.summary import (SUMMARY_KEYS, check_summary, flat_metrics, format_table, paired_difference,
+                                   pooled_rewards, summarise, summarise_splits, write_summary)
 from orchestra_jax.rl.rewards import RewardConfig
 
 
