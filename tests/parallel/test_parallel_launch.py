@@ -212,6 +212,12 @@ def test_tpu_vm_killed_launcher_leaves_the_job_running(sandbox):
     while time.time() < deadline and "worker_job.sh wait" not in (log.read_text() if log.exists() else ""):
         time.sleep(0.1)
     assert "worker_job.sh wait" in log.read_text(), "the launcher never reached the job's wait"
+    # Ctrl-C while the (stubbed) ssh wait is running: wait until its sleep exists, not just its log line
+    import shutil
+
+    while shutil.which("pgrep") and time.time() < deadline and subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "sleep 200"],
+                                                    capture_output=True).returncode != 0:
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the launcher's terminal (its ssh child gets it too)
     _, err = proc.communicate(timeout=60)
     calls = log.read_text().splitlines()
