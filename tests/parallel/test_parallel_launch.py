@@ -205,7 +205,10 @@ def test_tpu_vm_killed_launcher_leaves_the_job_running(sandbox):
     env = {"PATH": f"{sandbox}/bin:/usr/bin:/bin", "HOME": str(sandbox), "TMPDIR": str(sandbox), "USER": "t"}
     proc = subprocess.Popen(["bash", str(LAUNCH / "tpu_vm.sh"), *TPU_ARGS, "--bucket", "bkt", "--", "x=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=sandbox,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # a terminal's Ctrl-C default: an ignored SIGINT in this pytest process (left by
+                            # another test) would be inherited through exec and the launcher could never see it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     import time
 
     deadline = time.time() + 180  # a loaded machine can take long to reach the wait (before it, Ctrl-C deletes)
