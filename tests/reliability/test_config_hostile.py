@@ -76,7 +76,7 @@ def check(overrides, tolerate_known=True):
         assert ok or (tolerate_known and known_gap(overrides, msg)), (overrides, msg)
         return None
     got = flatten(to_dict(cfg))
-    for key, value in overrides:
+    for key, value in dict(overrides).items():  # a key given twice: the last value is the one that counts
         if key in got and value != "???":  # "???" is OmegaConf's MISSING: merging it keeps the default
             problem = f"{key}={value!r} was accepted as {got[key]!r}"
             assert _same(value, got[key]) or (tolerate_known and known_gap([(key, value)], problem)), problem
