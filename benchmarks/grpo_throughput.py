@@ -1,6 +1,12 @@
 """Throughput of the GRPO loop's parts on the current backend: rollout (sampling + env), log-probs, update.
 
-    python benchmarks/grpo_throughput.py [--steps 3] [--tasks 8] [--group 8]
+    python benchmarks/grpo_throughput.py [--steps 3] [--tasks 8] [--group 8] [--sft-from RUN_DIR] [KEY=VALUE ...]
+
+--sft-from: a finished quickstart run directory; its tokenizer and SFT checkpoint (RUN_DIR/sft) replace the
+random weights, so the episodes have the quickstart's real lengths (random weights run to max_seq_len).
+
+KEY=VALUE: config overrides on top of the quickstart (e.g. train.row_len=1536 train.rows_per_step=32
+train.row_bucket=2 to time bucketed rows).
 
 Prints one JSON object: tokens/s of the rollout (sampled tokens), of the update (packed real tokens per
 second of jitted forward+backward+AdamW) and of the log-prob pass, plus packing utilisation, measured
@@ -21,6 +27,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--sft-from", default="", help="a quickstart run dir: its tokenizer and SFT params")
+    ap.add_argument("overrides", nargs="*", help="config overrides (KEY=VALUE) on top of the quickstart")
     args = ap.parse_args()
 
     import jax
@@ -30,7 +38,8 @@ def main():
     from orchestra_jax.config import to_config
     from orchestra_jax.envs import make_env
     from orchestra_jax.prepare import Prepared, init_model
-    from orchestra_jax.rl.grpo import build_batch, global_batch, init_state, rollout_tasks
+    from orchestra_jax.rl.batch import build_batch, step_rows
+    from orchestra_jax.rl.grpo import global_batch, init_state, rollout_tasks
     from orchestra_jax.text.chat import render_prompt
     from orchestra_jax.text.tokenizer import train_tokenizer
     from orchestra_jax.train import build_mesh, make_setup
@@ -39,17 +48,28 @@ def main():
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         raw = compose(config_name="config", overrides=[
             "+experiment=quickstart", f"run_dir={tempfile.mkdtemp()}", f"train.tasks_per_step={args.tasks}",
-            f"rollout.group_size={args.group}", "algo.ppo_epochs=2"])  # 2 epochs: the log-prob pass runs too
+            f"rollout.group_size={args.group}", "algo.ppo_epochs=2", *args.overrides])  # 2 epochs: the log-prob pass runs too
     cfg = to_config(raw)
     env = make_env(cfg.env)
     tasks = env.sample_tasks(0, args.tasks * (args.steps + 1))
     _, prompts = env.reset(tasks[:64], 0)
-    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts],
-                          cfg.tokenizer_vocab_size)
-    model_cfg, params, _ = init_model(cfg, tok)
+    if args.sft_from:
+        from orchestra_jax.checkpoint import Checkpointer
+        from orchestra_jax.text.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(os.path.join(args.sft_from, "tokenizer"))
+        model_cfg, params, _ = init_model(cfg, tok)
+        ckpt = Checkpointer(os.path.join(args.sft_from, "sft"), keep=1, async_save=False)
+        params = ckpt.restore(None, {"params": params})[0]["params"]
+        ckpt.close()
+    else:
+        tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts],
+                              cfg.tokenizer_vocab_size)
+        model_cfg, params, _ = init_model(cfg, tok)
     setup = make_setup(cfg, Prepared(env, tok, model_cfg, params, "random", "", []), build_mesh(cfg))
     state = init_state(setup, params, seed=0)
-    totals = {"rollout_s": 0.0, "sampled": 0, "logp_s": 0.0, "update_s": 0.0, "tokens": 0, "util": []}
+    totals = {"rollout_s": 0.0, "sampled": 0, "logp_s": 0.0, "update_s": 0.0, "tokens": 0, "util": [], "rows": [],
+              "slots": 0}
     for step in range(args.steps + 1):
         chunk = tasks[step * args.tasks:(step + 1) * args.tasks]
         t0 = time.perf_counter()
@@ -57,7 +77,10 @@ def main():
         t1 = time.perf_counter()
         # random-sign advantages so the update does real work even when every reward ties
         adv = np.random.default_rng(step).normal(size=ro.num_episodes).astype(np.float32)
-        packed, _ = build_batch(ro, adv, np.ones(ro.num_episodes, bool), setup.step)
+        keep = np.ones(ro.num_episodes, bool)
+        backend = setup.model_cfg.attention_backend
+        rows = step_rows(ro, keep, setup.step, attention_backend=backend)
+        packed, _ = build_batch(ro, adv, keep, setup.step, attention_backend=backend, num_rows=rows)
         batch = global_batch(setup, packed)
         t2 = time.perf_counter()
         old, _ = setup.logprob(state.params, batch)
@@ -75,6 +98,8 @@ def main():
         totals["update_s"] += t4 - t3
         totals["tokens"] += packed.num_tokens
         totals["util"].append(packed.utilisation)
+        totals["rows"].append(packed.num_rows)
+        totals["slots"] += packed.num_rows * packed.row_len
     print(json.dumps({
         "benchmark": "grpo_throughput", "backend": jax.default_backend(), "devices": jax.device_count(),
         "episodes_per_step": args.tasks * args.group, "steps": args.steps,
@@ -84,6 +109,9 @@ def main():
         "update_tokens_per_s": totals["tokens"] / totals["update_s"],
         "update_s_per_step": totals["update_s"] / args.steps,
         "packing_utilisation": float(np.mean(totals["util"])),
+        "rows_per_step": totals["rows"], "row_len": setup.step.row_len, "row_bucket": setup.step.row_bucket,
+        "token_slots_per_step": totals["slots"] / args.steps, "overrides": args.overrides,
+        "weights": f"sft from {args.sft_from}" if args.sft_from else "random",
         "update_compiles": setup.update.num_compiled,
     }))
 

@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0  # seeds task order, rollouts and parameter init
     row_len: int = 1024  # packed row length in tokens; >= rollout.max_seq_len unless truncate
     rows_per_step: int = 0  # packed rows per process per step (fixed: one compile); 0 = one per episode
+    row_bucket: int = 0  # > 0: each step packs into the fewest multiple of this many rows, <= rows_per_step
     truncate: bool = False  # allow row_len < rollout.max_seq_len: cut longer episodes (counted in metrics)
     rollout_batch_tasks: int = 0  # roll out in chunks of this many tasks (0 = all of a process's tasks at once)
     share_prefix: bool = True  # pack each group's prompt once per row unit (falls back on backends without the mask)
@@ -208,7 +209,8 @@ def _validate(cfg: Config) -> None:
         if value <= 0:
             raise ValueError(f"config error at {key}: must be > 0, got {value}")
     for key, value in {"train.steps": t.steps, "train.samples_every": t.samples_every,
-                       "train.rows_per_step": t.rows_per_step, "train.rollout_batch_tasks": t.rollout_batch_tasks,
+                       "train.rows_per_step": t.rows_per_step, "train.row_bucket": t.row_bucket,
+                       "train.rollout_batch_tasks": t.rollout_batch_tasks,
                        "sft.steps": s.steps, "sft.warmup_steps": s.warmup_steps,
                        "eval.batch_size": e.batch_size, "algo.ref_refresh_interval": a.ref_refresh_interval}.items():
         if value < 0:
@@ -240,6 +242,12 @@ def _validate(cfg: Config) -> None:
                          "or set train.truncate=true (cut episodes are counted in packing/truncated_*)")
     if t.rows_per_step % a.micro_batches:
         raise ValueError(f"config error at train.rows_per_step: {t.rows_per_step} is not a multiple of "
+                         f"algo.micro_batches={a.micro_batches}")
+    if t.row_bucket and (t.rows_per_step <= 0 or t.rows_per_step % t.row_bucket):
+        raise ValueError(f"config error at train.row_bucket: {t.row_bucket} does not divide "
+                         f"train.rows_per_step={t.rows_per_step} (the largest row count; set it explicitly)")
+    if t.row_bucket % a.micro_batches:
+        raise ValueError(f"config error at train.row_bucket: {t.row_bucket} is not a multiple of "
                          f"algo.micro_batches={a.micro_batches}")
     if t.rollout_batch_tasks and t.tasks_per_step % t.rollout_batch_tasks:
         raise ValueError(f"config error at train.rollout_batch_tasks: {t.rollout_batch_tasks} does not divide "

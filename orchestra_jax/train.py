@@ -60,9 +60,11 @@ def make_setup(cfg: Config, prep, mesh) -> GRPOSetup:
     if rows % multiple:
         raise ValueError(f"config error at train.rows_per_step: {rows} is not a multiple of algo.micro_batches x "
                          f"data x fsdp / processes = {multiple}")
+    bucket = -(-t.row_bucket // multiple) * multiple  # buckets in whole multiples of the row devices
+    rows = -(-rows // bucket) * bucket if bucket else rows
     step_cfg = StepConfig(tasks_per_step=t.tasks_per_step, rows_per_host=rows, row_len=t.row_len,
                           truncate=t.truncate, seed=t.seed, batch_tasks=t.rollout_batch_tasks,
-                          share_prefix=t.share_prefix)
+                          share_prefix=t.share_prefix, row_bucket=bucket)
     return GRPOSetup(prep.model_cfg, algo, cfg.reward, cfg.rollout, step_cfg, prep.env, prep.tokenizer, mesh,
                      update, make_sharded_logprob_fn(token_logprobs, prep.model_cfg, mesh, rules),
                      on_phase=maybe_fault)

@@ -100,6 +100,8 @@ BAD_VALUES = [
     ("train.row_len=256", r"config error at train.row_len: 256 < rollout.max_seq_len 1024 .*train.truncate=true"),
     ("init=sft", r"config error at init: 'sft' is now init=random with sft.enabled=true"),
     ("model.param_dtype=bfloat16", r"config error at model.param_dtype: training keeps float32 master weights"),
+    ("train.row_bucket=3", r"config error at train.row_bucket: 3 does not divide train.rows_per_step=0"),
+    ("train.row_bucket=-2", r"config error at train.row_bucket: must be >= 0, got -2"),
 ]
 
 

@@ -1,6 +1,7 @@
 """GRPO core: rewards, group advantages, the policy loss, the optimizer and the jitted update.
 
-Submodules: rewards, advantages, losses, optim, step (imports the model), rollout. This package imports only
+Submodules: rewards, advantages, losses, optim, step (imports the model), rollout, batch (episodes -> packed
+rows), grpo (the whole step). This package imports only
 the pure-array parts eagerly; import `orchestra_jax.rl.step` for token_logprobs / make_update_fn.
 """
 from orchestra_jax.rl.advantages import AdvantageConfig, group_advantages

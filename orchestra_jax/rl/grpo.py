@@ -8,8 +8,9 @@
                   chunks of ``batch_tasks`` tasks, each chunk with its own key and global episode ids
     2. rewards    every process's episode features (gathered) -> rewards -> group advantages, identical on
                   every process; each takes the advantages of its own episodes
-    3. pack       this process's kept episodes into exactly ``rows_per_host`` rows (static shapes), each
-                  group's prompt stored once per packed unit with train.share_prefix
+    3. pack       this process's kept episodes into ``rows_per_host`` rows, or with ``row_bucket`` the fewest
+                  bucket of rows that holds every process's step (rl.batch), each group's prompt stored once
+                  per packed unit with train.share_prefix
     4. global     every process's rows -> one global batch (``jax.make_array_from_process_local_data``)
     5. update     ``ppo_epochs`` jitted, sharded optimizer steps; the first epoch is on-policy (ratio 1, no
                   old-log-prob forward); reference log-probs are computed inside the update when the KL is on
@@ -30,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch, ffd_assign, pack_groups, pack_shared
-from orchestra_jax.model.attention import supports_shared_prefix
+from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch
 from orchestra_jax.rl.advantages import group_advantages
+from orchestra_jax.rl.batch import StepConfig, agree_rows, build_batch, global_packing_metrics, step_rows
 from orchestra_jax.rl.rewards import RewardConfig, RunningMoments, compute_rewards, init_reward_state
 from orchestra_jax.rl.rollout import DONE_REASONS, Rollout, RolloutConfig, concatenate_rollouts, rollout
 from orchestra_jax.rl.step import AlgoConfig
@@ -47,19 +48,6 @@ class TrainState(NamedTuple):
     rng: np.ndarray  # uint32 [2] PRNG key data (host, identical on every process)
     step: np.ndarray  # int32 [] steps done
     reward_state: RunningMoments  # running reward statistics (zscore rewards)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """The static shape of a step."""
-
-    tasks_per_step: int  # tasks per process per step
-    rows_per_host: int  # packed rows per process (fixed: one compile); a multiple of micro_batches x devices/host
-    row_len: int  # tokens per packed row
-    truncate: bool  # cut episodes longer than row_len (counted in packing/truncated_*) instead of raising
-    seed: int  # train seed (env seeds derive from it and the step)
-    batch_tasks: int = 0  # rollout chunk in tasks (0 = all of this process's tasks at once)
-    share_prefix: bool = True  # store each group's prompt once per packed unit (build_batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,69 +138,6 @@ def episode_metrics(t: dict[str, np.ndarray], tool_aliases: Sequence[str]) -> di
     return m
 
 
-def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: StepConfig, *,
-                attention_backend: str = "auto", dtype: str = "float32"):
-    """This process's kept episodes packed into exactly cfg.rows_per_host rows of cfg.row_len.
-
-    loss_mask = assistant mask, advantages broadcast per token. Episodes that do not fit the fixed rows are
-    left out (the latest first) and counted in ``packing/dropped_episodes``; with truncate, episodes longer
-    than a row are cut and counted in ``packing/truncated_*``.
-
-    cfg.share_prefix (and a backend that can express the mask, `data.packing.pack_groups`): each group's
-    common prompt is stored and computed once per unit (SharedPackedBatch: prefix_segment_ids, prev_index),
-    with the same loss as unshared rows; the fit is then counted in shared units, so fewer rows hold the
-    step (a unit is a prompt plus the continuations that fit one row: rows much longer than an episode are
-    what lets a group share). Returns (batch, metrics); packing/tokens_computed over
-    packing/tokens_unshared is the saving.
-    """
-    idx = [int(i) for i in np.flatnonzero(np.asarray(keep_N, bool) & (ro.lengths > 1))]
-    lengths = ro.lengths[idx].astype(np.int64)
-    if not cfg.truncate and np.any(lengths > cfg.row_len):
-        raise ValueError(f"an episode of {int(lengths.max())} tokens exceeds train.row_len={cfg.row_len}; "
-                         "set train.row_len >= rollout.max_seq_len or train.truncate=true")
-    share = cfg.share_prefix and supports_shared_prefix(attention_backend, dtype)
-    groups = [i // ro.group_size for i in idx]
-    masks = [ro.assistant_mask[i].astype(np.float32) for i in idx]
-
-    def rows_needed(n: int) -> int:
-        if share:  # units of a prompt + the continuations that fit, first-fit-decreasing (as pack_shared)
-            return pack_shared([ro.tokens[i] for i in idx[:n]], groups[:n], cfg.row_len,
-                               fields={"loss_mask": masks[:n]}, truncate=cfg.truncate).num_rows
-        return ffd_assign(np.minimum(lengths[:n], cfg.row_len), cfg.row_len)[1]
-
-    n = len(idx)
-    while n and rows_needed(n) > cfg.rows_per_host:
-        n -= 1
-    dropped, idx, lengths, groups, masks = len(idx) - n, idx[:n], lengths[:n], groups[:n], masks[:n]
-    fields = {"loss_mask": masks, "advantages": [np.full(len(ro.tokens[i]), advantages_N[i], np.float32) for i in idx]}
-    batch = pack_groups([ro.tokens[i] for i in idx], groups, cfg.row_len, share_prefix=cfg.share_prefix,
-                        attention_backend=attention_backend, dtype=dtype, fields=fields,
-                        num_rows=cfg.rows_per_host, truncate=cfg.truncate)
-    unshared = int(np.sum(np.minimum(lengths, cfg.row_len)))
-    m = {"packing/truncated_episodes": float(np.sum(lengths > cfg.row_len)),
-         "packing/truncated_tokens": float(np.sum(np.maximum(lengths - cfg.row_len, 0))),
-         "packing/dropped_episodes": float(dropped), "packing/utilisation": float(batch.utilisation),
-         "packing/rows": float(batch.num_rows), "packing/episodes": float(len(idx)),
-         "packing/tokens_computed": float(batch.num_tokens), "packing/tokens_unshared": float(unshared),
-         "packing/tokens_computed_ratio": float(batch.num_tokens / unshared) if unshared else 1.0}
-    return batch, m
-
-
-def global_packing_metrics(m: dict[str, float]) -> dict[str, float]:
-    """Packing metrics over all processes: counts summed, utilisation averaged."""
-    if jax.process_count() == 1:
-        return m
-    from jax.experimental import multihost_utils
-
-    keys = sorted(m)
-    values = np.asarray(multihost_utils.process_allgather(np.asarray([m[k] for k in keys], np.float64)))
-    out = {k: float(values[:, i].mean() if k == "packing/utilisation" else values[:, i].sum())
-           for i, k in enumerate(keys)}
-    if out.get("packing/tokens_unshared"):
-        out["packing/tokens_computed_ratio"] = out["packing/tokens_computed"] / out["packing/tokens_unshared"]
-    return out
-
-
 def global_batch(setup: GRPOSetup, batch: PackedBatch | SharedPackedBatch) -> dict:
     """Every process's rows as one global batch on the mesh ([M, R/M, L] with micro-batches)."""
     from orchestra_jax.parallel.distributed import host_local_batch_to_global
@@ -254,8 +179,9 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     advantages, keep, adv_m = group_advantages(np.asarray(rewards), algo.advantage)
     mine = slice(p * n_local * G, (p + 1) * n_local * G)
     adv_N, keep_N = np.asarray(advantages).reshape(-1)[mine], np.asarray(keep).reshape(-1)[mine]
-    packed, pack_m = build_batch(ro, adv_N, keep_N, cfg, attention_backend=setup.model_cfg.attention_backend,
-                                 dtype=setup.model_cfg.dtype)
+    backend, dtype = setup.model_cfg.attention_backend, setup.model_cfg.dtype
+    rows = agree_rows(step_rows(ro, keep_N, cfg, attention_backend=backend, dtype=dtype))
+    packed, pack_m = build_batch(ro, adv_N, keep_N, cfg, attention_backend=backend, dtype=dtype, num_rows=rows)
     pack_m = global_packing_metrics(pack_m)
     metrics = {**{k: float(v) for k, v in {**reward_m, **adv_m}.items()}, **pack_m,
                **episode_metrics(episodes, setup.env.tool_aliases)}

@@ -47,12 +47,16 @@ def main(coordinator: str, num_processes: int, process_id: int, out_dir: str, st
         # Odd steps pass the host (numpy) global batch, identical on every process: the update places it.
         params, opt_state, metrics = update(params, opt_state, full if step % 2 else batch)
         history.append(pc.to_floats(metrics))
+    # rl.batch.agree_rows: each process proposes its own packed-row count, all take the largest
+    from orchestra_jax.rl.batch import agree_rows
+    agreed_rows = [agree_rows(3 + 4 * process_id), agree_rows(9 - 4 * process_id)]
     gathered = multihost_utils.process_allgather(params, tiled=True)
     logp, _ = make_sharded_logprob_fn(token_logprobs, pc.MODEL, mesh)(params, full)
     logp = multihost_utils.process_allgather(logp, tiled=True)
     if is_main_process():
         out = Path(out_dir)
-        (out / "metrics.json").write_text(json.dumps({"history": history, "rows": [start, stop]}))
+        (out / "metrics.json").write_text(json.dumps({"history": history, "rows": [start, stop],
+                                                      "agreed_rows": agreed_rows}))
         flat = {jax.tree_util.keystr(path): np.asarray(leaf)
                 for path, leaf in jax.tree_util.tree_flatten_with_path(gathered)[0]}
         np.savez(out / "params.npz", **flat)

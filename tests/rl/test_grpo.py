@@ -268,6 +268,65 @@ def test_build_batch_fits_more_episodes_in_fixed_rows_when_prompts_are_shared():
     assert all(np.array_equal(a, b) for a, b in zip(b1.unpack("tokens"), ro.tokens))
 
 
+def test_row_bucket_packs_into_the_fewest_rows_with_the_same_update():
+    """step_rows with row_bucket: the fewest multiple of the bucket that holds every episode (capped at
+    rows_per_host); packed into those rows or padded out to rows_per_host, the update gives the same loss,
+    metrics and parameters (padding rows carry no loss), with no episode dropped."""
+    from orchestra_jax.rl.batch import StepConfig, build_batch, step_rows
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                      intermediate_size=64, attention_backend="xla")
+    algo = AlgoConfig(loss=LossConfig(kl_coef=0.0), optim=OptimConfig(lr=1e-2, weight_decay=0.0))
+    opt = make_optimizer(algo.optim)
+    params = init_params(cfg, jax.random.PRNGKey(1))
+    ro, adv = _grouped_episodes()
+    keep = np.ones(len(adv), bool)
+    for share in (False, True):
+        fixed = StepConfig(tasks_per_step=3, rows_per_host=12, row_len=64, truncate=False, seed=0,
+                           share_prefix=share)
+        natural = build_batch(ro, adv, keep, dataclasses.replace(fixed, rows_per_host=100),
+                              attention_backend="xla", dtype="float32")[0]
+        natural = int(np.max(np.flatnonzero(natural.as_dict()["segment_ids"].any(axis=1)))) + 1
+        for bucket in (1, 2, 4):
+            got = step_rows(ro, keep, dataclasses.replace(fixed, row_bucket=bucket), attention_backend="xla")
+            assert got == -(-natural // bucket) * bucket, (share, bucket)
+        assert step_rows(ro, keep, dataclasses.replace(fixed, row_bucket=4, rows_per_host=4),
+                         attention_backend="xla") == 4  # capped at rows_per_host
+        assert step_rows(ro, keep, fixed) == 12  # no bucket: always rows_per_host
+        out = {}
+        for rows in (natural, 12):
+            batch, m = build_batch(ro, adv, keep, fixed, attention_backend="xla", dtype="float32", num_rows=rows)
+            assert batch.num_rows == rows and m["packing/dropped_episodes"] == 0
+            p, _, metrics = make_update_fn(cfg, algo, opt)(jax.tree.map(jnp.copy, params), opt.init(params),
+                                                             batch.as_dict(), None)
+            out[rows] = (jax.tree.map(np.asarray, p), jax.device_get(metrics), m)
+        (p0, m0, k0), (p1, m1, k1) = out[natural], out[12]
+        assert k0["packing/utilisation"] > k1["packing/utilisation"]
+        assert k0["packing/tokens_computed"] == k1["packing/tokens_computed"]
+        for k in m0:
+            np.testing.assert_allclose(m1[k], m0[k], rtol=1e-6, atol=1e-6, err_msg=k)
+        for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p0)):  # Adam's first step: lr x sign-like
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_row_bucket_run_compiles_the_update_once_per_row_count(tmp_path):
+    """A 5-step run with train.row_bucket=1 (rows_per_step 4, rows of 560 tokens: a group's prompt and its two
+    episodes fit one row or not): each step packs into the rows it needs, which vary, no episode is dropped,
+    and the GRPO update has compiled exactly one program per distinct row count seen so far."""
+    from orchestra_jax.logging import read_metrics
+    from orchestra_jax.train import run
+
+    run(_micro(tmp_path, mesh={"data": 1, "fsdp": 1, "tensor": 1},
+               train={"rows_per_step": 4, "row_bucket": 1, "row_len": 560, "seed": 3}))
+    rows = read_metrics(str(tmp_path))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    counts = [r["packing/rows"] for r in rows]
+    assert all(1 <= c <= 4 for c in counts) and len(set(counts)) > 1, counts  # seed 3: 3, 3, 3, 4, 2
+    assert all(r["packing/dropped_episodes"] == 0 for r in rows)
+    for i, r in enumerate(rows):
+        assert r["compiles/update"] == len(set(counts[:i + 1])), (counts, [x["compiles/update"] for x in rows])
+
+
 def test_rollout_prefills_each_group_prompt_once_with_the_same_episodes(monkeypatch):
     """rl.rollout prefills a group's prompt once (prefill_groups) when its G prompts are equal: the episodes
     (tokens, sampled log-probs, end reasons) are exactly those of prefilling all G rows."""

@@ -1,0 +1,117 @@
+"""Episodes -> packed rows for the update: the static shape of a step (StepConfig), how many rows a step packs
+into (fixed, or the fewest bucket that holds it), and the packing itself with its metrics."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from orchestra_jax.data.packing import ffd_assign, pack_groups, pack_shared
+from orchestra_jax.model.attention import supports_shared_prefix
+from orchestra_jax.rl.rollout import Rollout
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The static shape of a step."""
+
+    tasks_per_step: int  # tasks per process per step
+    rows_per_host: int  # packed rows per process (the most with row_bucket); a multiple of micro_batches x devices/host
+    row_len: int  # tokens per packed row
+    truncate: bool  # cut episodes longer than row_len (counted in packing/truncated_*) instead of raising
+    seed: int  # train seed (env seeds derive from it and the step)
+    batch_tasks: int = 0  # rollout chunk in tasks (0 = all of this process's tasks at once)
+    share_prefix: bool = True  # store each group's prompt once per packed unit (build_batch)
+    row_bucket: int = 0  # > 0: pack into the fewest multiple of row_bucket rows that holds the step (step_rows)
+
+
+def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_backend: str, dtype: str):
+    """The kept episodes (ids, lengths, groups, loss masks) and rows_needed(n): rows the first n of them fill."""
+    idx = [int(i) for i in np.flatnonzero(np.asarray(keep_N, bool) & (ro.lengths > 1))]
+    lengths = ro.lengths[idx].astype(np.int64)
+    if not cfg.truncate and np.any(lengths > cfg.row_len):
+        raise ValueError(f"an episode of {int(lengths.max())} tokens exceeds train.row_len={cfg.row_len}; "
+                         "set train.row_len >= rollout.max_seq_len or train.truncate=true")
+    share = cfg.share_prefix and supports_shared_prefix(attention_backend, dtype)
+    groups = [i // ro.group_size for i in idx]
+    masks = [ro.assistant_mask[i].astype(np.float32) for i in idx]
+
+    def rows_needed(n: int) -> int:
+        if share:  # units of a prompt + the continuations that fit, first-fit-decreasing (as pack_shared)
+            return pack_shared([ro.tokens[i] for i in idx[:n]], groups[:n], cfg.row_len,
+                               fields={"loss_mask": masks[:n]}, truncate=cfg.truncate).num_rows
+        return ffd_assign(np.minimum(lengths[:n], cfg.row_len), cfg.row_len)[1]
+    return idx, lengths, groups, masks, rows_needed
+
+
+def step_rows(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, *, attention_backend: str = "auto",
+              dtype: str = "float32") -> int:
+    """Rows this process's step packs into: cfg.rows_per_host, or with cfg.row_bucket the fewest multiple of
+    it that holds every kept episode (at most rows_per_host). Every process must then pack the same count
+    (grpo_step takes the maximum over processes); each count used compiles the update once."""
+    if not cfg.row_bucket:
+        return cfg.rows_per_host
+    idx, _, _, _, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype)
+    need = max(rows_needed(len(idx)), 1)
+    return min(-(-need // cfg.row_bucket) * cfg.row_bucket, cfg.rows_per_host)
+
+
+def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: StepConfig, *,
+                attention_backend: str = "auto", dtype: str = "float32", num_rows: int | None = None):
+    """This process's kept episodes packed into exactly ``num_rows`` (default cfg.rows_per_host) rows of
+    cfg.row_len.
+
+    loss_mask = assistant mask, advantages broadcast per token. Episodes that do not fit the rows are
+    left out (the latest first) and counted in ``packing/dropped_episodes``; with truncate, episodes longer
+    than a row are cut and counted in ``packing/truncated_*``.
+
+    cfg.share_prefix (and a backend that can express the mask, `data.packing.pack_groups`): each group's
+    common prompt is stored and computed once per unit (SharedPackedBatch: prefix_segment_ids, prev_index),
+    with the same loss as unshared rows; the fit is then counted in shared units, so fewer rows hold the
+    step (a unit is a prompt plus the continuations that fit one row: rows much longer than an episode are
+    what lets a group share). Returns (batch, metrics); packing/tokens_computed over
+    packing/tokens_unshared is the saving, packing/utilisation the share of the rows' slots holding tokens.
+    """
+    num_rows = cfg.rows_per_host if num_rows is None else num_rows
+    idx, lengths, groups, masks, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype)
+    n = len(idx)
+    while n and rows_needed(n) > num_rows:
+        n -= 1
+    dropped, idx, lengths, groups, masks = len(idx) - n, idx[:n], lengths[:n], groups[:n], masks[:n]
+    fields = {"loss_mask": masks, "advantages": [np.full(len(ro.tokens[i]), advantages_N[i], np.float32) for i in idx]}
+    batch = pack_groups([ro.tokens[i] for i in idx], groups, cfg.row_len, share_prefix=cfg.share_prefix,
+                        attention_backend=attention_backend, dtype=dtype, fields=fields,
+                        num_rows=num_rows, truncate=cfg.truncate)
+    unshared = int(np.sum(np.minimum(lengths, cfg.row_len)))
+    m = {"packing/truncated_episodes": float(np.sum(lengths > cfg.row_len)),
+         "packing/truncated_tokens": float(np.sum(np.maximum(lengths - cfg.row_len, 0))),
+         "packing/dropped_episodes": float(dropped), "packing/utilisation": float(batch.utilisation),
+         "packing/rows": float(batch.num_rows), "packing/episodes": float(len(idx)),
+         "packing/tokens_computed": float(batch.num_tokens), "packing/tokens_unshared": float(unshared),
+         "packing/tokens_computed_ratio": float(batch.num_tokens / unshared) if unshared else 1.0}
+    return batch, m
+
+
+def agree_rows(rows: int) -> int:
+    """The largest of every process's row count (the global batch needs one shape)."""
+    if jax.process_count() == 1:
+        return rows
+    from jax.experimental import multihost_utils
+
+    return int(np.max(np.asarray(multihost_utils.process_allgather(np.asarray([rows], np.int64)))))
+
+
+def global_packing_metrics(m: dict[str, float]) -> dict[str, float]:
+    """Packing metrics over all processes: counts summed, utilisation averaged."""
+    if jax.process_count() == 1:
+        return m
+    from jax.experimental import multihost_utils
+
+    keys = sorted(m)
+    values = np.asarray(multihost_utils.process_allgather(np.asarray([m[k] for k in keys], np.float64)))
+    out = {k: float(values[:, i].mean() if k == "packing/utilisation" else values[:, i].sum())
+           for i, k in enumerate(keys)}
+    if out.get("packing/tokens_unshared"):
+        out["packing/tokens_computed_ratio"] = out["packing/tokens_computed"] / out["packing/tokens_unshared"]
+    return out
