@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 RUN_DIR ?= runs/quickstart
+SEED ?= 0
 
 PAPER_DIR ?= runs/paper
 
@@ -31,7 +32,7 @@ venv-test: $(VENV)/.test
 venv-sweep: $(VENV)/.sweep
 
 train: venv
-	$(PY) experiments/train.py +experiment=quickstart run_dir=$(RUN_DIR)
+	$(PY) experiments/train.py +experiment=quickstart run_dir=$(RUN_DIR) train.seed=$(SEED)
 
 test: venv-test
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
