@@ -16,6 +16,10 @@ against the start policy), each with a 95% bootstrap interval over tasks in ``["
   behaviours        frequencies of escalation, double checking, repeated calls, ... (when a call log exists)
   latency_hist      episode latencies in fixed log-spaced bins
   n_tasks           number of held-out tasks
+and ``summary["paired"]["A - B"]``: the difference of mean_reward, accuracy and mean $ of A minus B with a
+paired 95% task-bootstrap interval (both played the same episodes, so it is narrower than two separate
+intervals), for A = the trained policy (``compare``, default "grpo") and the start policy against every
+other evaluated policy.
 The definitions are written into the summary (``summary["definitions"]``).
 """
 from __future__ import annotations
@@ -27,13 +31,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from orchestra_jax.analysis.behaviours import behaviour_frequencies, call_log_of
-from orchestra_jax.analysis.bootstrap import bootstrap_counts, task_groups
+from orchestra_jax.analysis.bootstrap import bootstrap_counts, diff_ci, task_groups
 from orchestra_jax.analysis.metrics import (DEFAULT_COST_SCALE_USD, DEFAULT_N_BOOT, DEFAULT_REFERENCE_PREFERENCE,
                                             METRIC_DEFINITIONS, UTILITY_ALPHAS, latency_histogram, per_domain,
                                             policy_metrics)
 from orchestra_jax.rl.rewards import compute_rewards
 
 SUMMARY_KEYS = ("accuracy", "mean_cost_usd", "mean_latency_s", "preference_score", "mean_reward", "n_tasks")
+PAIRED_METRICS = ("mean_reward", "accuracy", "mean_cost_usd")
 START_POLICY_NAMES = ("sft", "start", "init")   # "auto": the first of these that was evaluated
 
 
@@ -78,7 +83,7 @@ def summarise(reward_cfg, results: Mapping[str, "EpisodeResults"], n_tasks: int,
               preference_score_fn: Callable | None = None, *, start_policy: str | None = "auto",
               n_boot: int = DEFAULT_N_BOOT, seed: int = 0, cost_scale_usd: float = DEFAULT_COST_SCALE_USD,
               reference_pref: Sequence[float] = DEFAULT_REFERENCE_PREFERENCE,
-              final_tools: Sequence[str] = ("answer",)) -> dict:
+              final_tools: Sequence[str] = ("answer",), compare: Sequence[str] = ("grpo",)) -> dict:
     """Per-policy metrics of ``results`` (task-major, ``n_tasks * group_size`` episodes each) with intervals.
 
     ``preference_score_fn(features, solved, preference) -> float`` (a mean over episodes); default
@@ -104,6 +109,7 @@ def summarise(reward_cfg, results: Mapping[str, "EpisodeResults"], n_tasks: int,
         policies[name] = m
     return {
         "policies": policies,
+        "paired": paired_differences(results, rewards, [*compare, start_name], n_boot=n_boot, seed=seed),
         "start_policy": start_name,
         "mean_reward_definition": (
             f"reward kind '{reward_cfg.kind}' per episode, normalised within the pooled group of all "
@@ -113,6 +119,37 @@ def summarise(reward_cfg, results: Mapping[str, "EpisodeResults"], n_tasks: int,
                      "reference_preference": {"outcome": reference_pref[0], "cost": reference_pref[1],
                                               "latency": reference_pref[2]}},
     }
+
+
+def paired_differences(results: Mapping[str, "EpisodeResults"], rewards: Mapping[str, np.ndarray],
+                       anchors: Sequence[str | None], n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict:
+    """``{"A - B": {metric: (A - B, lo, hi)}}`` for each evaluated anchor A against every other policy B
+    (each unordered pair once), paired task bootstrap over the same episodes; ``rewards``: pooled_rewards."""
+    names = list(results)
+    if not names:
+        return {}
+    groups = task_groups(results[names[0]].task_ids)
+    W = bootstrap_counts(groups.n_tasks, n_boot, seed)
+    values = {n: {"mean_reward": np.asarray(rewards[n], np.float64).reshape(-1),
+                  "accuracy": np.asarray(results[n].solved, np.float64),
+                  "mean_cost_usd": np.asarray(results[n].cost_usd, np.float64)} for n in names}
+    out, done = {}, set()
+    for a in dict.fromkeys(x for x in anchors if x in results):
+        for b in names:
+            if b != a and frozenset((a, b)) not in done:
+                done.add(frozenset((a, b)))
+                out[f"{a} - {b}"] = {k: list(diff_ci(values[a][k], values[b][k], groups, W)) for k in PAIRED_METRICS}
+    return out
+
+
+def format_paired(summary: dict, split: str | None = None) -> str:
+    """One line per paired difference: mean_reward, accuracy and $ of A - B with their 95% intervals."""
+    paired = summary.get("paired", {}) if split is None else summary["splits"][split].get("paired", {})
+    lines = []
+    for pair, m in paired.items():
+        cells = [f"{k} {v[0]:+.4f} [{v[1]:+.4f},{v[2]:+.4f}]" for k, v in m.items()]
+        lines.append(f"{pair:<30}" + "   ".join(cells))
+    return "\n".join(lines)
 
 
 def summarise_splits(reward_cfg, results_by_split: Mapping[str, Mapping[str, "EpisodeResults"]], group_size: int,
@@ -129,7 +166,7 @@ def summarise_splits(reward_cfg, results_by_split: Mapping[str, Mapping[str, "Ep
         splits[split] = summarise(reward_cfg, results, next(iter(n_episodes)) // group_size, group_size, **kw)
     out = dict(splits[primary])
     out["primary_split"] = primary
-    out["splits"] = {k: {"policies": v["policies"]} for k, v in splits.items()}
+    out["splits"] = {k: {"policies": v["policies"], "paired": v["paired"]} for k, v in splits.items()}
     return out
 
 
@@ -166,6 +203,9 @@ def format_table(summary: dict, split: str | None = None) -> str:
                      f"{m['latency_mean_s']:>8.1f}{m.get('latency_p95_s', float('nan')):>8.1f}"
                      f"{m['preference_score']:>7.3f}{m.get('fixed_reward', float('nan')):>8.3f}"
                      f"{m.get('utility_a0.5', float('nan')):>8.3f}{m['mean_reward']:>8.4f}{m['n_tasks']:>6d}")
+    paired = format_paired(summary, split)
+    if paired:
+        lines += ["", "paired differences A - B (same episodes; 95% paired task-bootstrap interval):", paired]
     return "\n".join(lines)
 
 

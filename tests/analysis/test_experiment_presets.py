@@ -64,7 +64,7 @@ def test_research_qa_is_the_larger_qa_preset():
     quick, _, _ = _compose("quickstart")
     assert cfg.model.num_layers == 4 and cfg.model.hidden_size == 256 and quick.model.hidden_size == 128
     assert cfg.env == quick.env                      # the quickstart's setting, every property on
-    assert cfg.algo.optim.lr == 5e-5 and cfg.sft.steps > quick.sft.steps and cfg.train.steps > quick.train.steps
+    assert cfg.algo.optim.lr == 5e-5 and cfg.sft.num_tasks > quick.sft.num_tasks and cfg.train.steps > quick.train.steps
     assert set(cfg.eval.splits) == {"unseen_tools", "unseen_prices"} and cfg.eval.num_tasks >= 300
     # group options are selected, not edited: another model or algo preset replaces them whole
     other, _, _ = _compose("research_qa", ["model=tiny", "algo=grpo"])

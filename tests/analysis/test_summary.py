@@ -53,6 +53,32 @@ def test_paired_difference_matches_points(scripted):
     assert lo <= d <= hi
 
 
+def test_paired_differences_of_the_anchors_against_every_policy(scripted):
+    """summary["paired"]: the trained policy (compare) and the start policy against every other policy, each
+    pair once; the point is the difference of the two policies' means (mean_reward pooled as in the summary),
+    inside its interval, and equal to paired_difference; an anchor that was not evaluated is skipped."""
+    s = summarise(RewardConfig(), scripted, 40, 2, start_policy="random", n_boot=300,
+                  compare=("rule_based", "not_evaluated"))
+    others = [n for n in scripted if n not in ("rule_based", "random")]
+    assert set(s["paired"]) == ({f"rule_based - {n}" for n in scripted if n != "rule_based"}
+                                | {f"random - {n}" for n in others})
+    pol = s["policies"]
+    for pair, m in s["paired"].items():
+        a, b = pair.split(" - ")
+        for k in ("mean_reward", "accuracy", "mean_cost_usd"):
+            d, lo, hi = m[k]
+            assert d == pytest.approx(pol[a][k] - pol[b][k], abs=1e-12), (pair, k)
+            assert lo <= d + 1e-12 and d <= hi + 1e-12, (pair, k)
+    d = s["paired"]["rule_based - cheapest"]["accuracy"]
+    assert d == pytest.approx(list(paired_difference(scripted["rule_based"], scripted["cheapest"], "accuracy",
+                                                     n_boot=300)))
+    # the paired interval is narrower than the two separate intervals together
+    lo_a, hi_a = pol["rule_based"]["ci"]["accuracy"]
+    lo_b, hi_b = pol["cheapest"]["ci"]["accuracy"]
+    assert d[2] - d[1] < (hi_a - lo_b) - (lo_a - hi_b)
+    assert "rule_based - cheapest" in format_table(s) and "paired task-bootstrap" in format_table(s)
+
+
 def test_write_summary_named_reevaluation(tmp_path, scripted):
     s = summarise(RewardConfig(), scripted, 40, 2, n_boot=50)
     p = write_summary(str(tmp_path), s)
