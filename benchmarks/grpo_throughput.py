@@ -63,7 +63,7 @@ def main():
         params = ckpt.restore(None, {"params": params})[0]["params"]
         ckpt.close()
     else:
-        tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts],
+        tok = train_tokenizer([render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts],
                               cfg.tokenizer_vocab_size)
         model_cfg, params, _ = init_model(cfg, tok)
     setup = make_setup(cfg, Prepared(env, tok, model_cfg, params, "random", "", []), build_mesh(cfg))

@@ -45,7 +45,7 @@ def main(argv) -> int:
     for r in rows:
         t, m = encode_trajectory(tok, Trajectory(
             messages=tuple(r["prompt"]["messages"]), tools=tuple(r["prompt"].get("tools") or ()),
-            actions=tuple(r["actions"]), observations=tuple(r["observations"])), compact_tools=cfg.rollout.compact_tools)
+            actions=tuple(r["actions"]), observations=tuple(r["observations"])), tools_format=cfg.rollout.tools_format)
         if len(t) > L:
             continue
         tp, sg = np.zeros(L, np.int32), np.zeros(L, np.int32)

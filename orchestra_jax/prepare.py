@@ -110,7 +110,7 @@ def prepare(cfg: Config, record: bool = True) -> Prepared:
     def corpus():
         tasks = env.tasks_from_dicts(read_jsonl(str(train_path))[:256])
         _, prompts = env.reset(tasks, cfg.train.seed)
-        texts = [render_prompt(p["messages"], p.get("tools"), compact_tools=cfg.rollout.compact_tools)
+        texts = [render_prompt(p["messages"], p.get("tools"), tools_format=cfg.rollout.tools_format)
                  for p in prompts]
         for tr in teacher[:2000]:
             texts += list(tr.actions) + list(tr.observations)

@@ -43,7 +43,7 @@ class Trajectory:
     observations: tuple[str, ...]
 
 
-def encode_trajectory(tokenizer, traj: Trajectory, compact_tools: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def encode_trajectory(tokenizer, traj: Trajectory, tools_format: str = "qwen") -> tuple[np.ndarray, np.ndarray]:
     """Token ids int32 [T] and the assistant loss mask int32 [T] of one trajectory.
 
     The layout is the one ``rl.rollout`` produces, so SFT trains exactly the tokens the policy later
@@ -52,7 +52,7 @@ def encode_trajectory(tokenizer, traj: Trajectory, compact_tools: bool = False) 
     observations.
     """
     prompt = tokenizer.encode(render_prompt(list(traj.messages), list(traj.tools) or None,
-                                            compact_tools=compact_tools))
+                                            tools_format=tools_format))
     tokens, mask = list(prompt), [0] * len(prompt)
     for i, action in enumerate(traj.actions):
         a = tokenizer.encode(action)
@@ -202,7 +202,7 @@ def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
     t0 = time.perf_counter()
     seqs = [encode_trajectory(prep.tokenizer, Trajectory(
         messages=tuple(tr.prompt["messages"]), tools=tuple(tr.prompt.get("tools") or ()),
-        actions=tuple(tr.actions), observations=tuple(tr.observations)), compact_tools=cfg.rollout.compact_tools)
+        actions=tuple(tr.actions), observations=tuple(tr.observations)), tools_format=cfg.rollout.tools_format)
         for tr in prep.teacher]
     main = jax.process_index() == 0
     path = epath.Path(cfg.run_dir) / "sft_metrics.jsonl"

@@ -22,7 +22,7 @@ MICRO = {
     "model": {"vocab_size": 1024, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
               "head_dim": 16, "intermediate_size": 64},
     "rollout": {"group_size": 2, "max_turns": 2, "max_new_tokens": 24, "max_seq_len": 512,
-                "compact_tools": True},
+                "tools_format": "compact"},
     "train": {"steps": 2, "tasks_per_step": 2, "num_tasks": 16, "row_len": 1024,
               "checkpoint_every": 1, "wandb_mode": "disabled", "progress_bar": False, "samples_every": 1,
               "num_samples": 2},
@@ -130,7 +130,7 @@ def test_kill9_mid_training_then_rerun_matches(tmp_path):
         over = [f"run_dir={run_dir}", "sft.enabled=false", "eval.enabled=false",
                 "train.steps=6", "train.checkpoint_every=1", "train.wandb_mode=disabled", "train.progress_bar=false",
                 "train.tasks_per_step=2", "train.num_tasks=16", "rollout.group_size=2", "rollout.max_turns=2",
-                "rollout.max_new_tokens=24", "rollout.max_seq_len=512", "rollout.compact_tools=true",
+                "rollout.max_new_tokens=24", "rollout.max_seq_len=512", "rollout.tools_format=compact",
                 "train.row_len=1024", "tokenizer_vocab_size=512",
                 "model.vocab_size=1024", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
                 "model.num_kv_heads=1", "model.head_dim=16", "model.intermediate_size=64"]

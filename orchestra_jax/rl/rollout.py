@@ -53,7 +53,8 @@ class RolloutConfig:
     prefill_window: prompts and observations are prefilled in windows of exactly this many tokens (several
       calls for a longer input), so the prefill compiles once per row count whatever the lengths; it also
       bounds the [B, window, V] logits buffer.
-    compact_tools: render the tools section of the prompt in the compact wording (tiny CPU policies).
+    tools_format: how the prompt lists the tools (text.chat.TOOLS_FORMATS): qwen (Qwen's wording, JSON schemas),
+      compact (short wording, JSON without spaces) or signatures (one `name(arg: type) description` line each).
     share_prompt_prefill: prefill a group's prompt once and copy its cache row to the G episodes (when the G
       prompts are the same tokens); false prefills every episode's row (same values, G times the work).
     sampling: temperature / top-p / greedy.
@@ -64,7 +65,7 @@ class RolloutConfig:
     max_new_tokens: int = 64
     max_seq_len: int = 1024
     prefill_window: int = 64
-    compact_tools: bool = False
+    tools_format: chat.ToolsFormat = chat.ToolsFormat.qwen
     share_prompt_prefill: bool = True
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
 
@@ -73,6 +74,8 @@ class RolloutConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RolloutConfig.{name} must be a positive int, got {value!r}")
+        if self.tools_format not in chat.TOOLS_FORMATS:
+            raise ValueError(f"RolloutConfig.tools_format must be one of {chat.TOOLS_FORMATS}, got {self.tools_format!r}")
 
     @property
     def sampling_config(self) -> SamplingConfig:
@@ -209,7 +212,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
     encoded: dict[str, list[int]] = {}  # each distinct prompt text is tokenized once
     prompt_ids = []
     for p in prompts:
-        text = chat.render_prompt(p["messages"], p.get("tools"), compact_tools=cfg.compact_tools)
+        text = chat.render_prompt(p["messages"], p.get("tools"), tools_format=cfg.tools_format)
         if text not in encoded:
             encoded[text] = tokenizer.encode(text)
         prompt_ids.append(encoded[text])

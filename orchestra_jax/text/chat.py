@@ -45,9 +45,12 @@ message is meant to be shown to the policy as the observation.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 from typing import Any, Iterable, Mapping, Sequence
+
+from orchestra_jax.text.tool_signatures import tool_signatures
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -77,6 +80,18 @@ _COMPACT_TOOLS_HEADER = "# Tools\n<tools>"
 _COMPACT_TOOLS_FOOTER = (
     '\n</tools>\nCall one tool as <tool_call>\n{"name": <name>, "arguments": {...}}\n</tool_call>'
 )
+# Signatures (text.tool_signatures): one line per tool instead of its JSON schema, same tags and call format.
+_SIGNATURES_TOOLS_HEADER = "# Tools\nname(argument: type, optional?: type) what it does. argument: hint\n<tools>"
+
+
+class ToolsFormat(enum.StrEnum):
+    """How the system prompt lists the tools (``render_tools_section``)."""
+    qwen = "qwen"              # Qwen's wording, one JSON schema per line
+    compact = "compact"        # short wording, JSON without spaces
+    signatures = "signatures"  # short wording, one ``name(arg: type) description`` line per tool
+
+
+TOOLS_FORMATS = tuple(f.value for f in ToolsFormat)
 
 _ROLES = ("system", "user", "assistant", "tool")
 
@@ -294,13 +309,22 @@ def tool_schema(tool: Mapping[str, Any]) -> dict:
     return {"type": "function", "function": dict(tool)}
 
 
-def render_tools_section(tools: Iterable[Mapping[str, Any]], *, compact: bool = False) -> str:
-    """The ``# Tools`` block of the system prompt (without the system header)."""
+def render_tools_section(tools: Iterable[Mapping[str, Any]], *, tools_format: str = "qwen") -> str:
+    """The ``# Tools`` block of the system prompt (without the system header).
+
+    tools_format: "qwen" (Qwen's wording, one JSON schema per line), "compact" (short wording, JSON without
+    spaces) or "signatures" (short wording, one ``name(arg: type) description`` line per tool)."""
+    if tools_format not in TOOLS_FORMATS:
+        raise ValueError(f"tools_format must be one of {TOOLS_FORMATS}, got {tools_format!r}")
+    schemas = [tool_schema(t) for t in tools]
+    if tools_format == "signatures":
+        lines = "".join("\n" + line for line in tool_signatures([s.get("function", s) for s in schemas]))
+        return _SIGNATURES_TOOLS_HEADER + lines + _COMPACT_TOOLS_FOOTER
+    compact = tools_format == "compact"
     header, footer = (_COMPACT_TOOLS_HEADER, _COMPACT_TOOLS_FOOTER) if compact else (
         _QWEN_TOOLS_HEADER, _QWEN_TOOLS_FOOTER)
     separators = (",", ":") if compact else (", ", ": ")
-    lines = "".join("\n" + json.dumps(tool_schema(t), ensure_ascii=False, separators=separators)
-                    for t in tools)
+    lines = "".join("\n" + json.dumps(s, ensure_ascii=False, separators=separators) for s in schemas)
     return header + lines + footer
 
 
@@ -360,7 +384,7 @@ def _split_reasoning(message: Mapping[str, Any], index: int, content: str) -> tu
 
 
 def render_prompt(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None, *,
-                  compact_tools: bool = False, add_generation_prompt: bool = True,
+                  tools_format: str = "qwen", add_generation_prompt: bool = True,
                   enable_thinking: bool | None = None) -> str:
     """Render a conversation in Qwen3's chat format.
 
@@ -368,7 +392,8 @@ def render_prompt(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping
       message may carry ``tool_calls`` (dicts ``{"name", "arguments"}``, OpenAI ``{"function": {...}}`` or
       ``ToolCall``). Consecutive ``tool`` messages share one user turn, as in Qwen's template.
     tools: JSON schemas listed in the system prompt's ``# Tools`` section (Qwen wording by default;
-      ``compact_tools=True`` uses a short wording and space-free JSON for tiny CPU models).
+      ``tools_format="compact"``: a short wording and space-free JSON for tiny CPU models; "signatures": one
+      ``name(arg: type) description`` line per tool, the shortest).
     add_generation_prompt: end with ``<|im_start|>assistant\\n``.
     enable_thinking: False appends Qwen3's empty ``<think>\\n\\n</think>\\n\\n`` after the generation prompt.
 
@@ -390,7 +415,7 @@ def render_prompt(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping
         out.append(f"{IM_START}system\n")
         if first_is_system:
             out.append(_content(messages[0], 0) + "\n\n")
-        out.append(render_tools_section(tools, compact=compact_tools) + f"{IM_END}\n")
+        out.append(render_tools_section(tools, tools_format=tools_format) + f"{IM_END}\n")
     elif first_is_system:
         out.append(f"{IM_START}system\n{_content(messages[0], 0)}{IM_END}\n")
     last_query = _last_query_index(messages)

@@ -22,7 +22,7 @@ MODEL = {"vocab_size": 512, "hidden_size": 32, "num_layers": 1, "num_heads": 2, 
 def _cfg(run_dir, **eval_over):
     return to_config({"model": MODEL, "run_dir": str(run_dir), "tokenizer_vocab_size": 512,
                       "rollout": {"group_size": 2, "max_turns": 2, "max_new_tokens": 16, "max_seq_len": 512,
-                                  "compact_tools": True},
+                                  "tools_format": "compact"},
                       "train": {"tasks_per_step": 2, "row_len": 512, "wandb_mode": "disabled"},
                       "eval": {"num_tasks": 6, "group_size": 2, "greedy": True, "seed": 7, **eval_over}})
 
@@ -32,7 +32,7 @@ def setup():
     cfg = _cfg("/unused")
     env = make_env(cfg.env)
     _, prompts = env.reset(env.sample_tasks(0, 8, split="test"), 0)
-    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts], 512)
+    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts], 512)
     model_cfg = ModelConfig(**MODEL)
     return env, tok, model_cfg, init_params(model_cfg, jax.random.PRNGKey(0))
 

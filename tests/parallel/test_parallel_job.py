@@ -16,7 +16,7 @@ COMMON = ["sft.steps=2", "sft.num_tasks=12", "sft.teacher_samples=1", "sft.batch
           "sft.log_every=1", "train.steps=2", "train.num_tasks=16", "train.row_len=512", "train.checkpoint_every=1",
           "train.samples_every=0", "train.wandb_mode=disabled", "train.progress_bar=false",
           "train.rollout_batch_tasks=2", "rollout.group_size=2", "rollout.max_turns=2", "rollout.max_new_tokens=24",
-          "rollout.max_seq_len=512", "rollout.compact_tools=true", "eval.num_tasks=2", "eval.group_size=2",
+          "rollout.max_seq_len=512", "rollout.tools_format=compact", "eval.num_tasks=2", "eval.group_size=2",
           "tokenizer_vocab_size=512", "model.vocab_size=1024", "model.hidden_size=32", "model.num_layers=1",
           "model.num_heads=2", "model.num_kv_heads=1", "model.head_dim=16", "model.intermediate_size=64",
           # Adam's eps: float32 summation-order noise on near-zero gradients stays below 1e-5 in the params

@@ -15,7 +15,7 @@ STEPS = 3
 MICRO = ["init=random", "sft.enabled=false", "eval.enabled=false", f"train.steps={STEPS}",
          "train.checkpoint_every=1", "train.wandb_mode=disabled", "train.progress_bar=false",
          "train.tasks_per_step=2", "train.num_tasks=16", "rollout.group_size=2", "rollout.max_turns=2",
-         "rollout.max_new_tokens=24", "rollout.max_seq_len=512", "rollout.compact_tools=true",
+         "rollout.max_new_tokens=24", "rollout.max_seq_len=512", "rollout.tools_format=compact",
          "train.row_len=1024", "tokenizer_vocab_size=512", "model.vocab_size=1024",
          "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=1",
          "model.head_dim=16", "model.intermediate_size=64", "mesh=cpu", "algo.optim.lr=1e-2",

@@ -58,7 +58,7 @@ def test_bf16_compute_with_float32_masters_moves_every_parameter_at_lr_1e6():
 
 def _micro(run_dir, **over):
     raw = {"model": dict(MICRO_MODEL),
-           "rollout": {"group_size": 2, "max_turns": 2, "max_new_tokens": 24, "max_seq_len": 512, "compact_tools": True},
+           "rollout": {"group_size": 2, "max_turns": 2, "max_new_tokens": 24, "max_seq_len": 512, "tools_format": "compact"},
            "train": {"steps": 5, "tasks_per_step": 2, "num_tasks": 16, "row_len": 512, "checkpoint_every": 5,
                      "wandb_mode": "disabled", "progress_bar": False, "samples_every": 0},
            "sft": {"enabled": False}, "eval": {"enabled": False}, "tokenizer_vocab_size": 512,
@@ -163,7 +163,7 @@ def test_learned_and_scripted_policies_play_identical_episodes(tmp_path):
     env = make_env(cfg.env)
     tasks = env.sample_tasks(cfg.eval.seed, 3, split=cfg.eval.split)
     _, prompts = env.reset(tasks, 0)
-    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts], 512)
+    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts], 512)
     model_cfg = ModelConfig(**MICRO_MODEL)
     params = init_params(model_cfg, jax.random.PRNGKey(0))
     learned, scripted = RecordingEnv(env), RecordingEnv(env)
@@ -341,12 +341,12 @@ def test_rollout_prefills_each_group_prompt_once_with_the_same_episodes(monkeypa
     env = make_env(EnvConfig(setting="qa"))
     tasks = env.sample_tasks(0, 2)
     _, prompts = env.reset(env.sample_tasks(1, 20), 0)
-    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts], 600)
+    tok = train_tokenizer([render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts], 600)
     model_cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
                             head_dim=16, intermediate_size=64)
     params = init_params(model_cfg, jax.random.PRNGKey(3))
     rcfg = rollout_mod.RolloutConfig(group_size=3, max_turns=2, max_new_tokens=12, max_seq_len=400,
-                                     compact_tools=True)
+                                     tools_format="compact")
     calls = []
     prefill = rollout_mod.prefill
     monkeypatch.setattr(rollout_mod, "prefill", lambda *a, **k: calls.append(a[3].shape) or prefill(*a, **k))

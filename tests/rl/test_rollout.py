@@ -109,7 +109,7 @@ def fake_setup():
     env = FakeEnv()
     tasks = env.sample_tasks(0, 3)
     _, prompts = env.reset(tasks, 0)
-    texts = 2 * [chat.render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts]
+    texts = 2 * [chat.render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts]
     texts += [chat.tool_response_turn(" ".join(WORDS))] * 5 + [chat.format_tool_call("search", {"model": "m"})] * 5
     tok = train_tokenizer(texts, vocab_size=600)
     cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -199,7 +199,7 @@ def check_rollout(ro, calls, env, tasks, tok, model_cfg, params, rcfg, seed):
         # non-assistant runs: the prompt, then ([<|im_end|>] +) each observation turn, then maybe <|im_end|>
         runs = _runs(mask)
         assert runs[0][2] == 0
-        prompt = chat.render_prompt(prompts[i]["messages"], prompts[i]["tools"], compact_tools=rcfg.compact_tools)
+        prompt = chat.render_prompt(prompts[i]["messages"], prompts[i]["tools"], tools_format=rcfg.tools_format)
         assert tok.decode(toks[:runs[0][1]]) == prompt
         assert int(ro.prompt_len[i]) == runs[0][1]
         obs_runs = [r for r in runs[1:] if r[2] == 0]
@@ -226,7 +226,7 @@ def qa_setup():
     env = make_env(EnvConfig(setting="qa", randomize_tools=False, randomize_prices=False))
     tasks = env.sample_tasks(0, 3)
     _, prompts = env.reset(env.sample_tasks(1, 20), 0)
-    texts = [chat.render_prompt(p["messages"], p["tools"], compact_tools=True) for p in prompts]
+    texts = [chat.render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts]
     texts += [chat.tool_response_turn("Error: tool call is not valid JSON")] * 3
     tok = train_tokenizer(texts, vocab_size=1000)
     cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -253,7 +253,7 @@ def stop_biased_params(cfg, tok, seed, stop_logit):
 def test_rollout_with_qa_env(qa_setup, monkeypatch):
     env, tasks, tok, model_cfg, params = qa_setup
     rcfg = RolloutConfig(group_size=3, max_turns=4, max_new_tokens=16, max_seq_len=412, prefill_window=128,
-                         compact_tools=True,
+                         tools_format="compact",
                          sampling=SamplingConfig(temperature=1.0))
     ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
     check_rollout(ro, calls, env, tasks, tok, model_cfg, params, rcfg, 7)
@@ -281,7 +281,7 @@ def test_rollout_with_qa_env(qa_setup, monkeypatch):
 
 def test_episodes_end_at_different_turns_with_fake_env(fake_setup, monkeypatch):
     env, tasks, tok, model_cfg, params = fake_setup
-    rcfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=12, max_seq_len=512, compact_tools=True,
+    rcfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=12, max_seq_len=512, tools_format="compact",
                          sampling=SamplingConfig(temperature=1.0))
     ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 0)
     check_rollout(ro, calls, env, tasks, tok, model_cfg, params, rcfg, 0)
@@ -297,7 +297,7 @@ def test_episodes_end_at_different_turns_with_fake_env(fake_setup, monkeypatch):
 
 def test_env_sees_decoded_actions_and_orchestrator_token_counts(fake_setup, monkeypatch):
     env, tasks, tok, model_cfg, params = fake_setup
-    rcfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=12, max_seq_len=512, compact_tools=True)
+    rcfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=12, max_seq_len=512, tools_format="compact")
     seen = {}
     real_step = env.step
 
@@ -319,7 +319,7 @@ def test_env_sees_decoded_actions_and_orchestrator_token_counts(fake_setup, monk
 
 def test_prompt_longer_than_max_seq_len_ends_at_once(fake_setup, monkeypatch):
     env, tasks, tok, model_cfg, params = fake_setup
-    rcfg = RolloutConfig(group_size=1, max_turns=2, max_new_tokens=12, max_seq_len=96, compact_tools=True)
+    rcfg = RolloutConfig(group_size=1, max_turns=2, max_new_tokens=12, max_seq_len=96, tools_format="compact")
     ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(0), rcfg, 0)
     too_long = ro.prompt_len >= rcfg.max_seq_len
     assert too_long.any() and not too_long.all(), ro.prompt_len
@@ -352,7 +352,7 @@ def test_prefill_window_does_not_change_the_episodes(qa_setup, fake_setup):
             runs = []
             for window, share in ((8, True), (412, True), (8, False)):
                 rcfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=16, max_seq_len=412,
-                                     prefill_window=window, share_prompt_prefill=share, compact_tools=True,
+                                     prefill_window=window, share_prompt_prefill=share, tools_format="compact",
                                      sampling=SamplingConfig(greedy=greedy))
                 runs.append(rollout(model_cfg, params, env, tok, tasks, jax.random.key(5), rcfg, 7))
             base = runs[0]

@@ -53,7 +53,7 @@ def test_render_with_tools_without_system():
 
 def test_render_compact_tools():
     out = render_prompt([{"role": "user", "content": "Q"}], tools=[{"name": "f", "parameters": {}}],
-                        compact_tools=True)
+                        tools_format="compact")
     assert out == ('<|im_start|>system\n# Tools\n<tools>\n{"type":"function","function":{"name":"f","parameters":{}}}'
                    '\n</tools>\nCall one tool as <tool_call>\n{"name": <name>, "arguments": {...}}\n</tool_call>'
                    '<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n')

@@ -26,7 +26,7 @@ def make_corpus(seed: int = 0, n: int = 200) -> list[str]:
     for i in range(n):
         q = " ".join(rng.choices(words, k=rng.randint(3, 12)))
         text = render_prompt([{"role": "user", "content": q}], tools=[{"name": "search", "parameters": {}}],
-                             compact_tools=True)
+                             tools_format="compact")
         text += f"<think>\n{rng.choice(words)}\n</think>\n\n" + format_tool_call("search", {"query": q, "k": i})
         text += "<|im_end|>" + tool_response_turn(" ".join(rng.choices(words, k=20)))
         out.append(text)
