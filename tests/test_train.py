@@ -79,6 +79,9 @@ def test_end_to_end_micro(tmp_path):
     rows = read_metrics(str(run_dir))
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["loss"]) for r in rows)
+    for r in rows:  # the step's wall time splits into its phases (measured inside it: they sum to less)
+        phases = [r["time/rollout_s"], r["time/rewards_pack_s"], r["time/update_s"]]
+        assert min(phases) >= 0 and r["time/rollout_s"] > 0 and sum(phases) <= r["time/step_s"]
     sft_rows = [json.loads(l) for l in open(run_dir / "sft_metrics.jsonl")]
     assert len(sft_rows) == 3 and all(np.isfinite(r["sft/loss"]) for r in sft_rows)
     assert os.path.exists(run_dir / "tokenizer" / "tokenizer.json")
