@@ -195,3 +195,10 @@ def test_seeds_of_one_setting_are_aggregated(sweep, tmp_path):
     accs = [summaries[e]["policies"][TRAINED]["accuracy"] for e in (0.1, 0.5)]
     assert row["seeds"] == "2" and row["accuracy_mean"] == f"{np.mean(accs):.3f}"
     assert row["accuracy_std"] == f"{np.std(accs, ddof=1):.3f}"
+    rewards = [summaries[e]["policies"][TRAINED]["mean_reward"] for e in (0.1, 0.5)]
+    assert row["reward_mean"] == f"{np.mean(rewards):.3f}"
+    # the start policy is "random": the paired difference is stored as "random - router", read reversed
+    diffs = [summaries[e]["paired"][f"random - {TRAINED}"]["mean_reward"] for e in (0.1, 0.5)]
+    above, significant = sum(d[0] < 0 for d in diffs), sum(d[2] < 0 for d in diffs)
+    assert above == 2  # a rule router beats random on reward (else this check would not test the sign)
+    assert row["reward_above_start"] == f"{above}/2 ({significant})"

@@ -35,6 +35,26 @@ RUN_COLUMNS = (("accuracy", 3), ("mean_cost_usd", 5), ("latency_mean_s", 1), ("l
                ("utility_a0.75", 3), ("pref_adherence", 3))
 
 
+def _paired_reward(summary: dict, a: str, b: str | None):
+    """(A - B, lo, hi) of mean_reward from summary["paired"], stored either way round; None if absent."""
+    paired = summary.get("paired", {})
+    if f"{a} - {b}" in paired:
+        return paired[f"{a} - {b}"]["mean_reward"]
+    if f"{b} - {a}" in paired:
+        d, lo, hi = paired[f"{b} - {a}"]["mean_reward"]
+        return [-d, -hi, -lo]
+    return None
+
+
+def _above_start(runs: Sequence[Run], policy: str) -> str:
+    """'k/n (m)': of n runs, k where ``policy`` beats its start policy on mean_reward, m of them with the
+    paired interval (summary["paired"]) above 0; '-' when the summaries carry no paired differences."""
+    diffs = [_paired_reward(r.summary, policy, r.summary.get("start_policy")) for r in runs]
+    if any(d is None for d in diffs):
+        return "-"
+    return f"{sum(d[0] > 0 for d in diffs)}/{len(diffs)} ({sum(d[1] > 0 for d in diffs)})"
+
+
 @dataclasses.dataclass
 class Table:
     title: str
@@ -145,10 +165,15 @@ def build_report(paths: Sequence[str], out_dir: str, policy: str = "grpo") -> Re
             continue
         acc = aggregate_values([r.summary["policies"][policy]["accuracy"] for r in rs])
         cost = aggregate_values([r.summary["policies"][policy]["mean_cost_usd"] for r in rs])
-        srows.append([lab, acc["n"], acc["mean"], acc["std"], cost["mean"], cost["std"]])
+        reward = aggregate_values([r.summary["policies"][policy].get("mean_reward", float("nan")) for r in rs])
+        srows.append([lab, acc["n"], acc["mean"], acc["std"], cost["mean"], cost["std"], reward["mean"],
+                      reward["std"], _above_start(rs, policy)])
     if srows:
         tables["seeds"] = Table("Seeds of one setting: mean and standard deviation over runs",
-                                ["setting", "seeds", "accuracy_mean", "accuracy_std", "cost_mean", "cost_std"], srows)
+                                ["setting", "seeds", "accuracy_mean", "accuracy_std", "cost_mean", "cost_std",
+                                 "reward_mean", "reward_std", "reward_above_start"], srows,
+                                "reward_above_start: seeds whose trained policy has a higher pooled mean_reward "
+                                "than its start policy (in parentheses: with the paired 95% interval above 0)")
 
     # ---- generalisation and robustness over splits
     def per_split(r: Run, name: str) -> dict[str, dict]:
