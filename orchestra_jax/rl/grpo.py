@@ -168,9 +168,9 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
         params_local = (jax.tree_util.tree_map(lambda x: x.addressable_data(0), state.params)
                         if setup.mesh.size == 1 else replicate_to_local(state.params, setup.mesh))
 
-    t0 = time.perf_counter()  # wall times of the three phases (time/*: where a step's time goes)
+    t_start = time.perf_counter()  # wall times of the three phases (time/*: where a step's time goes)
     ro = rollout_tasks(setup, params_local, tasks, roll_key, env_seed(cfg.seed, step, 1), first_task=p * n_local)
-    t_rollout = time.perf_counter() - t0
+    t_rolled = time.perf_counter()
     if setup.on_phase is not None:
         setup.on_phase("rollout", step)
     episodes = gather_episodes(episode_table(ro))
@@ -188,7 +188,7 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     pack_m = global_packing_metrics(pack_m)
     metrics = {**{k: float(v) for k, v in {**reward_m, **adv_m}.items()}, **pack_m,
                **episode_metrics(episodes, setup.env.tool_aliases)}
-    t1 = time.perf_counter()
+    t_packed = time.perf_counter()
 
     params, opt_state = state.params, state.opt_state
     if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
@@ -203,8 +203,8 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
         metrics.update({k: float(np.mean([float(m[k]) for m in update_ms])) for k in update_ms[0]})
     else:
         metrics["update/skipped_no_data"] = 1.0
-    metrics.update({"time/rollout_s": t_rollout, "time/rewards_pack_s": t1 - t0 - t_rollout,
-                    "time/update_s": time.perf_counter() - t1})
+    metrics.update({"time/rollout_s": t_rolled - t_start, "time/rewards_pack_s": t_packed - t_rolled,
+                    "time/update_s": time.perf_counter() - t_packed})
     ref = state.ref_params
     if ref is not None and algo.ref_refresh_interval and step % algo.ref_refresh_interval == 0:
         ref = jax.tree_util.tree_map(jnp.copy, params)

@@ -74,7 +74,7 @@ class RolloutConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RolloutConfig.{name} must be a positive int, got {value!r}")
-        if self.tools_format not in chat.TOOLS_FORMATS:
+        if self.tools_format not in chat.TOOLS_FORMATS:  # the config checks it too; this is for direct use
             raise ValueError(f"RolloutConfig.tools_format must be one of {chat.TOOLS_FORMATS}, got {self.tools_format!r}")
 
     @property

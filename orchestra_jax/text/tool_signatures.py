@@ -36,15 +36,18 @@ def type_text(spec: Mapping[str, Any]) -> str:
     return _TYPE_NAMES.get(str(kind), str(kind))
 
 
-def _redundant(name: str, description: str) -> bool:
-    """A hint that only repeats the argument's name ("Team team.", "Date.") adds tokens and nothing else."""
-    words = {w.strip(".,:;").lower() for w in description.split()}
-    return not description or words <= set(name.lower().replace("_", " ").split()) | {""}
+def _arg_hint(arg: str, spec: Mapping[str, Any]) -> str | None:
+    """``"arg: hint"`` from the argument's description, or None when there is none or it only repeats the
+    argument's name ("Team team.", "Date."): such a hint adds tokens and nothing else."""
+    hint = str(spec.get("description", "")).strip()
+    words = {w.strip(".,:;").lower() for w in hint.split()}
+    if not hint or words <= set(arg.lower().replace("_", " ").split()) | {""}:
+        return None
+    return f"{arg}: {hint}"
 
 
-def tool_signature(function: Mapping[str, Any], known_hints: frozenset = frozenset()) -> str:
-    """``name(arg: type, opt?: type) Description. arg: hint.`` for one function schema
-    (``{"name", "description", "parameters"}``); an ``arg: hint`` in ``known_hints`` is left out."""
+def _signature(function: Mapping[str, Any], known_hints: frozenset) -> tuple[str, list[str]]:
+    """(the signature line, every hint of the function's arguments, given or left out)."""
     name = function.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"tool schema has no name: keys {sorted(function)}")
@@ -53,14 +56,18 @@ def tool_signature(function: Mapping[str, Any], known_hints: frozenset = frozens
     if not isinstance(props, Mapping):
         raise ValueError(f"tool {name!r}: parameters.properties must be a dict")
     required = set(params.get("required") or ())
-    args, hints = [], []
-    for arg, spec in props.items():
-        args.append(f"{arg}{'' if arg in required else '?'}: {type_text(spec)}")
-        hint = str(spec.get("description", "")).strip()
-        if not _redundant(arg, hint) and f"{arg}: {hint}" not in known_hints:
-            hints.append(f"{arg}: {hint}")
+    args = [f"{arg}{'' if arg in required else '?'}: {type_text(spec)}" for arg, spec in props.items()]
+    hints = [h for h in (_arg_hint(arg, spec) for arg, spec in props.items()) if h is not None]
     description = str(function.get("description", "")).strip()
-    return " ".join(x for x in (f"{name}({', '.join(args)})", description, *hints) if x)
+    line = " ".join(x for x in (f"{name}({', '.join(args)})", description,
+                                *(h for h in hints if h not in known_hints)) if x)
+    return line, hints
+
+
+def tool_signature(function: Mapping[str, Any], known_hints: frozenset = frozenset()) -> str:
+    """``name(arg: type, opt?: type) Description. arg: hint.`` for one function schema
+    (``{"name", "description", "parameters"}``); an ``arg: hint`` in ``known_hints`` is left out."""
+    return _signature(function, known_hints)[0]
 
 
 def tool_signatures(functions: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -68,8 +75,7 @@ def tool_signatures(functions: Sequence[Mapping[str, Any]]) -> list[str]:
     format such as "member_id: Member id, e.g. ME00012." would otherwise repeat in half the lines)."""
     out, known = [], set()
     for function in functions:
-        out.append(tool_signature(function, frozenset(known)))
-        props = (function.get("parameters") or {}).get("properties") or {}
-        known.update(f"{arg}: {str(spec.get('description', '')).strip()}" for arg, spec in props.items()
-                     if isinstance(spec, Mapping))
+        line, hints = _signature(function, frozenset(known))
+        out.append(line)
+        known.update(hints)
     return out
