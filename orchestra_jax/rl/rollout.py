@@ -95,6 +95,9 @@ class Rollout:
     turn_cost_usd: np.ndarray   # [N, max_turns] float64: env $ per turn (0 for turns not taken)
     turn_latency_s: np.ndarray  # [N, max_turns] float64
     turn_new_tokens: np.ndarray  # [N, max_turns] int32: tokens sampled per turn
+    turn_start: np.ndarray    # [N, max_turns] int32: index in tokens of the turn's first sampled token
+    turn_valid: np.ndarray    # [N, max_turns] bool: the env took the turn's action as a well-formed call (True
+                              # for turns not sent to the env: not taken, or cut off as runaway)
     n_turns: np.ndarray       # [N] int32: assistant turns taken
     done_reason: list         # N x str in DONE_REASONS
     actions: list             # N x list[str]: decoded text of each turn's sampled ids (what env.step got)
@@ -226,6 +229,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
     turn_cost = np.zeros((n_episodes, max_turns), np.float64)
     turn_latency = np.zeros((n_episodes, max_turns), np.float64)
     turn_new = np.zeros((n_episodes, max_turns), np.int32)
+    turn_start = np.zeros((n_episodes, max_turns), np.int32)
+    turn_valid = np.ones((n_episodes, max_turns), bool)
     n_turns = np.zeros(n_episodes, np.int32)
     done_reason: list[str | None] = [None] * n_episodes
     actions: list[list[str]] = [[] for _ in range(n_episodes)]
@@ -271,6 +276,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         for i in np.flatnonzero(active):
             n = int(new_B[i])
             sampled = ids_BN[i, :n].tolist()
+            turn_start[i, turn] = len(tokens[i])
             tokens[i] += sampled
             mask[i] += [1] * n
             logp[i] += logp_BN[i, :n].tolist()
@@ -299,6 +305,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         for i in np.flatnonzero(stepped):
             turn_cost[i, turn] = step_out.cost_usd[i]
             turn_latency[i, turn] = step_out.latency_s[i]
+            turn_valid[i, turn] = bool(step_out.valid[i])
             n_turns[i] += 1
             observations[i].append(step_out.observations[i])
             if env_done[i]:
@@ -351,7 +358,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         sampled_logp=[np.asarray(x, np.float32) for x in logp],
         sampling_logp=[np.asarray(x, np.float32) for x in sample_logp],
         prompt_len=np.array([len(ids) for ids in prompt_ids], np.int32),  # before any cut
-        turn_cost_usd=turn_cost, turn_latency_s=turn_latency, turn_new_tokens=turn_new, n_turns=n_turns,
+        turn_cost_usd=turn_cost, turn_latency_s=turn_latency, turn_new_tokens=turn_new, turn_start=turn_start,
+        turn_valid=turn_valid, n_turns=n_turns,
         done_reason=[r if r is not None else DONE_TURN_BUDGET for r in done_reason],
         actions=actions, observations=observations, results=results,
         n_groups=len(tasks), group_size=group_size)
@@ -380,6 +388,29 @@ def concatenate_rollouts(parts: Sequence[Rollout]) -> Rollout:
         else:
             out[f.name] = np.concatenate(values, axis=0)
     return Rollout(**out)
+
+
+def without_invalid_turns(ro: Rollout) -> tuple[Rollout, int]:
+    """The rollout with the sampled tokens of every invalid turn (an action the env did not take as a
+    well-formed call) taken out of the assistant mask, and how many tokens that removed.
+
+    The released ToolOrchestra code trains only on turns parsed as valid calls; episode-level GRPO otherwise
+    reinforces a malformed call whenever its episode still scores above the group mean. The tokens stay in
+    the sequence (later turns condition on them); only their loss goes.
+    """
+    masks, removed = [], 0
+    for i, mask in enumerate(ro.assistant_mask):
+        bad = np.flatnonzero(~ro.turn_valid[i])
+        if not len(bad):
+            masks.append(mask)
+            continue
+        mask = mask.copy()
+        for t in bad:
+            start, n = int(ro.turn_start[i, t]), int(ro.turn_new_tokens[i, t])
+            removed += int(np.sum(mask[start:start + n]))
+            mask[start:start + n] = 0
+        masks.append(mask)
+    return dataclasses.replace(ro, assistant_mask=masks), removed
 
 
 def rollout_to_sequences(ro: Rollout):

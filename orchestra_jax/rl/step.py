@@ -45,6 +45,7 @@ class AlgoConfig:
     ppo_epochs: int = 1  # optimizer passes over each rollout batch (old_logp fixed during them)
     micro_batches: int = 1  # gradient-accumulation micro-batches per optimizer step
     ref_refresh_interval: int = 0  # copy the policy into the reference every N steps; 0 = keep the initial model
+    mask_invalid_turns: bool = False  # no loss on turns the env refused as malformed (rollout.without_invalid_turns)
 
 
 REQUIRED_KEYS = ("tokens", "positions", "segment_ids", "loss_mask", "advantages")

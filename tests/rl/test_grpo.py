@@ -359,3 +359,24 @@ def test_rollout_prefills_each_group_prompt_once_with_the_same_episodes(monkeypa
     assert all(np.array_equal(a, b) for a, b in zip(shared.tokens, full.tokens))
     assert all(np.array_equal(a, b) for a, b in zip(shared.sampled_logp, full.sampled_logp))
     assert shared.done_reason == full.done_reason and sum(np.sum(t) for t in shared.turn_new_tokens) > 0
+
+
+def test_mask_invalid_turns_takes_every_refused_turn_out_of_the_loss(tmp_path):
+    """The micro run's random policy never writes a valid call (rollout/invalid_turn_rate 1), so with
+    algo.mask_invalid_turns every sampled token leaves the loss (num_tokens 0); without it every sampled token
+    is in the loss."""
+    from orchestra_jax.logging import read_metrics
+    from orchestra_jax.train import run
+
+    for masked in (True, False):
+        run_dir = tmp_path / str(masked)
+        run(_micro(run_dir, mesh={"data": 1, "fsdp": 1, "tensor": 1}, train={"steps": 2},
+                   algo={"mask_invalid_turns": masked, "optim": {"lr": 1e-3}, "loss": {"kl_coef": 0.0}}))
+        for r in read_metrics(str(run_dir)):
+            assert r["rollout/invalid_turn_rate"] == 1.0 and r["rollout/sampled_tokens"] > 0
+            if masked:
+                assert r["loss/invalid_tokens_masked"] == r["rollout/sampled_tokens"]
+                assert r["num_tokens"] == 0.0 and r["loss"] == 0.0
+            else:
+                assert "loss/invalid_tokens_masked" not in r
+                assert r["num_tokens"] == r["rollout/sampled_tokens"]

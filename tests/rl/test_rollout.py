@@ -21,7 +21,7 @@ from orchestra_jax.model.sampling import SamplingConfig
 from orchestra_jax.model.transformer import Policy, init_params
 from orchestra_jax.rl.rewards import paper_reward
 from orchestra_jax.rl.rollout import (DONE_FINISHED, DONE_LENGTH_BUDGET, DONE_REASONS, DONE_TURN_BUDGET,
-                                      RolloutConfig, rollout, rollout_to_sequences)
+                                      RolloutConfig, rollout, rollout_to_sequences, without_invalid_turns)
 from orchestra_jax.text import chat
 from orchestra_jax.text.tokenizer import train_tokenizer
 
@@ -269,6 +269,9 @@ def test_rollout_with_qa_env(qa_setup, monkeypatch):
     assert not ro.results.solved[runaway].any() and np.all(ro.results.features[runaway, -3] == 0.0)
     assert all(ro.results.end_reason[i] == rollout_mod.ENV_LENGTH_REASON for i in np.flatnonzero(runaway))
     np.testing.assert_allclose(ro.turn_cost_usd.sum(1), ro.results.cost_usd)
+    # the random policy never writes a valid call: every turn the env took is invalid, and turn_valid says so
+    np.testing.assert_array_equal(np.sum(~ro.turn_valid, axis=1), ro.results.n_invalid)
+    assert np.all(ro.results.n_invalid == ro.n_turns)
     # reproducible: same key -> identical rollout; another key -> different samples
     again = rollout(model_cfg, params, env, tok, tasks, jax.random.key(1), rcfg, 7)
     assert all(np.array_equal(a, b) for a, b in zip(ro.tokens, again.tokens))
@@ -293,6 +296,51 @@ def test_episodes_end_at_different_turns_with_fake_env(fake_setup, monkeypatch):
         expected = min(int(state.end_turn[i]), rcfg.max_turns)
         assert ro.n_turns[i] == expected
         assert ro.done_reason[i] == (DONE_FINISHED if state.end_turn[i] <= rcfg.max_turns else DONE_TURN_BUDGET)
+
+
+class HalfValidEnv(FakeEnv):
+    """FakeEnv whose turns are valid or not by a seeded coin (recorded per episode)."""
+
+    def reset(self, tasks, seed, episode_ids=None):
+        state, prompts = super().reset(tasks, seed, episode_ids)
+        state.valid = [[] for _ in tasks]
+        return state, prompts
+
+    def step(self, state, actions, policy_tokens_in=None, policy_tokens_out=None):
+        running = ~state.ledger.done
+        turns = state.ledger.turns.copy()
+        state, out = super().step(state, actions, policy_tokens_in, policy_tokens_out)
+        valid = np.array([episode_rng(state.seed + 99, i, int(turns[i])).random() < 0.5 for i in range(len(actions))])
+        for i in np.flatnonzero(running):
+            state.valid[i].append(bool(valid[i]))
+        return state, dataclasses.replace(out, valid=valid)
+
+
+def test_invalid_turns_are_recorded_and_masked_out_of_the_loss(fake_setup):
+    _, tasks, tok, model_cfg, params = fake_setup
+    env = HalfValidEnv()
+    rcfg = RolloutConfig(group_size=3, max_turns=4, max_new_tokens=12, max_seq_len=512, tools_format="compact",
+                         sampling=SamplingConfig(temperature=1.0))
+    ro = rollout(model_cfg, params, env, tok, tasks, jax.random.key(3), rcfg, 0)
+    state, _ = env.reset([t for t in tasks for _ in range(3)], 0)
+    for _ in range(rcfg.max_turns):  # replay the env's validity coins for the turns each episode took
+        env.step(state, ["x"] * ro.num_episodes, [1] * ro.num_episodes, [1] * ro.num_episodes)
+    masked, removed = without_invalid_turns(ro)
+    expected_removed = 0
+    for i in range(ro.num_episodes):
+        n = int(ro.n_turns[i])
+        assert ro.turn_valid[i, :n].tolist() == state.valid[i] and ro.turn_valid[i, n:].all()
+        # the k-th run of assistant tokens is turn k; it stays in the loss iff the env took it as valid
+        ones = [(s, e) for s, e, v in _runs(ro.assistant_mask[i]) if v == 1]
+        assert [e - s for s, e in ones] == ro.turn_new_tokens[i, :len(ones)].tolist()
+        for k, (s, e) in enumerate(ones):
+            keep = k >= n or state.valid[i][k]
+            assert np.all(masked.assistant_mask[i][s:e] == int(keep))
+            expected_removed += 0 if keep else e - s
+        np.testing.assert_array_equal(masked.tokens[i], ro.tokens[i])  # only the loss mask changes
+        assert np.all(masked.assistant_mask[i] <= ro.assistant_mask[i])
+    assert removed == expected_removed > 0
+    assert any(np.array_equal(a, b) for a, b in zip(masked.assistant_mask, ro.assistant_mask) if len(a) > 0)
 
 
 def test_env_sees_decoded_actions_and_orchestrator_token_counts(fake_setup, monkeypatch):
