@@ -97,6 +97,7 @@ BAD_VALUES = [
     ("init=hf:/nonexistent", r"config error at init: hf:/nonexistent: no such directory"),
     ("tokenizer=/nonexistent", r"config error at tokenizer: /nonexistent: no such file or directory"),
     ("algo.loss.kl_estimator=k1", r"config error at algo.loss: .*k1 has zero expected gradient"),
+    ("algo.invalid_turns=mask", r"config error at algo.invalid_turns: .*'mask'.*\[train, drop, penalise\]"),
     ("rollout.tools_format=json", r"config error at rollout.tools_format: .*'json'.*\[qwen, compact, signatures\]"),
     ("train.row_len=256", r"config error at train.row_len: 256 < rollout.max_seq_len 1024 .*train.truncate=true"),
     ("init=sft", r"config error at init: 'sft' is now init=random with sft.enabled=true"),

@@ -3,13 +3,25 @@ into (fixed, or the fewest bucket that holds it), and the packing itself with it
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import jax
 import numpy as np
 
 from orchestra_jax.data.packing import ffd_assign, pack_groups, pack_shared
 from orchestra_jax.model.attention import supports_shared_prefix
-from orchestra_jax.rl.rollout import Rollout
+from orchestra_jax.rl.rollout import Rollout, invalid_turn_tokens
+
+
+class InvalidTurns(enum.StrEnum):
+    """What the loss does with the tokens of a turn the env refused as malformed (algo.invalid_turns)."""
+
+    train = "train"  # like every other sampled token: the episode's advantage
+    drop = "drop"  # no loss (the released ToolOrchestra code trains only on turns parsed as valid calls)
+    penalise = "penalise"  # never a positive advantage: min(A, 0), so a malformed call is only ever pushed down
+
+
+INVALID_TURNS = tuple(x.value for x in InvalidTurns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +38,8 @@ class StepConfig:
     row_bucket: int = 0  # > 0: pack into the fewest multiple of row_bucket rows that holds the step (step_rows)
 
 
-def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_backend: str, dtype: str):
+def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_backend: str, dtype: str,
+                 invalid_turns: InvalidTurns):
     """The kept episodes (ids, lengths, groups, loss masks) and rows_needed(n): rows the first n of them fill."""
     idx = [int(i) for i in np.flatnonzero(np.asarray(keep_N, bool) & (ro.lengths > 1))]
     lengths = ro.lengths[idx].astype(np.int64)
@@ -35,7 +48,8 @@ def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_bac
                          "set train.row_len >= rollout.max_seq_len or train.truncate=true")
     share = cfg.share_prefix and supports_shared_prefix(attention_backend, dtype)
     groups = [i // ro.group_size for i in idx]
-    masks = [ro.assistant_mask[i].astype(np.float32) for i in idx]
+    loss_masks, _ = token_advantages(ro, np.zeros(len(ro.tokens), np.float32), invalid_turns)
+    masks = [loss_masks[i] for i in idx]  # a shared prompt ends before the first loss token
 
     def rows_needed(n: int) -> int:
         if share:  # units of a prompt + the continuations that fit, first-fit-decreasing (as pack_shared)
@@ -46,23 +60,39 @@ def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_bac
 
 
 def step_rows(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, *, attention_backend: str = "auto",
-              dtype: str = "float32") -> int:
+              dtype: str = "float32", invalid_turns: InvalidTurns = InvalidTurns.train) -> int:
     """Rows this process's step packs into: cfg.rows_per_host, or with cfg.row_bucket the fewest multiple of
     it that holds every kept episode (at most rows_per_host). Every process must then pack the same count
     (grpo_step takes the maximum over processes); each count used compiles the update once."""
     if not cfg.row_bucket:
         return cfg.rows_per_host
-    idx, _, _, _, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype)
+    idx, _, _, _, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype, invalid_turns)
     need = max(rows_needed(len(idx)), 1)
     return min(-(-need // cfg.row_bucket) * cfg.row_bucket, cfg.rows_per_host)
 
 
+def token_advantages(ro: Rollout, advantages_N: np.ndarray, invalid_turns: InvalidTurns = InvalidTurns.train):
+    """Per episode, (loss_mask float32 [T_i], advantages float32 [T_i]): the assistant mask and the
+    episode's advantage on every token, with the tokens of refused turns treated as ``invalid_turns`` says."""
+    masks = [m.astype(np.float32) for m in ro.assistant_mask]
+    advs = [np.full(len(m), a, np.float32) for m, a in zip(masks, np.asarray(advantages_N, np.float32))]
+    if InvalidTurns(invalid_turns) != InvalidTurns.train:
+        for mask, adv, bad in zip(masks, advs, invalid_turn_tokens(ro)):
+            if InvalidTurns(invalid_turns) == InvalidTurns.drop:
+                mask[bad] = 0.0
+            else:
+                adv[bad] = np.minimum(adv[bad], 0.0)
+    return masks, advs
+
+
 def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: StepConfig, *,
-                attention_backend: str = "auto", dtype: str = "float32", num_rows: int | None = None):
+                attention_backend: str = "auto", dtype: str = "float32", num_rows: int | None = None,
+                invalid_turns: InvalidTurns = InvalidTurns.train):
     """This process's kept episodes packed into exactly ``num_rows`` (default cfg.rows_per_host) rows of
     cfg.row_len.
 
-    loss_mask = assistant mask, advantages broadcast per token. Episodes that do not fit the rows are
+    loss_mask = assistant mask, advantages broadcast per token (``token_advantages``: refused turns as
+    ``invalid_turns`` says). Episodes that do not fit the rows are
     left out (the latest first) and counted in ``packing/dropped_episodes``; with truncate, episodes longer
     than a row are cut and counted in ``packing/truncated_*``.
 
@@ -74,12 +104,13 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
     packing/tokens_unshared is the saving, packing/utilisation the share of the rows' slots holding tokens.
     """
     num_rows = cfg.rows_per_host if num_rows is None else num_rows
-    idx, lengths, groups, masks, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype)
+    idx, lengths, groups, masks, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype, invalid_turns)
     n = len(idx)
     while n and rows_needed(n) > num_rows:
         n -= 1
     dropped, idx, lengths, groups, masks = len(idx) - n, idx[:n], lengths[:n], groups[:n], masks[:n]
-    fields = {"loss_mask": masks, "advantages": [np.full(len(ro.tokens[i]), advantages_N[i], np.float32) for i in idx]}
+    _, advs = token_advantages(ro, advantages_N, invalid_turns)
+    fields = {"loss_mask": masks, "advantages": [advs[i] for i in idx]}
     batch = pack_groups([ro.tokens[i] for i in idx], groups, cfg.row_len, share_prefix=cfg.share_prefix,
                         attention_backend=attention_backend, dtype=dtype, fields=fields,
                         num_rows=num_rows, truncate=cfg.truncate)
@@ -90,6 +121,9 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
          "packing/rows": float(batch.num_rows), "packing/episodes": float(len(idx)),
          "packing/tokens_computed": float(batch.num_tokens), "packing/tokens_unshared": float(unshared),
          "packing/tokens_computed_ratio": float(batch.num_tokens / unshared) if unshared else 1.0}
+    if InvalidTurns(invalid_turns) != InvalidTurns.train:
+        bad = invalid_turn_tokens(ro)
+        m[f"loss/invalid_tokens_{InvalidTurns(invalid_turns).value}"] = float(sum(int(bad[i].sum()) for i in idx))
     return batch, m
 
 

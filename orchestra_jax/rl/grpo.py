@@ -36,8 +36,7 @@ from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch
 from orchestra_jax.rl.advantages import group_advantages
 from orchestra_jax.rl.batch import StepConfig, agree_rows, build_batch, global_packing_metrics, step_rows
 from orchestra_jax.rl.rewards import RewardConfig, RunningMoments, compute_rewards, init_reward_state
-from orchestra_jax.rl.rollout import (DONE_REASONS, Rollout, RolloutConfig, concatenate_rollouts, rollout,
-                                     without_invalid_turns)
+from orchestra_jax.rl.rollout import DONE_REASONS, Rollout, RolloutConfig, concatenate_rollouts, rollout
 from orchestra_jax.rl.step import AlgoConfig
 
 
@@ -184,15 +183,12 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     mine = slice(p * n_local * G, (p + 1) * n_local * G)
     adv_N, keep_N = np.asarray(advantages).reshape(-1)[mine], np.asarray(keep).reshape(-1)[mine]
     backend, dtype = setup.model_cfg.attention_backend, setup.model_cfg.dtype
-    train_ro, masked_m = ro, {}
-    if algo.mask_invalid_turns:
-        train_ro, n_masked = without_invalid_turns(ro)
-        masked_m = {"loss/invalid_tokens_masked": float(n_masked)}
-    rows = agree_rows(step_rows(train_ro, keep_N, cfg, attention_backend=backend, dtype=dtype))
-    packed, pack_m = build_batch(train_ro, adv_N, keep_N, cfg, attention_backend=backend, dtype=dtype,
-                                 num_rows=rows)
+    rows = agree_rows(step_rows(ro, keep_N, cfg, attention_backend=backend, dtype=dtype,
+                                invalid_turns=algo.invalid_turns))
+    packed, pack_m = build_batch(ro, adv_N, keep_N, cfg, attention_backend=backend, dtype=dtype, num_rows=rows,
+                                 invalid_turns=algo.invalid_turns)
     pack_m = global_packing_metrics(pack_m)
-    metrics = {**{k: float(v) for k, v in {**reward_m, **adv_m}.items()}, **pack_m, **masked_m,
+    metrics = {**{k: float(v) for k, v in {**reward_m, **adv_m}.items()}, **pack_m,
                **episode_metrics(episodes, setup.env.tool_aliases)}
     t_packed = time.perf_counter()
 

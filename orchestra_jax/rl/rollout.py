@@ -390,27 +390,17 @@ def concatenate_rollouts(parts: Sequence[Rollout]) -> Rollout:
     return Rollout(**out)
 
 
-def without_invalid_turns(ro: Rollout) -> tuple[Rollout, int]:
-    """The rollout with the sampled tokens of every invalid turn (an action the env did not take as a
-    well-formed call) taken out of the assistant mask, and how many tokens that removed.
-
-    The released ToolOrchestra code trains only on turns parsed as valid calls; episode-level GRPO otherwise
-    reinforces a malformed call whenever its episode still scores above the group mean. The tokens stay in
-    the sequence (later turns condition on them); only their loss goes.
-    """
-    masks, removed = [], 0
+def invalid_turn_tokens(ro: Rollout) -> list[np.ndarray]:
+    """Per episode, bool [T_i]: True on the sampled tokens of the turns the env refused (an action that was
+    not a well-formed call of an available tool)."""
+    out = []
     for i, mask in enumerate(ro.assistant_mask):
-        bad = np.flatnonzero(~ro.turn_valid[i])
-        if not len(bad):
-            masks.append(mask)
-            continue
-        mask = mask.copy()
-        for t in bad:
-            start, n = int(ro.turn_start[i, t]), int(ro.turn_new_tokens[i, t])
-            removed += int(np.sum(mask[start:start + n]))
-            mask[start:start + n] = 0
-        masks.append(mask)
-    return dataclasses.replace(ro, assistant_mask=masks), removed
+        bad = np.zeros(len(mask), bool)
+        for t in np.flatnonzero(~ro.turn_valid[i]):
+            start = int(ro.turn_start[i, t])
+            bad[start:start + int(ro.turn_new_tokens[i, t])] = True
+        out.append(bad & (mask == 1))
+    return out
 
 
 def rollout_to_sequences(ro: Rollout):

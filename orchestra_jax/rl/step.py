@@ -30,6 +30,7 @@ import optax
 from orchestra_jax.model import ModelConfig
 from orchestra_jax.model import token_logprobs as _model_token_logprobs
 from orchestra_jax.rl.advantages import AdvantageConfig
+from orchestra_jax.rl.batch import InvalidTurns
 from orchestra_jax.rl.losses import (LossConfig, count_tokens_and_segments, kl_penalised_advantages, policy_loss,
                                      validate_loss_config)
 from orchestra_jax.rl.optim import NonFiniteGuardState, OptimConfig, make_schedule, tree_all_finite
@@ -45,7 +46,7 @@ class AlgoConfig:
     ppo_epochs: int = 1  # optimizer passes over each rollout batch (old_logp fixed during them)
     micro_batches: int = 1  # gradient-accumulation micro-batches per optimizer step
     ref_refresh_interval: int = 0  # copy the policy into the reference every N steps; 0 = keep the initial model
-    mask_invalid_turns: bool = False  # no loss on turns the env refused as malformed (rollout.without_invalid_turns)
+    invalid_turns: InvalidTurns = InvalidTurns.train  # tokens of turns the env refused: train | drop | penalise
 
 
 REQUIRED_KEYS = ("tokens", "positions", "segment_ids", "loss_mask", "advantages")

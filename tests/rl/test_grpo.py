@@ -361,22 +361,44 @@ def test_rollout_prefills_each_group_prompt_once_with_the_same_episodes(monkeypa
     assert shared.done_reason == full.done_reason and sum(np.sum(t) for t in shared.turn_new_tokens) > 0
 
 
-def test_mask_invalid_turns_takes_every_refused_turn_out_of_the_loss(tmp_path):
+def test_invalid_turns_drop_takes_every_refused_turn_out_of_the_loss(tmp_path):
     """The micro run's random policy never writes a valid call (rollout/invalid_turn_rate 1), so with
-    algo.mask_invalid_turns every sampled token leaves the loss (num_tokens 0); without it every sampled token
+    algo.invalid_turns=drop every sampled token leaves the loss (num_tokens 0); with train every sampled token
     is in the loss."""
     from orchestra_jax.logging import read_metrics
     from orchestra_jax.train import run
 
-    for masked in (True, False):
-        run_dir = tmp_path / str(masked)
+    for mode in ("drop", "train"):
+        run_dir = tmp_path / mode
         run(_micro(run_dir, mesh={"data": 1, "fsdp": 1, "tensor": 1}, train={"steps": 2},
-                   algo={"mask_invalid_turns": masked, "optim": {"lr": 1e-3}, "loss": {"kl_coef": 0.0}}))
+                   algo={"invalid_turns": mode, "optim": {"lr": 1e-3}, "loss": {"kl_coef": 0.0}}))
         for r in read_metrics(str(run_dir)):
             assert r["rollout/invalid_turn_rate"] == 1.0 and r["rollout/sampled_tokens"] > 0
-            if masked:
-                assert r["loss/invalid_tokens_masked"] == r["rollout/sampled_tokens"]
+            if mode == "drop":
+                assert r["loss/invalid_tokens_drop"] == r["rollout/sampled_tokens"]
                 assert r["num_tokens"] == 0.0 and r["loss"] == 0.0
             else:
-                assert "loss/invalid_tokens_masked" not in r
+                assert not any(k.startswith("loss/invalid_tokens") for k in r)
                 assert r["num_tokens"] == r["rollout/sampled_tokens"]
+
+
+def test_token_advantages_treat_refused_turns_as_configured():
+    """Two episodes of one group, each with a valid and a refused turn; advantages +1 and -1: train keeps
+    everything, drop zeroes the refused turns' loss mask, penalise caps their advantage at 0."""
+    from orchestra_jax.rl.batch import InvalidTurns, token_advantages
+
+    mask = np.array([0, 0, 1, 1, 0, 1, 1, 1, 0], np.int32)  # prompt, turn 0 (2 tokens), obs, turn 1 (3 tokens), eos
+    ro = _Episodes([np.arange(9, dtype=np.int32)] * 2, [mask, mask], group_size=2)
+    ro.turn_start = np.array([[2, 5], [2, 5]], np.int32)
+    ro.turn_new_tokens = np.array([[2, 3], [2, 3]], np.int32)
+    ro.turn_valid = np.array([[True, False], [False, True]])
+    adv = np.array([1.0, -1.0], np.float32)
+    masks, advs = token_advantages(ro, adv, InvalidTurns.train)
+    assert [m.tolist() for m in masks] == [mask.tolist()] * 2
+    assert [a.tolist() for a in advs] == [[1.0] * 9, [-1.0] * 9]
+    masks, advs = token_advantages(ro, adv, InvalidTurns.drop)
+    assert masks[0].tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0] and masks[1].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 0]
+    assert [a.tolist() for a in advs] == [[1.0] * 9, [-1.0] * 9]
+    masks, advs = token_advantages(ro, adv, InvalidTurns.penalise)
+    assert [m.tolist() for m in masks] == [mask.tolist()] * 2
+    assert advs[0].tolist() == [1.0] * 5 + [0.0] * 3 + [1.0] and advs[1].tolist() == [-1.0] * 9

@@ -48,7 +48,7 @@ def test_toolorchestra_preset_is_the_released_setting():
     assert (opt.lr, opt.schedule, opt.weight_decay, opt.grad_clip_norm) == (1e-6, "constant", 0.01, 1.0)
     assert (adv.clip, adv.min_group_std, adv.std, adv.scale_by_std) == (3.0, 0.1, "sample", True)
     assert algo.ppo_epochs == 1 and loss.entropy_coef == 0.0
-    assert algo.mask_invalid_turns  # the released code trains only on turns parsed as valid calls
+    assert algo.invalid_turns == "drop"  # the released code trains only on turns parsed as valid calls
 
 
 def test_unknown_key_is_rejected():
