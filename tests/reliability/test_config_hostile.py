@@ -20,7 +20,9 @@ HOSTILE = [None, -1, 0, 2**63, 1e308, float("nan"), float("inf"), -0.5, "", "abc
 def _set(tree, dotted, value):
     *parents, leaf = dotted.split(".")
     for p in parents:
-        tree = tree.setdefault(p, {})
+        if not isinstance(tree.get(p), dict):  # a later "a.b.c" replaces an earlier scalar "a.b"
+            tree[p] = {}
+        tree = tree[p]
     tree[leaf] = value
 
 
@@ -76,8 +78,9 @@ def check(overrides, tolerate_known=True):
         assert ok or (tolerate_known and known_gap(overrides, msg)), (overrides, msg)
         return None
     got = flatten(to_dict(cfg))
+    shadowed = {k for i, (k, _) in enumerate(overrides) for later, _ in overrides[i + 1:] if later.startswith(k + ".")}
     for key, value in dict(overrides).items():  # a key given twice: the last value is the one that counts
-        if key in got and value != "???":  # "???" is OmegaConf's MISSING: merging it keeps the default
+        if key in got and value != "???" and key not in shadowed:  # "???" is OmegaConf's MISSING: merging it keeps the default
             problem = f"{key}={value!r} was accepted as {got[key]!r}"
             assert _same(value, got[key]) or (tolerate_known and known_gap([(key, value)], problem)), problem
     return cfg
