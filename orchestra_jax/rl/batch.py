@@ -21,8 +21,6 @@ class InvalidTurns(enum.StrEnum):
     penalise = "penalise"  # never a positive advantage: min(A, 0), so a malformed call is only ever pushed down
 
 
-INVALID_TURNS = tuple(x.value for x in InvalidTurns)
-
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
@@ -39,7 +37,7 @@ class StepConfig:
 
 
 def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_backend: str, dtype: str,
-                 invalid_turns: InvalidTurns):
+                 loss_masks: list[np.ndarray]):
     """The kept episodes (ids, lengths, groups, loss masks) and rows_needed(n): rows the first n of them fill."""
     idx = [int(i) for i in np.flatnonzero(np.asarray(keep_N, bool) & (ro.lengths > 1))]
     lengths = ro.lengths[idx].astype(np.int64)
@@ -48,7 +46,6 @@ def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_bac
                          "set train.row_len >= rollout.max_seq_len or train.truncate=true")
     share = cfg.share_prefix and supports_shared_prefix(attention_backend, dtype)
     groups = [i // ro.group_size for i in idx]
-    loss_masks, _ = token_advantages(ro, np.zeros(len(ro.tokens), np.float32), invalid_turns)
     masks = [loss_masks[i] for i in idx]  # a shared prompt ends before the first loss token
 
     def rows_needed(n: int) -> int:
@@ -66,22 +63,32 @@ def step_rows(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, *, attention_bac
     (grpo_step takes the maximum over processes); each count used compiles the update once."""
     if not cfg.row_bucket:
         return cfg.rows_per_host
-    idx, _, _, _, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype, invalid_turns)
+    loss_masks, _, _ = _token_fields(ro, np.zeros(len(ro.tokens), np.float32), invalid_turns)
+    idx, _, _, _, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype, loss_masks)
     need = max(rows_needed(len(idx)), 1)
     return min(-(-need // cfg.row_bucket) * cfg.row_bucket, cfg.rows_per_host)
+
+
+def _token_fields(ro: Rollout, advantages_N: np.ndarray, invalid_turns: InvalidTurns):
+    """(loss masks, advantages, refused-turn tokens or None), per episode [T_i]; see token_advantages."""
+    invalid_turns = InvalidTurns(invalid_turns)
+    masks = [m.astype(np.float32) for m in ro.assistant_mask]
+    advs = [np.full(len(m), a, np.float32) for m, a in zip(masks, np.asarray(advantages_N, np.float32))]
+    if invalid_turns == InvalidTurns.train:
+        return masks, advs, None
+    bad_tokens = invalid_turn_tokens(ro)
+    for mask, adv, bad in zip(masks, advs, bad_tokens):
+        if invalid_turns == InvalidTurns.drop:
+            mask[bad] = 0.0
+        else:
+            adv[bad] = np.minimum(adv[bad], 0.0)
+    return masks, advs, bad_tokens
 
 
 def token_advantages(ro: Rollout, advantages_N: np.ndarray, invalid_turns: InvalidTurns = InvalidTurns.train):
     """Per episode, (loss_mask float32 [T_i], advantages float32 [T_i]): the assistant mask and the
     episode's advantage on every token, with the tokens of refused turns treated as ``invalid_turns`` says."""
-    masks = [m.astype(np.float32) for m in ro.assistant_mask]
-    advs = [np.full(len(m), a, np.float32) for m, a in zip(masks, np.asarray(advantages_N, np.float32))]
-    if InvalidTurns(invalid_turns) != InvalidTurns.train:
-        for mask, adv, bad in zip(masks, advs, invalid_turn_tokens(ro)):
-            if InvalidTurns(invalid_turns) == InvalidTurns.drop:
-                mask[bad] = 0.0
-            else:
-                adv[bad] = np.minimum(adv[bad], 0.0)
+    masks, advs, _ = _token_fields(ro, advantages_N, invalid_turns)
     return masks, advs
 
 
@@ -104,12 +111,12 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
     packing/tokens_unshared is the saving, packing/utilisation the share of the rows' slots holding tokens.
     """
     num_rows = cfg.rows_per_host if num_rows is None else num_rows
-    idx, lengths, groups, masks, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype, invalid_turns)
+    loss_masks, advs, bad_tokens = _token_fields(ro, advantages_N, invalid_turns)
+    idx, lengths, groups, masks, rows_needed = _pack_inputs(ro, keep_N, cfg, attention_backend, dtype, loss_masks)
     n = len(idx)
     while n and rows_needed(n) > num_rows:
         n -= 1
     dropped, idx, lengths, groups, masks = len(idx) - n, idx[:n], lengths[:n], groups[:n], masks[:n]
-    _, advs = token_advantages(ro, advantages_N, invalid_turns)
     fields = {"loss_mask": masks, "advantages": [advs[i] for i in idx]}
     batch = pack_groups([ro.tokens[i] for i in idx], groups, cfg.row_len, share_prefix=cfg.share_prefix,
                         attention_backend=attention_backend, dtype=dtype, fields=fields,
@@ -121,9 +128,8 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
          "packing/rows": float(batch.num_rows), "packing/episodes": float(len(idx)),
          "packing/tokens_computed": float(batch.num_tokens), "packing/tokens_unshared": float(unshared),
          "packing/tokens_computed_ratio": float(batch.num_tokens / unshared) if unshared else 1.0}
-    if InvalidTurns(invalid_turns) != InvalidTurns.train:
-        bad = invalid_turn_tokens(ro)
-        m[f"loss/invalid_tokens_{InvalidTurns(invalid_turns).value}"] = float(sum(int(bad[i].sum()) for i in idx))
+    if bad_tokens is not None:
+        m[f"loss/invalid_tokens_{InvalidTurns(invalid_turns).value}"] = float(sum(int(bad_tokens[i].sum()) for i in idx))
     return batch, m
 
 
