@@ -76,11 +76,13 @@ def top_p_logits(logits_BV: jax.Array, top_p: float) -> jax.Array:
     return jnp.where(logits_BV >= cutoff_B1, logits_BV, -jnp.inf)
 
 
-def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig):
+def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig, row_ids_B: jax.Array | None = None):
     """Samples one token per row. Returns (tokens_B int32, sample_logp_B, policy_logp_B), float32 log-probs.
 
     sample_logp is under the sampling distribution (temperature, top-p; 0 when greedy); policy_logp is under
-    the unmodified policy softmax(logits) (temperature 1).
+    the unmodified policy softmax(logits) (temperature 1). row_ids_B: when given, row b draws with its own key
+    fold_in(key, row_ids_B[b]), so a row's sample does not depend on which batch slot it sits in (the
+    rollout's row compaction moves rows); None draws the whole batch from `key` (one categorical call).
     """
     logits_BV = logits_BV.astype(jnp.float32)
     policy_logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
@@ -89,7 +91,11 @@ def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig):
         sample_logp_B = jnp.zeros(tokens_B.shape, jnp.float32)
     else:
         scaled_BV = top_p_logits(logits_BV / cfg.temperature, cfg.top_p)
-        tokens_B = jax.random.categorical(key, scaled_BV, axis=-1).astype(jnp.int32)
+        if row_ids_B is None:
+            tokens_B = jax.random.categorical(key, scaled_BV, axis=-1).astype(jnp.int32)
+        else:
+            keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids_B.astype(jnp.uint32))
+            tokens_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BV).astype(jnp.int32)
         sample_logp_B = jnp.take_along_axis(
             jax.nn.log_softmax(scaled_BV, axis=-1), tokens_B[:, None], axis=-1)[:, 0]
     policy_logp_B = jnp.take_along_axis(policy_logp_BV, tokens_B[:, None], axis=-1)[:, 0]
@@ -155,6 +161,22 @@ def repeat_rows(cache, last_logits_BV, group_size: int):
             rep(jnp.asarray(last_logits_BV), 0))
 
 
+@jax.jit
+def _take_rows(cache, last_logits_BV, rows_R):
+    return (type(cache)(k=jnp.take(cache.k, rows_R, axis=1), v=jnp.take(cache.v, rows_R, axis=1),
+                        lengths=jnp.take(cache.lengths, rows_R, axis=0)),
+            jnp.take(last_logits_BV, rows_R, axis=0))
+
+
+def take_rows(cache, last_logits_BV, rows):
+    """(cache, last_logits) of the given rows only, in that order: [B] -> [R] rows (a row may repeat).
+
+    The rollout compacts its cache with this when episodes finish, so the later turns compute R < B rows.
+    Jitted; compiles once per (B, R).
+    """
+    return _take_rows(cache, jnp.asarray(last_logits_BV, jnp.float32), jnp.asarray(rows, jnp.int32))
+
+
 def prefill_groups(model_cfg, params, cache_P, prompts_PT, num_new_P, group_size: int, chunk_size=None):
     """Prefill P prompts once each (on a P-row cache) and share them across G rows per group.
 
@@ -195,7 +217,7 @@ class _Carry(NamedTuple):
     last_logits_BV: jax.Array
 
 
-def _decode(model_cfg, cfg, params, cache, last_logits_BV, key, active_B, stop_ids_K):
+def _decode(model_cfg, cfg, params, cache, last_logits_BV, key, active_B, stop_ids_K, row_ids_B):
     batch = last_logits_BV.shape[0]
     n_new, size = cfg.max_new_tokens, _cache_size(cache)
     active_B = active_B.astype(bool)
@@ -219,7 +241,7 @@ def _decode(model_cfg, cfg, params, cache, last_logits_BV, key, active_B, stop_i
     def body(c: _Carry):
         key, step_key = jax.random.split(c.key)
         run_B = c.running_B
-        tok_B, sample_logp_B, policy_logp_B = sample_tokens(c.last_logits_BV, step_key, cfg)
+        tok_B, sample_logp_B, policy_logp_B = sample_tokens(c.last_logits_BV, step_key, cfg, row_ids_B)
         tok_B = jnp.where(run_B, tok_B, 0)
         tokens_BN = c.tokens_BN.at[:, c.step].set(tok_B)
         logp_BN = c.logp_BN.at[:, c.step].set(jnp.where(run_B, policy_logp_B, 0.0))
@@ -251,31 +273,34 @@ def compile_counts() -> dict[str, int]:
     """Compiled programs of the jitted prompt prefill, observation prefill and decode held by this process
     (one per shape / config; a rollout with fixed shapes: one each)."""
     return {"prefill_prompts": _prefill_prompts_jit._cache_size(), "prefill": _prefill_jit._cache_size(),
-            "decode": _decode_jit._cache_size()}
+            "decode": _decode_jit._cache_size(), "take_rows": _take_rows._cache_size()}
 
 
 def clear_compile_caches() -> None:
     """Drops the sampler's compiled programs (a test that counts one run's compiles starts from zero)."""
-    for fn in (_prefill_prompts_jit, _prefill_jit, _decode_jit):
+    for fn in (_prefill_prompts_jit, _prefill_jit, _decode_jit, _take_rows):
         fn.clear_cache()
 
 
-def decode(model_cfg, params, cache, last_logits_BV, key, active_B, stop_ids, cfg: SamplingConfig) -> DecodeOutput:
+def decode(model_cfg, params, cache, last_logits_BV, key, active_B, stop_ids, cfg: SamplingConfig,
+           row_ids_B=None) -> DecodeOutput:
     """Samples up to cfg.max_new_tokens tokens for each active row, appending each to the cache.
 
     last_logits_BV: float32 [B, V], logits after each row's current last token (from `prefill` or the
     previous `decode`); key: PRNG key, split once per step; active_B: bool [B], rows to generate for;
     stop_ids: int sequence [K] of single-token stop ids (the stop token is sampled, kept and counted).
     A row stops at a stop id (STOP_TOKEN), after max_new_tokens tokens (STOP_MAX_NEW) or when its cache row
-    is full (STOP_CACHE_FULL). The loop ends as soon as no row is running. Jitted; compiles once per
-    (B, S, V, cfg). Returns DecodeOutput: the tuple (tokens_BN, logp_BN, num_generated_B, stop_reason_B,
+    is full (STOP_CACHE_FULL). The loop ends as soon as no row is running. row_ids_B: optional int [B], a
+    per-row sampling key fold_in(step key, id) (see sample_tokens). Jitted; compiles once per
+    (B, S, V, cfg, row ids given or not). Returns DecodeOutput: the tuple (tokens_BN, logp_BN, num_generated_B, stop_reason_B,
     cache, last_logits_BV), plus the attribute sample_logp_BN.
     """
     stop_ids_K = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
     if stop_ids_K.size == 0:
         stop_ids_K = jnp.full((1,), -1, jnp.int32)  # no stop ids: a value no token can take
     *fields, sample_logp_BN = _decode_jit(model_cfg, cfg, params, cache, jnp.asarray(last_logits_BV, jnp.float32),
-                                          key, jnp.asarray(active_B, bool), stop_ids_K)
+                                          key, jnp.asarray(active_B, bool), stop_ids_K,
+                                          None if row_ids_B is None else jnp.asarray(row_ids_B, jnp.int32))
     out = DecodeOutput(*fields)
     out.sample_logp_BN = sample_logp_BN
     return out

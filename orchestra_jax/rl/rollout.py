@@ -20,6 +20,7 @@ EpisodeResults, with features / solved / preference arranged as [groups, G, ...]
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Sequence
 
 import jax
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from orchestra_jax.model.kv_cache import init_cache
-from orchestra_jax.model.sampling import STOP_CACHE_FULL, SamplingConfig, decode, prefill, repeat_rows
+from orchestra_jax.model.sampling import STOP_CACHE_FULL, SamplingConfig, decode, prefill, repeat_rows, take_rows
+from orchestra_jax.rl.rollout_profile import RolloutProfile
 from orchestra_jax.text import chat
 
 # Why an episode ended (Rollout.done_reason).
@@ -57,6 +59,11 @@ class RolloutConfig:
       compact (short wording, JSON without spaces) or signatures (one `name(arg: type) description` line each).
     share_prompt_prefill: prefill a group's prompt once and copy its cache row to the G episodes (when the G
       prompts are the same tokens); false prefills every episode's row (same values, G times the work).
+    compact_rows: before each turn, when the running episodes fit in half the cache rows (or a quarter, ...),
+      keep only their rows, so the later turns do not compute the finished episodes' rows (one decode and one
+      prefill program per row count: B, ceil(B/2), ceil(B/4), ...). Each row then samples with its own key (fold_in of
+      the turn's key with its episode index), so the samples do not depend on the row an episode sits in;
+      the draws differ from compact_rows false (the whole batch from one key).
     sampling: temperature / top-p / greedy.
     """
 
@@ -67,6 +74,7 @@ class RolloutConfig:
     prefill_window: int = 64
     tools_format: chat.ToolsFormat = chat.ToolsFormat.qwen
     share_prompt_prefill: bool = True
+    compact_rows: bool = False
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
 
     def __post_init__(self):
@@ -182,20 +190,36 @@ def _abort(env, state, indices: Sequence[int]) -> None:
         ledger.finish(i, solved=False, reason=ENV_LENGTH_REASON)
 
 
+def _compact(cache, last_logits, row_episode: np.ndarray, running: np.ndarray):
+    """Keeps the rows of running episodes when they fit in half the rows (or a quarter, ...): the cache shrinks
+    to ceil(B / 2^k) rows, the running episodes first in row order, then padding rows (-1, a copy of row 0)."""
+    held = [r for r, e in enumerate(row_episode) if e >= 0 and running[e]]
+    rows = len(row_episode)
+    while rows > 1 and -(-rows // 2) >= len(held):
+        rows = -(-rows // 2)
+    if rows == len(row_episode):
+        return cache, last_logits, row_episode
+    take = held + [held[0] if held else 0] * (rows - len(held))
+    cache, last_logits = take_rows(cache, last_logits, take)
+    return cache, last_logits, np.array([row_episode[r] for r in held] + [-1] * (rows - len(held)))
+
+
 def _env_done_reason(end_reason: str) -> str:
     return _ENV_REASONS.get(end_reason, DONE_FINISHED)
 
 
 def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, cfg: RolloutConfig,
-            env_seed: int, episode_ids: Sequence[int] | None = None) -> Rollout:
+            env_seed: int, episode_ids: Sequence[int] | None = None, profile: RolloutProfile | None = None) -> Rollout:
     """Runs cfg.group_size episodes of every task (group-major: episode i is task i // G) to the end.
 
     model_cfg / params: the policy; env: an orchestra_jax.envs Env; tokenizer: text.tokenizer.Tokenizer whose
     chat tokens (<|im_end|>, </tool_call>) are single ids; key: PRNG key (split once per turn); env_seed:
     seed of env.reset; episode_ids: the env episode id of each of the N episodes (default 0..N-1), so an
     episode's env randomness is the same whichever batch it runs in. Same key, params, tasks, env_seed and
-    episode ids give the same Rollout.
+    episode ids give the same Rollout. profile: a RolloutProfile that accumulates where the time went (the
+    rollout then waits for each device call to finish, so it is for benchmarks).
     """
+    t_start = time.perf_counter()
     tasks = list(tasks)
     if not tasks:
         raise ValueError("rollout: tasks is empty")
@@ -256,36 +280,47 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                                                   rows, num_new, None, cfg.prefill_window)
     else:
         cache = _cache_like(params, model_cfg, n_episodes, seq_len)
-    lengths = num_new.astype(np.int64)  # host mirror of cache.lengths
+    lengths = num_new.astype(np.int64)  # host mirror of cache.lengths, per episode
+    if profile is not None:
+        jax.block_until_ready(cache)
+        profile.prefill_s += time.perf_counter() - t_start
+    row_episode = np.arange(n_episodes)  # episode held by each cache row (-1: a padding row after compaction)
 
     for turn in range(max_turns):
-        active = np.array([r is None for r in done_reason])
-        if not active.any():
+        running = np.array([done_reason[i] is None for i in range(n_episodes)])
+        if not running.any():
             break
+        if cfg.compact_rows:
+            cache, last_logits, row_episode = _compact(cache, last_logits, row_episode, running)
+        active = np.array([e >= 0 and running[e] for e in row_episode])  # per cache row
         key, turn_key = jax.random.split(key)
-        out = decode(model_cfg, params, cache, last_logits, turn_key, active, stop_ids, sampling_cfg)
+        t0 = time.perf_counter()
+        out = decode(model_cfg, params, cache, last_logits, turn_key, active, stop_ids, sampling_cfg,
+                     row_ids_B=np.maximum(row_episode, 0) if cfg.compact_rows else None)
         cache, last_logits = out.cache, out.last_logits_BV
         new_B = np.asarray(out.num_generated_B)
         ids_BN, logp_BN, slogp_BN = map(np.asarray, (out.tokens_BN, out.logp_BN, out.sample_logp_BN))
         reason_B = np.asarray(out.stop_reason_B)
+        if profile is not None:
+            profile.add_decode(time.perf_counter() - t0, len(row_episode), new_B)
 
         step_actions = [""] * n_episodes  # finished episodes ignore their action
         tokens_in = np.zeros(n_episodes, np.int64)
         tokens_out = np.zeros(n_episodes, np.int64)
         runaway = []
-        for i in np.flatnonzero(active):
-            n = int(new_B[i])
-            sampled = ids_BN[i, :n].tolist()
+        for r in np.flatnonzero(active):
+            i, n = int(row_episode[r]), int(new_B[r])
+            sampled = ids_BN[r, :n].tolist()
             turn_start[i, turn] = len(tokens[i])
             tokens[i] += sampled
             mask[i] += [1] * n
-            logp[i] += logp_BN[i, :n].tolist()
-            sample_logp[i] += slogp_BN[i, :n].tolist()
+            logp[i] += logp_BN[r, :n].tolist()
+            sample_logp[i] += slogp_BN[r, :n].tolist()
             turn_new[i, turn] = n
             text = tokenizer.decode(sampled)
             actions[i].append(text)
-            if reason_B[i] == STOP_CACHE_FULL:  # the turn was cut off by the cache: runaway, not sent
-                runaway.append(int(i))
+            if reason_B[r] == STOP_CACHE_FULL:  # the turn was cut off by the cache: runaway, not sent
+                runaway.append(i)
                 done_reason[i] = DONE_LENGTH_BUDGET
             else:
                 step_actions[i] = text
@@ -293,9 +328,10 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                 tokens_out[i] = n
             lengths[i] += n
         _abort(env, state, runaway)
-        stepped = active & np.array([done_reason[i] is None for i in range(n_episodes)])
+        stepped = running & np.array([done_reason[i] is None for i in range(n_episodes)])
         if not stepped.any():
             continue
+        t0 = time.perf_counter()
         state, step_out = env.step(state, step_actions, policy_tokens_in=tokens_in.tolist(),
                                    policy_tokens_out=tokens_out.tolist())
         env_done = np.asarray(step_out.done, bool)
@@ -321,11 +357,17 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                 else:
                     obs_rows[int(i)] = ids
         _abort(env, state, no_room)
+        if profile is not None:
+            profile.env_s += time.perf_counter() - t0
         if obs_rows:
-            num_new = np.zeros(n_episodes, np.int32)
-            rows = [[] for _ in range(n_episodes)]
-            for i, ids in obs_rows.items():
-                rows[i], num_new[i] = ids, len(ids)
+            t0 = time.perf_counter()
+            num_new = np.zeros(len(row_episode), np.int32)
+            rows = [[] for _ in row_episode]
+            for r, i in enumerate(row_episode):
+                ids = obs_rows.get(int(i))
+                if ids is None:
+                    continue
+                rows[r], num_new[r] = ids, len(ids)
                 tokens[i] += ids
                 mask[i] += [0] * len(ids)
                 logp[i] += [0.0] * len(ids)
@@ -333,9 +375,14 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                 lengths[i] += len(ids)
             last_logits, cache = _prefill_windows(model_cfg, params, cache, rows, num_new, last_logits,
                                                   cfg.prefill_window)
+            if profile is not None:
+                jax.block_until_ready(cache)
+                profile.prefill_s += time.perf_counter() - t0
 
-    if not np.array_equal(np.asarray(cache.lengths), lengths):  # cheap guard on the host bookkeeping
-        raise AssertionError(f"rollout: cache lengths {np.asarray(cache.lengths)} != trajectory lengths {lengths}")
+    held = row_episode >= 0  # cheap guard on the host bookkeeping
+    if not np.array_equal(np.asarray(cache.lengths)[held], lengths[row_episode[held]]):
+        raise AssertionError(f"rollout: cache lengths {np.asarray(cache.lengths)} != trajectory lengths "
+                             f"{lengths[row_episode[held]]}")
     # Episodes ended by the env at a </tool_call> stop: close the turn so the transcript is well formed.
     for i in range(n_episodes):
         if done_reason[i] in (DONE_FINISHED, DONE_ENV_BUDGET, DONE_TURN_BUDGET) and tokens[i][-1] != eos_id \
@@ -352,6 +399,9 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         results = dataclasses.replace(
             results, features=features, solved=np.where(runaway_mask, False, np.asarray(results.solved, bool)))
 
+    if profile is not None:
+        profile.episodes += n_episodes
+        profile.total_s += time.perf_counter() - t_start
     return Rollout(
         tokens=[np.asarray(t, np.int32) for t in tokens],
         assistant_mask=[np.asarray(m, np.int32) for m in mask],

@@ -61,6 +61,20 @@ def test_vs_trl_orchestra_side_tiny_mode(capsys):
     assert out["orchestra_jax"]["samples_per_s"] > 0 and "trl" not in out
 
 
+def test_rollout_tiny_mode(capsys):
+    out = _run("rollout", ["--steps", "1", "--tasks", "2", "--group", "2", "model.hidden_size=16",
+                           "model.intermediate_size=32", "model.num_layers=1", "rollout.max_turns=2",
+                           "rollout.max_new_tokens=4"], capsys)
+    assert out["episodes_per_step"] == 4 and out["weights"] == "random"
+    for side in ("compact_off", "compact_on"):
+        r = out[side]
+        assert r["episodes_per_s"] > 0 and r["decode_calls"] >= 1 and 1 <= r["mean_turns"] <= 2
+        assert r["sampled_tokens"] <= r["decode_row_steps"] and 0 < r["decode_row_utilisation"] <= 1
+        shares = r["share_decode"] + r["share_prefill"] + r["share_env"]
+        assert 0 < shares <= 1 + 1e-9 and r["host_other_s"] >= -1e-6
+    assert out["speedup_compact"] == pytest.approx(out["compact_off"]["rollout_s"] / out["compact_on"]["rollout_s"])
+
+
 @pytest.mark.slow
 def test_vs_trl_both_sides_tiny_mode(capsys):
     out = _run("vs_trl", ["--side", "both", "--size", "nano", "--prompts", "2", "--group", "2", "--prompt-len", "8",

@@ -9,7 +9,7 @@ import pytest
 from orchestra_jax.model.config import ModelConfig
 from orchestra_jax.model.kv_cache import init_cache
 from orchestra_jax.model.sampling import (STOP_CACHE_FULL, STOP_MAX_NEW, STOP_NONE, STOP_TOKEN, SamplingConfig,
-                                          decode, prefill, sample_tokens, top_p_logits)
+                                          decode, prefill, sample_tokens, take_rows, top_p_logits)
 from orchestra_jax.model.transformer import Policy, init_params
 
 CFG = ModelConfig(vocab_size=48, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -169,6 +169,33 @@ def test_temperature_policy_logp_equals_full_forward_and_is_reproducible(params)
         # the sampling-distribution log-prob differs from the policy one (temperature 0.7, top-p 0.9) ...
         assert not np.allclose(np.asarray(out_a.sample_logp_BN[b]), np.asarray(out_a.logp_BN[b]))
         assert np.all(np.asarray(out_a.sample_logp_BN[b]) <= 0.0)
+
+
+def test_row_keys_make_a_rows_samples_independent_of_its_batch_slot(params):
+    """With row ids, row b samples from fold_in(key, id_b): decoding rows (2, 0) of a 4-row cache after
+    take_rows gives the same ids and log-probs as those rows in the full batch; without row ids the whole
+    batch draws from one key (the slot decides the draw)."""
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [14]]
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=12)
+    cache = init_cache(CFG, 4, CACHE)
+    last, cache = prefill(CFG, params, cache, _pad(prompts, 8), [4, 2, 3, 1])
+    ids = np.array([7, 3, 11, 5])
+    full = decode(CFG, params, cache, last, jax.random.key(9), np.ones(4, bool), (), cfg, row_ids_B=ids)
+    sub_cache, sub_last = take_rows(cache, last, [2, 0])
+    np.testing.assert_array_equal(np.asarray(sub_cache.lengths), [3, 4])
+    sub = decode(CFG, params, sub_cache, sub_last, jax.random.key(9), np.ones(2, bool), (), cfg,
+                 row_ids_B=ids[[2, 0]])
+    np.testing.assert_array_equal(np.asarray(sub.tokens_BN), np.asarray(full.tokens_BN)[[2, 0]])
+    np.testing.assert_allclose(np.asarray(sub.logp_BN), np.asarray(full.logp_BN)[[2, 0]], atol=1e-5)
+    for b, prompt in ((0, prompts[2]), (1, prompts[0])):  # the gathered cache still holds the right prompt
+        final = prompt + np.asarray(sub.tokens_BN[b]).tolist()
+        np.testing.assert_allclose(np.asarray(sub.logp_BN[b]), _policy_logp(params, final)[len(prompt):], atol=1e-5)
+    # a row's draw follows its id, not its slot: the same rows under swapped ids sample differently
+    swapped = decode(CFG, params, sub_cache, sub_last, jax.random.key(9), np.ones(2, bool), (), cfg,
+                     row_ids_B=ids[[0, 2]])
+    assert not np.array_equal(np.asarray(swapped.tokens_BN), np.asarray(sub.tokens_BN))
+    shared = decode(CFG, params, sub_cache, sub_last, jax.random.key(9), np.ones(2, bool), (), cfg)
+    assert not np.array_equal(np.asarray(shared.tokens_BN), np.asarray(sub.tokens_BN))
 
 
 def test_top_p_to_zero_equals_greedy(params):

@@ -166,7 +166,9 @@ def _run_recording(monkeypatch, *args):
 
     def recording_decode(*a, **k):
         out = real_decode(*a, **k)
-        calls.append((np.asarray(a[5]), np.asarray(out.tokens_BN), np.asarray(out.num_generated_B)))
+        rows = np.asarray(a[5])
+        episode_R = np.arange(len(rows)) if k.get("row_ids_B") is None else np.asarray(k["row_ids_B"])
+        calls.append((rows, np.asarray(out.tokens_BN), np.asarray(out.num_generated_B), episode_R))
         return out
 
     monkeypatch.setattr(rollout_mod, "decode", recording_decode)
@@ -189,7 +191,8 @@ def check_rollout(ro, calls, env, tasks, tok, model_cfg, params, rcfg, seed):
         toks, mask, logp = ro.tokens[i], ro.assistant_mask[i], ro.sampled_logp[i]
         assert toks.dtype == np.int32 and len(toks) == len(mask) == len(logp) <= rcfg.max_seq_len
         # assistant tokens are exactly the ids the sampler returned, turn after turn
-        sampled = [ids[i, :k[i]].tolist() for active, ids, k in calls if active[i]]
+        sampled = [ids[r, :k[r]].tolist() for active, ids, k, episode_R in calls
+                   for r in np.flatnonzero(active & (episode_R == i))]
         assert toks[mask == 1].tolist() == [t for turn in sampled for t in turn]
         assert [len(s) for s in sampled] == ro.turn_new_tokens[i][:len(sampled)].tolist()
         assert np.all(ro.turn_new_tokens[i][len(sampled):] == 0)
@@ -406,3 +409,33 @@ def test_prefill_window_does_not_change_the_episodes(qa_setup, fake_setup):
                 for a, b in zip(base.sampled_logp, other.sampled_logp):
                     np.testing.assert_allclose(a, b, atol=1e-5)
                 assert base.done_reason == other.done_reason
+
+
+def test_compact_rows_drops_finished_rows_and_keeps_the_episodes_exact(fake_setup, qa_setup, monkeypatch):
+    """rollout.compact_rows: once the running episodes fit in half the rows, the cache keeps only theirs.
+    The episodes stay exact (check_rollout: sampled ids, transcripts, and log-probs equal to a full forward pass
+    over the final sequences, so the gathered cache rows held the right history), the decode computes fewer
+    rows in the later turns, and greedy episodes equal those of the uncompacted rollout."""
+    from orchestra_jax.model.sampling import clear_compile_caches, compile_counts
+
+    for env, tasks, tok, model_cfg, params in (fake_setup, qa_setup):
+        base = dict(group_size=3, max_turns=4, max_new_tokens=12, max_seq_len=412, tools_format="compact")
+        rcfg = RolloutConfig(**base, compact_rows=True, sampling=SamplingConfig(temperature=1.0))
+        clear_compile_caches()
+        ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(3), rcfg, 0)
+        check_rollout(ro, calls, env, tasks, tok, model_cfg, params, rcfg, 0)
+        rows_per_call = [len(c[0]) for c in calls]
+        assert rows_per_call[0] == 9 and min(rows_per_call) < 9, rows_per_call  # 9 -> 5 -> 3 ...
+        assert rows_per_call == sorted(rows_per_call, reverse=True)
+        for active, _, _, episode_R in calls:  # every running episode has exactly one active row
+            assert len(set(episode_R[active].tolist())) == int(active.sum())
+        assert compile_counts()["take_rows"] >= 1
+        assert len(set(ro.n_turns.tolist())) > 1
+        runs = [rollout(model_cfg, params, env, tok, tasks, jax.random.key(3),
+                        RolloutConfig(**base, compact_rows=compact, sampling=SamplingConfig(greedy=True)), 0)
+                for compact in (False, True)]
+        assert all(np.array_equal(a, b) for a, b in zip(runs[0].tokens, runs[1].tokens))
+        for a, b in zip(runs[0].sampled_logp, runs[1].sampled_logp):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        assert runs[0].done_reason == runs[1].done_reason
+        np.testing.assert_array_equal(runs[0].turn_cost_usd, runs[1].turn_cost_usd)

@@ -1,0 +1,102 @@
+"""Rollout throughput: episodes/s and where the time goes (prefill, decode, env), row compaction off vs on.
+
+    python benchmarks/rollout.py [--steps 3] [--tasks 8] [--group 8] [--sft-from RUN_DIR] [KEY=VALUE ...]
+
+Runs the quickstart's rollout (its model, env and rollout config, plus KEY=VALUE overrides) on the same
+tasks, keys and weights with rollout.compact_rows false and true, alternating the two each step after one
+untimed warm-up step per side (compilation excluded). --sft-from: a finished quickstart run directory (its
+tokenizer and SFT checkpoint RUN_DIR/sft), so the episodes have their real lengths and turn counts (random
+weights run every episode to the turn or length limit, where no row ever finishes early).
+
+Prints one JSON object: per side, rollout seconds per step, episodes/s, the share of time in prefill (env.reset
+and prompt tokenizing included), decode and env.step, and decode_row_utilisation = sampled tokens / (rows x
+decode loop steps): the part of the decode's row-steps that sampled a running episode's token (the rest is
+rows of finished episodes and rows that stopped early in a turn).
+"""
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _common import emit  # noqa: E402
+
+
+def load_policy(cfg, env, sft_from: str):
+    """(tokenizer, model_cfg, params): a finished quickstart run's SFT weights, or random weights."""
+    from orchestra_jax.prepare import init_model
+    from orchestra_jax.text.chat import render_prompt
+    from orchestra_jax.text.tokenizer import load_tokenizer, train_tokenizer
+
+    if not sft_from:
+        _, prompts = env.reset(env.sample_tasks(0, 64), 0)
+        tok = train_tokenizer([render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts],
+                              cfg.tokenizer_vocab_size)
+        model_cfg, params, _ = init_model(cfg, tok)
+        return tok, model_cfg, params
+    from orchestra_jax.checkpoint import Checkpointer
+
+    if not os.path.isdir(os.path.join(sft_from, "sft")):
+        raise SystemExit(f"--sft-from {sft_from}: no sft/ checkpoint there (a finished quickstart run dir?)")
+    tok = load_tokenizer(os.path.join(sft_from, "tokenizer"))
+    model_cfg, params, _ = init_model(cfg, tok)
+    ckpt = Checkpointer(os.path.join(sft_from, "sft"), keep=1, async_save=False)
+    params = ckpt.restore(None, {"params": params})[0]["params"]
+    ckpt.close()
+    return tok, model_cfg, params
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--tasks", type=int, default=8)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--sft-from", default="", help="a quickstart run dir: its tokenizer and SFT params")
+    ap.add_argument("overrides", nargs="*", help="config overrides (KEY=VALUE) on top of the quickstart")
+    args = ap.parse_args(argv)
+
+    import jax
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from orchestra_jax.config import to_config
+    from orchestra_jax.envs import make_env
+    from orchestra_jax.rl.rollout import RolloutProfile, rollout
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        raw = compose(config_name="config", overrides=[
+            "+experiment=quickstart", f"run_dir={tempfile.mkdtemp()}", f"rollout.group_size={args.group}",
+            *args.overrides])
+    cfg = to_config(raw)
+    env = make_env(cfg.env)
+    tok, model_cfg, params = load_policy(cfg, env, args.sft_from)
+    tasks = env.sample_tasks(0, args.tasks * (args.steps + 1))
+    sides = {"compact_off": dataclasses.replace(cfg.rollout, compact_rows=False),
+             "compact_on": dataclasses.replace(cfg.rollout, compact_rows=True)}
+    profiles = {name: RolloutProfile() for name in sides}
+    turns = {name: [] for name in sides}
+    for step in range(args.steps + 1):
+        chunk = tasks[step * args.tasks:(step + 1) * args.tasks]
+        for name, rcfg in (sides.items() if step % 2 else reversed(sides.items())):
+            profile = RolloutProfile() if step == 0 else profiles[name]  # step 0: compilation, not counted
+            ro = rollout(model_cfg, params, env, tok, chunk, jax.random.PRNGKey(step), rcfg, env_seed=step,
+                         profile=profile)
+            if step:
+                turns[name] += ro.n_turns.tolist()
+    out = {"benchmark": "rollout", "episodes_per_step": args.tasks * args.group, "steps": args.steps, "overrides": args.overrides,
+           "weights": f"sft from {args.sft_from}" if args.sft_from else "random",
+           "max_turns": cfg.rollout.max_turns, "max_new_tokens": cfg.rollout.max_new_tokens}
+    for name in sides:
+        d = profiles[name].as_dict()
+        d["rollout_s_per_step"] = d["rollout_s"] / args.steps
+        d["mean_turns"] = float(np.mean(turns[name]))
+        out[name] = d
+    out["speedup_compact"] = out["compact_off"]["rollout_s"] / out["compact_on"]["rollout_s"]
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()

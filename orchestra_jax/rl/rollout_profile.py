@@ -1,0 +1,38 @@
+"""RolloutProfile: where a rollout's time goes (filled by rl.rollout.rollout(profile=...), for benchmarks)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class RolloutProfile:
+    """Where a rollout's time goes, summed over the rollout calls it was passed to (benchmarks/rollout.py)."""
+
+    total_s: float = 0.0
+    prefill_s: float = 0.0      # env.reset, prompt tokenizing, prompt and observation prefills
+    decode_s: float = 0.0       # sampling the turns
+    env_s: float = 0.0          # env.step and the results it needs
+    episodes: int = 0
+    decode_calls: int = 0
+    decode_row_steps: int = 0   # rows x loop steps the decode computed
+    sampled_tokens: int = 0     # of which were sampled tokens of running rows
+
+    def add_decode(self, seconds: float, rows: int, num_generated_B) -> None:
+        num_generated_B = np.asarray(num_generated_B)
+        self.decode_s += seconds
+        self.decode_calls += 1
+        self.decode_row_steps += rows * int(np.max(num_generated_B, initial=0))
+        self.sampled_tokens += int(np.sum(num_generated_B))
+
+    def as_dict(self) -> dict[str, float]:
+        other = self.total_s - self.prefill_s - self.decode_s - self.env_s
+        return {"rollout_s": self.total_s, "episodes_per_s": self.episodes / max(self.total_s, 1e-9),
+                "prefill_s": self.prefill_s, "decode_s": self.decode_s, "env_s": self.env_s, "host_other_s": other,
+                "share_decode": self.decode_s / max(self.total_s, 1e-9),
+                "share_prefill": self.prefill_s / max(self.total_s, 1e-9),
+                "share_env": self.env_s / max(self.total_s, 1e-9),
+                "decode_calls": self.decode_calls, "decode_row_steps": self.decode_row_steps,
+                "sampled_tokens": self.sampled_tokens,
+                "decode_row_utilisation": self.sampled_tokens / max(self.decode_row_steps, 1)}
