@@ -8,9 +8,9 @@ untimed warm-up step per side (compilation excluded). --sft-from: a finished qui
 tokenizer and SFT checkpoint RUN_DIR/sft), so the episodes have their real lengths and turn counts (random
 weights run every episode to the turn or length limit, where no row ever finishes early).
 
-Prints one JSON object: per side, rollout seconds per step, episodes/s, the share of time in prefill (env.reset
-and prompt tokenizing included), decode and env.step, and decode_row_utilisation = sampled tokens / (rows x
-decode loop steps): the part of the decode's row-steps that sampled a running episode's token (the rest is
+Prints one JSON object: per side, rollout seconds per step, episodes/s, the share of time in the prompt
+phase (env.reset, tokenizing, prompt prefill), decode, observation prefills and env.step, and
+decode_row_utilisation = sampled tokens / (rows x decode loop steps): the part of the decode's row-steps that sampled a running episode's token (the rest is
 rows of finished episodes and rows that stopped early in a turn).
 """
 import argparse

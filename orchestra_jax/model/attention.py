@@ -195,8 +195,13 @@ KV_BLOCKS = (256, 128, 64)  # cache block sizes tried (largest first); a cache n
 
 
 def _kv_block(size: int) -> int | None:
+    """The first of KV_BLOCKS that divides the cache into >= 2 blocks, else the first of them that fits twice
+    (its last block then ragged: S = 720 -> 256, blocks at 0, 256 and 464..719 of which 512.. counts)."""
     for block in KV_BLOCKS:
         if size % block == 0 and size // block >= 2:
+            return block
+    for block in KV_BLOCKS:
+        if size // block >= 2:
             return block
     return None
 
@@ -214,14 +219,19 @@ def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int)
     q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, groups, dim).astype(jnp.float32) * scale
     num_blocks = (jnp.max(query_slots_BT) + block) // block
 
+    size = k_BSKH.shape[1]
+
     def body(i, carry):
         m, l, acc = carry
-        start = i * block
+        # A ragged last block (S not a multiple of block) is read as the cache's last `block` slots; the
+        # slots it shares with the block before are masked out, so each slot counts once.
+        nominal = i * block
+        start = jnp.minimum(nominal, size - block)
         k_blk = jax.lax.dynamic_slice_in_dim(k_BSKH, start, block, axis=1).astype(jnp.float32)
         v_blk = jax.lax.dynamic_slice_in_dim(v_BSKH, start, block, axis=1).astype(jnp.float32)
         scores = jnp.einsum("btkgh,bckh->btkgc", q_BTKGH, k_blk)
         slots_C = start + jnp.arange(block, dtype=jnp.int32)
-        valid_BTC = slots_C[None, None, :] <= query_slots_BT[:, :, None]
+        valid_BTC = (slots_C[None, None, :] <= query_slots_BT[:, :, None]) & (slots_C >= nominal)[None, None, :]
         scores = jnp.where(valid_BTC[:, :, None, None, :], scores, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(scores, axis=-1))  # finite after block 0 (slot 0 is always visible)
         p = jnp.exp(scores - m_new[..., None])
@@ -241,7 +251,7 @@ def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str):
 
     The cache row holds one sequence whose slot index equals its position. Every query sees at least
     slot 0, so no row is fully masked. "reference" masks all S slots; every other backend reads only the
-    filled cache blocks (blocked_cached_attention) when S splits into >= 2 blocks of KV_BLOCKS, else
+    filled cache blocks (blocked_cached_attention) when S holds >= 2 blocks of KV_BLOCKS, else
     uses the dense XLA path over all S slots (decode steps are tiny; prefill is bounded by max_len).
     """
     slots_S = jnp.arange(k_BSKH.shape[1], dtype=jnp.int32)

@@ -56,8 +56,9 @@ def _cache_size(cache) -> int:
     return cache.k.shape[2]
 
 
-def _extend(model_cfg, params, cache, tokens_BT, num_new_B):
-    return Policy(model_cfg).apply({"params": params}, tokens_BT, cache, num_new_B, method=Policy.extend)
+def _extend(model_cfg, params, cache, tokens_BT, num_new_B, last_only=False):
+    return Policy(model_cfg).apply({"params": params}, tokens_BT, cache, num_new_B, last_only,
+                                   method=Policy.extend)
 
 
 def top_p_logits(logits_BV: jax.Array, top_p: float) -> jax.Array:
@@ -111,9 +112,8 @@ def _prefill(model_cfg, chunk, params, cache, tokens_BT, num_new_B, prev_last_lo
     for start in range(0, window, chunk):
         width = min(chunk, window - start)
         n_B = jnp.clip(num_new_B - start, 0, width)
-        logits_BTV, cache = _extend(model_cfg, params, cache, tokens_BT[:, start:start + width], n_B)
-        chunk_last_BV = jnp.take_along_axis(
-            logits_BTV, jnp.maximum(n_B - 1, 0)[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        logits_B1V, cache = _extend(model_cfg, params, cache, tokens_BT[:, start:start + width], n_B, last_only=True)
+        chunk_last_BV = logits_B1V[:, 0].astype(jnp.float32)
         last_BV = jnp.where((n_B > 0)[:, None], chunk_last_BV, last_BV)
     return last_BV, cache
 

@@ -283,13 +283,15 @@ class Policy(nn.Module):
         return self.forward_embeddings(self.embed_tokens(tokens_BT), positions_BT, segment_ids_BT,
                                        prefix_segment_ids_BT)
 
-    def extend(self, tokens_BT, cache: KVCache, num_new_B):
+    def extend(self, tokens_BT, cache: KVCache, num_new_B, last_only: bool = False):
         """Append num_new_B[b] (<= T) tokens of row b to the cache and return their logits.
 
         Row b's token t sits at position cache.lengths[b] + t and sees cache slots 0..that position.
         Tokens t >= num_new_B[b] are ignored: their logits are garbage and their k/v are not written.
         Callers keep cache.lengths + num_new_B <= cache.max_len (writes past the end are dropped).
-        Returns (logits_BTV float32, new cache with lengths + num_new_B).
+        Returns (logits_BTV float32, new cache with lengths + num_new_B). last_only: the logits of each row's
+        last new token only, [B, 1, V] (garbage for rows with no new token): a prefill needs no others, and
+        the output head over all T tokens would cost about as much as the layers of a small model.
         """
         batch, seq = tokens_BT.shape
         if cache.k.shape[1] != batch:
@@ -309,6 +311,8 @@ class Policy(nn.Module):
                 x_BTD, k_i, v_i = layer.extend(x_BTD, positions_BT, k_all[i], v_all[i], write_slots_BT)
                 k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_i, i, 0)
                 v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_i, i, 0)
+        if last_only:
+            x_BTD = jnp.take_along_axis(x_BTD, jnp.maximum(num_new_B - 1, 0)[:, None, None], axis=1)
         logits = self.logits_from_hidden(x_BTD)
         return logits, KVCache(k=k_all, v=v_all, lengths=cache.lengths + num_new_B)
 

@@ -283,7 +283,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
     lengths = num_new.astype(np.int64)  # host mirror of cache.lengths, per episode
     if profile is not None:
         jax.block_until_ready(cache)
-        profile.prefill_s += time.perf_counter() - t_start
+        profile.prompt_s += time.perf_counter() - t_start
     row_episode = np.arange(n_episodes)  # episode held by each cache row (-1: a padding row after compaction)
 
     for turn in range(max_turns):
@@ -377,7 +377,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                                                   cfg.prefill_window)
             if profile is not None:
                 jax.block_until_ready(cache)
-                profile.prefill_s += time.perf_counter() - t0
+                profile.observation_s += time.perf_counter() - t0
 
     held = row_episode >= 0  # cheap guard on the host bookkeeping
     if not np.array_equal(np.asarray(cache.lengths)[held], lengths[row_episode[held]]):

@@ -11,7 +11,8 @@ class RolloutProfile:
     """Where a rollout's time goes, summed over the rollout calls it was passed to (benchmarks/rollout.py)."""
 
     total_s: float = 0.0
-    prefill_s: float = 0.0      # env.reset, prompt tokenizing, prompt and observation prefills
+    prompt_s: float = 0.0       # env.reset, prompt tokenizing and the prompt prefill
+    observation_s: float = 0.0  # the observations' prefills
     decode_s: float = 0.0       # sampling the turns
     env_s: float = 0.0          # env.step and the results it needs
     episodes: int = 0
@@ -27,11 +28,13 @@ class RolloutProfile:
         self.sampled_tokens += int(np.sum(num_generated_B))
 
     def as_dict(self) -> dict[str, float]:
-        other = self.total_s - self.prefill_s - self.decode_s - self.env_s
+        other = self.total_s - self.prompt_s - self.observation_s - self.decode_s - self.env_s
         return {"rollout_s": self.total_s, "episodes_per_s": self.episodes / max(self.total_s, 1e-9),
-                "prefill_s": self.prefill_s, "decode_s": self.decode_s, "env_s": self.env_s, "host_other_s": other,
+                "prompt_s": self.prompt_s, "observation_s": self.observation_s, "decode_s": self.decode_s,
+                "env_s": self.env_s, "host_other_s": other,
                 "share_decode": self.decode_s / max(self.total_s, 1e-9),
-                "share_prefill": self.prefill_s / max(self.total_s, 1e-9),
+                "share_prompt": self.prompt_s / max(self.total_s, 1e-9),
+                "share_observation": self.observation_s / max(self.total_s, 1e-9),
                 "share_env": self.env_s / max(self.total_s, 1e-9),
                 "decode_calls": self.decode_calls, "decode_row_steps": self.decode_row_steps,
                 "sampled_tokens": self.sampled_tokens,

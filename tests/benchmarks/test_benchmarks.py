@@ -70,7 +70,7 @@ def test_rollout_tiny_mode(capsys):
         r = out[side]
         assert r["episodes_per_s"] > 0 and r["decode_calls"] >= 1 and 1 <= r["mean_turns"] <= 2
         assert r["sampled_tokens"] <= r["decode_row_steps"] and 0 < r["decode_row_utilisation"] <= 1
-        shares = r["share_decode"] + r["share_prefill"] + r["share_env"]
+        shares = r["share_decode"] + r["share_prompt"] + r["share_observation"] + r["share_env"]
         assert 0 < shares <= 1 + 1e-9 and r["host_other_s"] >= -1e-6
     assert out["speedup_compact"] == pytest.approx(out["compact_off"]["rollout_s"] / out["compact_on"]["rollout_s"])
 
