@@ -59,8 +59,9 @@ class RolloutConfig:
       compact (short wording, JSON without spaces) or signatures (one `name(arg: type) description` line each).
     share_prompt_prefill: prefill a group's prompt once and copy its cache row to the G episodes (when the G
       prompts are the same tokens); false prefills every episode's row (same values, G times the work).
-    compact_rows: before each turn, when the running episodes fit in half the cache rows (or a quarter, ...),
-      keep only their rows, so the later turns do not compute the finished episodes' rows (one decode and one
+    compact_rows: after each turn's env step, when the running episodes fit in half the cache rows (or a
+      quarter, ...), keep only their rows, so the observation prefill and the later turns do not compute the
+      finished episodes' rows (one decode and one
       prefill program per row count: B, ceil(B/2), ceil(B/4), ...). Each row then samples with its own key (fold_in of
       the turn's key with its episode index), so the samples do not depend on the row an episode sits in;
       the draws differ from compact_rows false (the whole batch from one key).
@@ -290,8 +291,6 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         running = np.array([done_reason[i] is None for i in range(n_episodes)])
         if not running.any():
             break
-        if cfg.compact_rows:
-            cache, last_logits, row_episode = _compact(cache, last_logits, row_episode, running)
         active = np.array([e >= 0 and running[e] for e in row_episode])  # per cache row
         key, turn_key = jax.random.split(key)
         t0 = time.perf_counter()
@@ -361,6 +360,9 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
             profile.env_s += time.perf_counter() - t0
         if obs_rows:
             t0 = time.perf_counter()
+            if cfg.compact_rows:  # before the observations' prefill: the episodes that just ended drop out
+                running = np.array([done_reason[i] is None for i in range(n_episodes)])
+                cache, last_logits, row_episode = _compact(cache, last_logits, row_episode, running)
             num_new = np.zeros(len(row_episode), np.int32)
             rows = [[] for _ in row_episode]
             for r, i in enumerate(row_episode):
