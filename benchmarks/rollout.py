@@ -3,8 +3,9 @@
     python benchmarks/rollout.py [--steps 3] [--tasks 8] [--group 8] [--sft-from RUN_DIR] [KEY=VALUE ...]
 
 Runs the quickstart's rollout (its model, env and rollout config, plus KEY=VALUE overrides) on the same
-tasks, keys and weights with rollout.compact_rows false and true, alternating the two each step after one
-untimed warm-up step per side (compilation excluded). --sft-from: a finished quickstart run directory (its
+tasks, keys and weights with rollout.compact_rows false and true, alternating the two each step after
+--warmup untimed steps (compilation: compaction compiles a decode and a prefill per row count it reaches;
+programs_compiled_while_timed says whether the warm-up reached them all). --sft-from: a finished quickstart run directory (its
 tokenizer and SFT checkpoint RUN_DIR/sft), so the episodes have their real lengths and turn counts (random
 weights run every episode to the turn or length limit, where no row ever finishes early).
 
@@ -51,6 +52,7 @@ def load_policy(cfg, env, sft_from: str):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compaction compiles per row count)")
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--sft-from", default="", help="a quickstart run dir: its tokenizer and SFT params")
@@ -73,18 +75,24 @@ def main(argv=None):
     cfg = to_config(raw)
     env = make_env(cfg.env)
     tok, model_cfg, params = load_policy(cfg, env, args.sft_from)
-    tasks = env.sample_tasks(0, args.tasks * (args.steps + 1))
+    from orchestra_jax.model.sampling import compile_counts
+
+    tasks = env.sample_tasks(0, args.tasks * (args.steps + args.warmup))
     sides = {"compact_off": dataclasses.replace(cfg.rollout, compact_rows=False),
              "compact_on": dataclasses.replace(cfg.rollout, compact_rows=True)}
     profiles = {name: RolloutProfile() for name in sides}
     turns = {name: [] for name in sides}
-    for step in range(args.steps + 1):
+    compiled = {}
+    for step in range(args.steps + args.warmup):
         chunk = tasks[step * args.tasks:(step + 1) * args.tasks]
+        timed = step >= args.warmup  # the warm-up steps compile (one program per row count), not counted
+        if step == args.warmup:
+            compiled = compile_counts()
         for name, rcfg in (sides.items() if step % 2 else reversed(sides.items())):
-            profile = RolloutProfile() if step == 0 else profiles[name]  # step 0: compilation, not counted
+            profile = profiles[name] if timed else RolloutProfile()
             ro = rollout(model_cfg, params, env, tok, chunk, jax.random.PRNGKey(step), rcfg, env_seed=step,
                          profile=profile)
-            if step:
+            if timed:
                 turns[name] += ro.n_turns.tolist()
     out = {"benchmark": "rollout", "episodes_per_step": args.tasks * args.group, "steps": args.steps, "overrides": args.overrides,
            "weights": f"sft from {args.sft_from}" if args.sft_from else "random",
@@ -94,6 +102,7 @@ def main(argv=None):
         d["rollout_s_per_step"] = d["rollout_s"] / args.steps
         d["mean_turns"] = float(np.mean(turns[name]))
         out[name] = d
+    out["programs_compiled_while_timed"] = {k: n - compiled.get(k, 0) for k, n in compile_counts().items()}
     out["speedup_compact"] = out["compact_off"]["rollout_s"] / out["compact_on"]["rollout_s"]
     emit(out)
 

@@ -62,7 +62,7 @@ def test_vs_trl_orchestra_side_tiny_mode(capsys):
 
 
 def test_rollout_tiny_mode(capsys):
-    out = _run("rollout", ["--steps", "1", "--tasks", "2", "--group", "2", "model.hidden_size=16",
+    out = _run("rollout", ["--steps", "1", "--warmup", "1", "--tasks", "2", "--group", "2", "model.hidden_size=16",
                            "model.intermediate_size=32", "model.num_layers=1", "rollout.max_turns=2",
                            "rollout.max_new_tokens=4"], capsys)
     assert out["episodes_per_step"] == 4 and out["weights"] == "random"
