@@ -53,7 +53,7 @@ class RolloutConfig:
     prefill_window: int = 64
     tools_format: chat.ToolsFormat = chat.ToolsFormat.qwen
     share_prompt_prefill: bool = True
-    compact_rows: bool = False
+    compact_rows: bool = True
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
 
     def __post_init__(self):
