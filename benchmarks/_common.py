@@ -71,3 +71,27 @@ def emit(result: dict) -> None:
     """Print the benchmark's one JSON object."""
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}
     print(json.dumps(result, sort_keys=False))
+
+
+def load_policy(cfg, env, sft_from: str):
+    """(tokenizer, model_cfg, params): a finished quickstart run's SFT weights, or random weights."""
+    from orchestra_jax.prepare import init_model
+    from orchestra_jax.text.chat import render_prompt
+    from orchestra_jax.text.tokenizer import load_tokenizer, train_tokenizer
+
+    if not sft_from:
+        _, prompts = env.reset(env.sample_tasks(0, 64), 0)
+        tok = train_tokenizer([render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts],
+                              cfg.tokenizer_vocab_size)
+        model_cfg, params, _ = init_model(cfg, tok)
+        return tok, model_cfg, params
+    from orchestra_jax.checkpoint import Checkpointer
+
+    if not os.path.isdir(os.path.join(sft_from, "sft")):
+        raise SystemExit(f"--sft-from {sft_from}: no sft/ checkpoint there (a finished quickstart run dir?)")
+    tok = load_tokenizer(os.path.join(sft_from, "tokenizer"))
+    model_cfg, params, _ = init_model(cfg, tok)
+    ckpt = Checkpointer(os.path.join(sft_from, "sft"), keep=1, async_save=False)
+    params = ckpt.restore(None, {"params": params})[0]["params"]
+    ckpt.close()
+    return tok, model_cfg, params

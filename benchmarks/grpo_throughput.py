@@ -54,14 +54,9 @@ def main():
     tasks = env.sample_tasks(0, args.tasks * (args.steps + 1))
     _, prompts = env.reset(tasks[:64], 0)
     if args.sft_from:
-        from orchestra_jax.checkpoint import Checkpointer
-        from orchestra_jax.text.tokenizer import load_tokenizer
+        from _common import load_policy
 
-        tok = load_tokenizer(os.path.join(args.sft_from, "tokenizer"))
-        model_cfg, params, _ = init_model(cfg, tok)
-        ckpt = Checkpointer(os.path.join(args.sft_from, "sft"), keep=1, async_save=False)
-        params = ckpt.restore(None, {"params": params})[0]["params"]
-        ckpt.close()
+        tok, model_cfg, params = load_policy(cfg, env, args.sft_from)
     else:
         tok = train_tokenizer([render_prompt(p["messages"], p["tools"], tools_format="compact") for p in prompts],
                               cfg.tokenizer_vocab_size)

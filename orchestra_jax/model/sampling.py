@@ -108,7 +108,7 @@ def _prefill(model_cfg, chunk, params, cache, tokens_BT, num_new_B, prev_last_lo
     batch, window = tokens_BT.shape
     last_BV = (jnp.zeros((batch, model_cfg.vocab_size), jnp.float32) if prev_last_logits_BV is None
                else prev_last_logits_BV.astype(jnp.float32))
-    # Chunks bound the logits buffer to [B, chunk, V] (a real vocabulary times a long prompt is large).
+    # Chunks bound the activations to [B, chunk, ...]; the logits are only the last new token's, [B, 1, V].
     for start in range(0, window, chunk):
         width = min(chunk, window - start)
         n_B = jnp.clip(num_new_B - start, 0, width)
@@ -135,7 +135,7 @@ def prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV=
     tokens_BT: int32 [B, T], real tokens left-aligned (the rest is ignored); num_new_B: int32 [B], 0..T.
     last_logits_BV[b] are the logits after row b's last new token; rows with num_new_B[b] == 0 carry
     prev_last_logits_BV[b] (zeros when not given). chunk_size: run the window in chunks of this many
-    tokens (None = one chunk), which bounds the logits buffer to [B, chunk_size, V]. Jitted; compiles
+    tokens (None = one chunk), which bounds the activations to [B, chunk_size, ...] (the logits are [B, 1, V]). Jitted; compiles
     once per (B, T, S, chunk_size). prompts: use the separate jitted function for prompts (the rollout's
     first prefill), so its row count does not add a second program to the observation prefill's.
     The caller must keep cache.lengths + num_new_B <= S.
