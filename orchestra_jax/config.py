@@ -83,6 +83,9 @@ class SFTConfig:
     grad_clip: float = 1.0  # global-norm gradient clipping
     seed: int = 0  # factory and batch-order seed
     log_every: int = 10  # SFT metrics every N steps
+    val_tasks: int = 128  # held-out (val split) tasks whose teacher trajectories measure imitation
+                          # (sft/val_loss, sft/val_action_match); 0 = none
+    val_every: int = 50  # imitation metrics every N steps (and at the last step)
     checkpoint_dir: str = ""  # SFT checkpoint folder; "" = <run_dir>/sft. Runs that share one (a sweep's points)
                               # skip SFT when it exists: create it first (experiments/sft.py) under parallel launchers
 
@@ -212,6 +215,7 @@ def _validate(cfg: Config) -> None:
                        "train.rows_per_step": t.rows_per_step, "train.row_bucket": t.row_bucket,
                        "train.rollout_batch_tasks": t.rollout_batch_tasks,
                        "sft.steps": s.steps, "sft.warmup_steps": s.warmup_steps,
+                       "sft.val_tasks": s.val_tasks, "sft.val_every": s.val_every,
                        "eval.batch_size": e.batch_size, "algo.ref_refresh_interval": a.ref_refresh_interval}.items():
         if value < 0:
             raise ValueError(f"config error at {key}: must be >= 0, got {value}")

@@ -3,7 +3,8 @@ tokenizer, the model config and its initial (float32) parameters.
 
     <run_dir>/config.yaml           resolved config of the run
     <run_dir>/tokenizer/            tokenizer.json (trained on the env's own text unless cfg.tokenizer)
-    <run_dir>/data/train_tasks.jsonl, data/sft_trajectories.jsonl (the factory's pass@k teacher data)
+    <run_dir>/data/train_tasks.jsonl, data/sft_trajectories.jsonl (the factory's pass@k teacher data),
+    data/sft_val_trajectories.jsonl (the same on held-out val tasks: SFT's imitation metrics)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Prepared:
     init_name: str  # "random" or "pretrained": what the params are before SFT
     train_path: str
     teacher: list
+    teacher_val: list = dataclasses.field(default_factory=list)  # on held-out val tasks: imitation metrics only
 
 
 def save_config(cfg: Config, record: bool = True) -> None:
@@ -43,15 +45,18 @@ def save_config(cfg: Config, record: bool = True) -> None:
                  write=record and jax.process_index() == 0)
 
 
-def teacher_data(cfg: Config, env) -> list:
+def teacher_data(cfg: Config, env, split: str = "train") -> list:
     """Pass@k-filtered teacher trajectories of the factory on sft.num_tasks training tasks, cached in
-    <run_dir>/data/sft_trajectories.jsonl (identical on every process: seeded)."""
+    <run_dir>/data/sft_trajectories.jsonl (identical on every process: seeded); with ``split="val"``, on
+    sft.val_tasks held-out tasks (data/sft_val_trajectories.jsonl), never trained on."""
     from orchestra_jax.envs.factory import read_trajectories, teacher_dataset, write_trajectories
 
-    path = epath.Path(cfg.run_dir) / "data" / "sft_trajectories.jsonl"
+    name, seed, n = {"train": ("sft_trajectories.jsonl", 10_000, cfg.sft.num_tasks),
+                     "val": ("sft_val_trajectories.jsonl", 20_000, cfg.sft.val_tasks)}[split]
+    path = epath.Path(cfg.run_dir) / "data" / name
     if path.exists():
         return read_trajectories(str(path))
-    tasks = env.sample_tasks(cfg.sft.seed + 10_000, cfg.sft.num_tasks, split="train")
+    tasks = env.sample_tasks(cfg.sft.seed + seed, n, split=split)
     trajs = teacher_dataset(env, tasks, seed=cfg.sft.seed, k=cfg.sft.teacher_samples, teachers=cfg.sft.teachers)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_trajectories(str(path), trajs)
@@ -117,13 +122,15 @@ def prepare(cfg: Config, record: bool = True) -> Prepared:
         return texts
 
     # process 0 writes the run's files (run_dir is shared storage in a multi-host job), the others read them
-    teacher, tokenizer = [], None
+    teacher, teacher_val, tokenizer = [], [], None
     for turn in ("writer", "readers"):
         if (turn == "writer") == (jax.process_index() == 0):
             if not train_path.exists():
                 tasks = env.sample_tasks(cfg.train.seed, cfg.train.num_tasks, "train")
                 write_jsonl(str(train_path), [t.to_dict() for t in tasks])
             teacher = teacher_data(cfg, env) if cfg.sft.enabled else []
+            if cfg.sft.enabled and cfg.sft.val_tasks > 0:
+                teacher_val = teacher_data(cfg, env, split="val")
             tokenizer = prepare_tokenizer(cfg, corpus)
         _sync(f"prepare-{turn}")
     model_cfg, params, name = init_model(cfg, tokenizer)
@@ -131,7 +138,7 @@ def prepare(cfg: Config, record: bool = True) -> Prepared:
     if jax.process_index() == 0:
         print(f"run_dir {cfg.run_dir} | tokenizer {tokenizer.vocab_size} ids | model {n / 1e6:.2f}M params "
               f"({name}, compute {model_cfg.dtype}, float32 masters)", flush=True)
-    return Prepared(env, tokenizer, model_cfg, params, name, str(train_path), teacher)
+    return Prepared(env, tokenizer, model_cfg, params, name, str(train_path), teacher, teacher_val)
 
 
 def _sync(name: str) -> None:

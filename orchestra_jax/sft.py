@@ -89,6 +89,29 @@ def sft_loss(model_cfg: ModelConfig, params, batch: dict) -> tuple[jax.Array, di
     return nll, {"sft/loss": nll, "sft/tokens": mask.sum(), "sft/mean_token_prob": (jnp.exp(acc_logp) * mask).sum() / n}
 
 
+def imitation_sums(model_cfg: ModelConfig, params, batch: dict) -> dict:
+    """Sums for held-out imitation metrics of a packed batch (loss_mask = the teacher's action tokens):
+    negative log-likelihood and count of the action tokens, and the number of actions (maximal runs of
+    loss tokens) and of those whose every token is the model's argmax (the greedy policy would write the
+    teacher's action, given the teacher's history)."""
+    tokens_BT, seg_BT = batch["tokens"], batch["segment_ids"]
+    logits_BTV = Policy(model_cfg).apply({"params": params}, tokens_BT, batch["positions"], seg_BT)
+    logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
+    target_BT = tokens_BT[:, 1:]
+    picked_BT = jnp.take_along_axis(logp_BTV, target_BT[..., None], axis=-1)[..., 0]
+    right_BT = jnp.argmax(logp_BTV, axis=-1) == target_BT
+    mask_BT = ((batch["loss_mask"][:, 1:] > 0) & (seg_BT[:, 1:] == seg_BT[:, :-1]) & (seg_BT[:, 1:] > 0))
+    # an action = a maximal run of loss tokens; its id is the running count of run starts in the row
+    start_BT = mask_BT & ~jnp.pad(mask_BT[:, :-1], ((0, 0), (1, 0)))
+    rows, width = mask_BT.shape
+    span_BT = jnp.cumsum(start_BT, axis=1) + jnp.arange(rows)[:, None] * width
+    wrong_S = jax.ops.segment_sum((mask_BT & ~right_BT).reshape(-1).astype(jnp.int32), span_BT.reshape(-1),
+                                  num_segments=rows * width + rows)
+    n_actions = start_BT.sum()
+    return {"nll": -(picked_BT * mask_BT).sum(), "tokens": mask_BT.sum(), "actions": n_actions,
+            "actions_matched": n_actions - (wrong_S > 0).sum()}
+
+
 def make_sft_optimizer(learning_rate: float, steps: int, warmup_steps: int, weight_decay: float,
                        grad_clip: float) -> optax.GradientTransformation:
     """AdamW with linear warm-up and cosine decay to 10% of the peak, after global-norm clipping."""
@@ -124,11 +147,14 @@ def pack_sft_dataset(sequences: Sequence[tuple[np.ndarray, np.ndarray]], row_len
 def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarray, np.ndarray]], *,
               steps: int, batch_rows: int, row_len: int, learning_rate: float, warmup_steps: int,
               weight_decay: float, grad_clip: float, seed: int,
-              log_fn: Callable[[int, dict], Any] | None = None, log_every: int = 10, mesh=None, rules=None):
+              log_fn: Callable[[int, dict], Any] | None = None, log_every: int = 10, mesh=None, rules=None,
+              val_sequences: Sequence[tuple[np.ndarray, np.ndarray]] = (), val_every: int = 0):
     """Runs ``steps`` AdamW steps of behaviour cloning on ``mesh`` (default: one device), the same sharded
     update path as GRPO (parameters and Adam state sharded by the logical rules, one compile); every
     process holds the same seeded data, so each batch is the global one. ``batch_rows`` is rounded up to a
-    multiple of the mesh's data x fsdp devices. Returns (params on the mesh, list of per-step metric dicts)."""
+    multiple of the mesh's data x fsdp devices. With ``val_sequences`` (held-out teacher trajectories), every
+    ``val_every`` steps and at the last step the logged metrics add ``sft/val_loss`` and
+    ``sft/val_action_match`` (`imitation_metrics`). Returns (params on the mesh, list of per-step metric dicts)."""
     from orchestra_jax.parallel import MeshConfig, batch_row_multiple, make_mesh, make_sharded_update_fn
 
     packed = pack_sft_dataset(sequences, row_len)
@@ -143,6 +169,11 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
     # the step donates its input
     params = step_fn.shard_params(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params))
     opt_state = step_fn.init_opt_state(params)
+    val_rows = None
+    if len(val_sequences):
+        val_rows = -(-batch_rows // multiple) * multiple
+        val = pack_sft_dataset(val_sequences, row_len)
+        val_data = val.as_dict()
     rng = np.random.default_rng(seed)
     order = np.empty((0,), np.int64)
     history = []
@@ -153,8 +184,11 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
         idx, order = order[:batch_rows], order[batch_rows:]
         batch = {k: v[idx] for k, v in data.items()}
         params, opt_state, metrics = step_fn(params, opt_state, batch)
-        if step % log_every == 0 or step == steps:
+        validate = val_rows is not None and ((val_every > 0 and step % val_every == 0) or step == steps)
+        if step % log_every == 0 or step == steps or validate:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if validate:
+                m.update(imitation_metrics(model_cfg, params, val_data, val_rows, mesh, step_fn.rules))
             m["sft/tokens_per_s"] = float(batch_rows * row_len * step / (time.perf_counter() - t0))
             m["sft/packing_utilisation"] = float(packed.utilisation)
             m["sft/rows_per_step"] = float(batch_rows)
@@ -163,6 +197,28 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
             if log_fn is not None:
                 log_fn(step, m)
     return params, history
+
+
+_imitation_sums_jit = jax.jit(imitation_sums, static_argnums=0)
+
+
+def imitation_metrics(model_cfg: ModelConfig, params, data: dict, batch_rows: int, mesh, rules) -> dict:
+    """Held-out imitation of a packed dataset ``data`` (PackedBatch.as_dict with loss_mask), ``batch_rows``
+    rows at a time on ``mesh``: ``sft/val_loss`` (token-mean NLL of the teacher's actions) and
+    ``sft/val_action_match`` (share of actions the greedy policy writes token for token)."""
+    from orchestra_jax.parallel import shard_batch
+
+    total = {"nll": 0.0, "tokens": 0.0, "actions": 0.0, "actions_matched": 0.0}
+    num_rows = len(data["tokens"])
+    for lo in range(0, num_rows, batch_rows):
+        chunk = {k: v[lo:lo + batch_rows] for k, v in data.items()}
+        pad = batch_rows - len(chunk["tokens"])  # padding rows: segment 0, so no loss token
+        chunk = {k: np.pad(v, ((0, pad),) + ((0, 0),) * (v.ndim - 1)) for k, v in chunk.items()}
+        sums = jax.device_get(_imitation_sums_jit(model_cfg, params, shard_batch(chunk, mesh, rules)))
+        for k in total:
+            total[k] += float(sums[k])
+    return {"sft/val_loss": total["nll"] / max(total["tokens"], 1.0),
+            "sft/val_action_match": total["actions_matched"] / max(total["actions"], 1.0)}
 
 
 # ------------------------------------------------------------------------------------- the run's stage
@@ -200,10 +256,13 @@ def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
             print("SFT checkpoint found, SFT skipped", flush=True)
         return state["params"], "sft"
     t0 = time.perf_counter()
-    seqs = [encode_trajectory(prep.tokenizer, Trajectory(
-        messages=tuple(tr.prompt["messages"]), tools=tuple(tr.prompt.get("tools") or ()),
-        actions=tuple(tr.actions), observations=tuple(tr.observations)), tools_format=cfg.rollout.tools_format)
-        for tr in prep.teacher]
+    def encode(trajectories):
+        return [encode_trajectory(prep.tokenizer, Trajectory(
+            messages=tuple(tr.prompt["messages"]), tools=tuple(tr.prompt.get("tools") or ()),
+            actions=tuple(tr.actions), observations=tuple(tr.observations)), tools_format=cfg.rollout.tools_format)
+            for tr in trajectories]
+
+    seqs, val_seqs = encode(prep.teacher), encode(prep.teacher_val)
     main = jax.process_index() == 0
     path = epath.Path(cfg.run_dir) / "sft_metrics.jsonl"
     if main and path.exists():
@@ -221,13 +280,14 @@ def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
             f.write(json.dumps({"step": step, **m}) + "\n")
         if bar is not None:
             bar.n = step
-            bar.set_postfix(loss=f"{m['sft/loss']:.3f}", p=f"{m['sft/mean_token_prob']:.3f}")
+            extra = {"val_match": f"{m['sft/val_action_match']:.3f}"} if "sft/val_action_match" in m else {}
+            bar.set_postfix(loss=f"{m['sft/loss']:.3f}", p=f"{m['sft/mean_token_prob']:.3f}", **extra)
             bar.refresh()
 
     params, _ = train_sft(prep.model_cfg, prep.init_params, seqs, steps=s.steps, batch_rows=s.batch_rows, row_len=s.row_len,
                           learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
                           grad_clip=s.grad_clip, seed=s.seed, log_fn=log_fn, log_every=s.log_every,
-                          mesh=mesh, rules=rules)
+                          mesh=mesh, rules=rules, val_sequences=val_seqs, val_every=s.val_every)
     if bar is not None:
         bar.close()
     placed = jax.device_put(params, param_shardings)  # already there: the same mesh and rules

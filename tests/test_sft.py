@@ -35,3 +35,73 @@ def test_sft_on_an_fsdp_mesh_of_8_equals_one_device():
     # params moved from the start (the input was not donated away either)
     assert max(float(np.abs(np.asarray(a) - b).max()) for a, b in
                zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(params))) > 1e-3
+
+
+def _tiny_cfg(vocab=64):
+    return ModelConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                       intermediate_size=64)
+
+
+def _spans(mask):
+    """(start, end) of the maximal runs of 1 in mask (end exclusive)."""
+    out, start = [], None
+    for t, m in enumerate(list(mask) + [0]):
+        if m and start is None:
+            start = t
+        if not m and start is not None:
+            out.append((start, t))
+            start = None
+    return out
+
+
+def test_imitation_metrics_equal_a_per_sequence_reference():
+    from orchestra_jax.model import Policy
+    from orchestra_jax.sft import imitation_metrics, pack_sft_dataset
+
+    cfg = _tiny_cfg(vocab=8)  # 8 ids: a random model's argmax hits some actions
+    params = init_params(cfg, jax.random.PRNGKey(3))
+    rng = np.random.default_rng(1)
+    seqs = []
+    for _ in range(11):
+        length = int(rng.integers(10, 30))
+        mask = np.zeros(length, np.int32)
+        for _ in range(3):  # up to three separate actions, never at position 0 (nothing predicts it)
+            a = int(rng.integers(1, length - 1))
+            mask[a:a + int(rng.integers(1, 4))] = 1
+        seqs.append((rng.integers(0, 8, length).astype(np.int32), mask))  # a small alphabet: some argmax hits
+    nll, tokens, actions, matched = 0.0, 0, 0, 0
+    for toks, mask in seqs:
+        logits = Policy(cfg).apply({"params": params}, toks[None], np.arange(len(toks))[None],
+                                   np.ones((1, len(toks)), np.int32))[0]
+        logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float32), axis=-1))
+        for s, e in _spans(mask):
+            actions += 1
+            matched += all(int(np.argmax(logp[t - 1])) == toks[t] for t in range(s, e))
+            nll -= sum(logp[t - 1, toks[t]] for t in range(s, e))
+            tokens += e - s
+    data = pack_sft_dataset(seqs, 64).as_dict()
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    m = imitation_metrics(cfg, params, data, 2, mesh, make_rules(()))  # 2 rows at a time: padded chunks too
+    assert 0 < matched < actions  # the reference exercises both outcomes
+    assert m["sft/val_action_match"] == matched / actions
+    np.testing.assert_allclose(m["sft/val_loss"], nll / tokens, rtol=1e-5)
+
+
+def test_held_out_action_match_rises_when_the_action_is_learnable():
+    # the action copies the sequence's first token: learnable, so held-out imitation goes from chance to ~1
+    rng = np.random.default_rng(0)
+
+    def copy_task(n):
+        out = []
+        for _ in range(n):
+            body = rng.integers(2, 12, 9).astype(np.int32)
+            out.append((np.concatenate([body, [1], body[:1]]).astype(np.int32), np.r_[np.zeros(10), 1].astype(np.int32)))
+        return out
+
+    cfg = _tiny_cfg(vocab=16)
+    params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(0)))
+    _, hist = train_sft(cfg, params, copy_task(256), steps=200, batch_rows=8, row_len=64, learning_rate=1e-2,
+                        warmup_steps=10, weight_decay=0.0, grad_clip=1.0, seed=0, log_every=100,
+                        val_sequences=copy_task(64), val_every=100)
+    assert [h["step"] for h in hist] == [100, 200]
+    assert hist[-1]["sft/val_action_match"] > 0.9 and hist[-1]["sft/val_loss"] < 0.3
