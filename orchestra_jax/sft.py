@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from orchestra_jax.data.packing import pack
-from orchestra_jax.model import ModelConfig, Policy
+from orchestra_jax.model import ModelConfig, Policy, chunked_logprobs
 from orchestra_jax.text.chat import render_prompt, tool_response_turn
 
 
@@ -78,15 +78,34 @@ def next_token_logprobs(model_cfg: ModelConfig, params, tokens_BT, positions_BT,
     return jnp.pad(picked_BT, ((0, 0), (1, 0)))
 
 
+def loss_targets(data: dict) -> dict:
+    """The loss tokens of packed rows as K targets per row (K = the most any row has): ``target_tokens``
+    int32 [R, K] and ``target_prev`` int32 [R, K], the index of the hidden state that predicts each (-1 on
+    padding). A loss token is one with loss_mask > 0 whose predecessor is in its segment."""
+    mask_RT = data["loss_mask"] > 0
+    mask_RT[:, 1:] &= (data["segment_ids"][:, 1:] == data["segment_ids"][:, :-1]) & (data["segment_ids"][:, 1:] > 0)
+    mask_RT[:, 0] = False
+    width = max(int(mask_RT.sum(axis=1).max(initial=0)), 1)
+    tokens_RK = np.zeros((len(mask_RT), width), np.int32)
+    prev_RK = np.full((len(mask_RT), width), -1, np.int32)
+    for r, t_K in enumerate(np.nonzero(row)[0] for row in mask_RT):
+        tokens_RK[r, :len(t_K)] = data["tokens"][r, t_K]
+        prev_RK[r, :len(t_K)] = t_K - 1
+    return {"target_tokens": tokens_RK, "target_prev": prev_RK}
+
+
 def sft_loss(model_cfg: ModelConfig, params, batch: dict) -> tuple[jax.Array, dict]:
-    """Token-mean negative log-likelihood over loss_mask tokens of a packed batch."""
-    logp = next_token_logprobs(model_cfg, params, batch["tokens"], batch["positions"], batch["segment_ids"])
-    mask = (batch["loss_mask"] > 0) & (batch["positions"] > 0) & (batch["segment_ids"] > 0)
-    mask = mask.astype(jnp.float32)
+    """Token-mean negative log-likelihood of a packed batch's loss tokens (`loss_targets`: the output head
+    runs only at the positions that predict them, about a tenth of a row)."""
+    policy = Policy(model_cfg)
+    h_BTD = policy.apply({"params": params}, batch["tokens"], batch["positions"], batch["segment_ids"],
+                         method=Policy.final_hidden)
+    head_VD = policy.apply({"params": params}, method=Policy.head_VD)
+    logp_BK, _ = chunked_logprobs(h_BTD, head_VD, batch["target_tokens"], batch["target_prev"], with_entropy=False)
+    mask = (batch["target_prev"] >= 0).astype(jnp.float32)
     n = jnp.maximum(mask.sum(), 1.0)
-    nll = -(logp * mask).sum() / n
-    acc_logp = jnp.where(mask > 0, logp, 0.0)
-    return nll, {"sft/loss": nll, "sft/tokens": mask.sum(), "sft/mean_token_prob": (jnp.exp(acc_logp) * mask).sum() / n}
+    nll = -(logp_BK * mask).sum() / n
+    return nll, {"sft/loss": nll, "sft/tokens": mask.sum(), "sft/mean_token_prob": (jnp.exp(logp_BK) * mask).sum() / n}
 
 
 def imitation_sums(model_cfg: ModelConfig, params, batch: dict) -> dict:
@@ -159,6 +178,8 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
 
     packed = pack_sft_dataset(sequences, row_len)
     data = packed.as_dict()
+    data.update(loss_targets(data))
+    del data["loss_mask"]  # now in the targets
     num_rows = packed.num_rows
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]) if mesh is None else mesh
     optimizer = make_sft_optimizer(learning_rate, steps, warmup_steps, weight_decay, grad_clip)

@@ -105,3 +105,24 @@ def test_held_out_action_match_rises_when_the_action_is_learnable():
                         val_sequences=copy_task(64), val_every=100)
     assert [h["step"] for h in hist] == [100, 200]
     assert hist[-1]["sft/val_action_match"] > 0.9 and hist[-1]["sft/val_loss"] < 0.3
+
+
+def test_sft_loss_on_selected_targets_equals_the_full_logits_loss():
+    from orchestra_jax.sft import loss_targets, next_token_logprobs, pack_sft_dataset, sft_loss
+
+    cfg = _tiny_cfg()
+    params = init_params(cfg, jax.random.PRNGKey(1))
+    data = pack_sft_dataset(_sequences(n=20), 64).as_dict()
+    batch = dict(data, **loss_targets(data))
+    assert batch["target_tokens"].shape[1] < 64  # the head runs on fewer positions than the row holds
+    logp = np.asarray(next_token_logprobs(cfg, params, data["tokens"], data["positions"], data["segment_ids"]))
+    mask = (data["loss_mask"] > 0) & (data["positions"] > 0) & (data["segment_ids"] > 0)
+    loss, m = sft_loss(cfg, params, batch)
+    assert m["sft/tokens"] == mask.sum()
+    np.testing.assert_allclose(float(loss), -logp[mask].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(m["sft/mean_token_prob"]), np.exp(logp[mask]).mean(), rtol=1e-5)
+    g_sel = jax.grad(lambda p: sft_loss(cfg, p, batch)[0])(params)
+    g_ref = jax.grad(lambda p: -(next_token_logprobs(cfg, p, data["tokens"], data["positions"],
+                                                     data["segment_ids"]) * mask).sum() / mask.sum())(params)
+    for a, b in zip(jax.tree_util.tree_leaves(g_sel), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)

@@ -42,16 +42,19 @@ def chunked_logprobs(h_BTD, head_VD, tokens_BT, prev_index_BT, *, chunk_size: in
     """(logp_BT, entropy_BT or None) float32 from final-normed hidden states h_BTD and the output head
     head_VD ([V, D], the tied embedding table or the transposed lm_head kernel).
 
-    The time axis is processed in chunks of chunk_size under jax.checkpoint inside a scan, so neither the
+    tokens and prev_index may also be [B, K] with K != T: K selected targets per row, each read from the
+    hidden state at its prev_index (e.g. only the tokens a loss counts: the head then runs on K positions
+    per row instead of T). The time axis is processed in chunks of chunk_size under jax.checkpoint inside a scan, so neither the
     forward nor the backward pass holds more than one [B, chunk_size, V] float32 logits block. Logits are
     computed as in Policy.head_logits (compute dtype inputs, float32 accumulation).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    batch, length, dim = h_BTD.shape
-    if tokens_BT.shape != (batch, length) or prev_index_BT.shape != (batch, length):
-        raise ValueError(f"tokens {tokens_BT.shape} and prev_index {prev_index_BT.shape} must be [B, T] = "
-                         f"{(batch, length)} like the hidden states")
+    batch = h_BTD.shape[0]
+    if tokens_BT.shape != prev_index_BT.shape or tokens_BT.ndim != 2 or tokens_BT.shape[0] != batch:
+        raise ValueError(f"tokens {tokens_BT.shape} and prev_index {prev_index_BT.shape} must both be [B, K] "
+                         f"with B = {batch} like the hidden states")
+    length = tokens_BT.shape[1]
     chunk = min(chunk_size, length)
     num_chunks = -(-length // chunk)
     pad = num_chunks * chunk - length

@@ -52,8 +52,24 @@ def test_chunked_logprobs_equal_naive_values_and_grads(tied, chunk):
 
 def test_chunked_logprobs_rejects_bad_shapes():
     h = jnp.zeros((2, 4, 8))
-    with pytest.raises(ValueError, match="must be \\[B, T\\]"):
-        chunked_logprobs(h, jnp.zeros((5, 8)), jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3), jnp.int32))
+    with pytest.raises(ValueError, match="must both be \\[B, K\\]"):
+        chunked_logprobs(h, jnp.zeros((5, 8)), jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 4), jnp.int32))
+    with pytest.raises(ValueError, match="must both be \\[B, K\\] with B = 2"):
+        chunked_logprobs(h, jnp.zeros((5, 8)), jnp.zeros((3, 4), jnp.int32), jnp.zeros((3, 4), jnp.int32))
+
+
+def test_chunked_logprobs_of_selected_targets_equal_the_full_ones_there():
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.normal(size=(2, 9, 8)), jnp.float32)
+    head = jnp.asarray(rng.normal(size=(5, 8)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, 5, (2, 9)), jnp.int32)
+    prev = jnp.tile(jnp.arange(-1, 8, dtype=jnp.int32), (2, 1))
+    full, _ = chunked_logprobs(h, head, tokens, prev, chunk_size=4)
+    pick = np.array([[3, 8, 1], [5, 0, 2]])  # K = 3 positions per row; position 0 has no predecessor
+    sel, ent = chunked_logprobs(h, head, jnp.take_along_axis(tokens, pick, 1), jnp.take_along_axis(prev, pick, 1),
+                                chunk_size=2)
+    np.testing.assert_allclose(np.asarray(sel), np.take_along_axis(np.asarray(full), pick, 1), rtol=1e-6)
+    assert float(sel[1, 1]) == 0.0 and ent.shape == (2, 3)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         chunked_logprobs(h, jnp.zeros((5, 8)), jnp.zeros((2, 4), jnp.int32), jnp.zeros((2, 4), jnp.int32),
                          chunk_size=0)
