@@ -202,7 +202,10 @@ class QAEnv(Env):
 
     def menu_lines(self, task: QATask) -> list[str]:
         style = self.cfg.description_style
-        return [f"{a}: {describe(self.pool[j], s, style)}" for a, j, s in zip(task.aliases, task.profiles, task.price_scale)]
+        lines = [(a, describe(self.pool[j], s, style)) for a, j, s in zip(task.aliases, task.profiles, task.price_scale)]
+        if self.qa.menu_layout == "name_last":
+            return [f"{d} = {a}" for a, d in lines]
+        return [f"{a}: {d}" for a, d in lines]
 
     def prompt(self, task: QATask) -> dict[str, Any]:
         user = "Models:\n" + "\n".join(self.menu_lines(task)) + f"\nTask: {task.question}"

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 from orchestra_jax.envs.pool import Described, parse_description
 from orchestra_jax.envs.preferences import parse_stated_preference
 
-_MENU_LINE = re.compile(r"^([a-z]+-\d): (.+)$")
+_MENU_LINE = re.compile(r"^([a-z]+-\d): (.+)$")  # env.qa.menu_layout name_first
+_MENU_LINE_NAME_LAST = re.compile(r"^(.+) = ([a-z]+-\d)$")
 _BUDGET = re.compile(r"^Budget: \$([\d.e-]+)\.$")
 
 
@@ -32,10 +33,11 @@ def read_prompt(prompt: dict[str, Any]) -> Reading:
     user = next((m["content"] for m in prompt.get("messages", []) if m.get("role") == "user"), "")
     aliases, described, question, rest, budget = [], [], "", [], 0.0
     for line in user.split("\n"):
-        m = _MENU_LINE.match(line)
-        d = parse_description(m.group(2)) if m else None
+        m, last = _MENU_LINE.match(line), _MENU_LINE_NAME_LAST.match(line)
+        alias, text = (m.group(1), m.group(2)) if m else (last.group(2), last.group(1)) if last else (None, None)
+        d = parse_description(text) if text is not None else None
         if d is not None:
-            aliases.append(m.group(1))
+            aliases.append(alias)
             described.append(d)
         elif _BUDGET.match(line):
             budget = float(_BUDGET.match(line).group(1))
