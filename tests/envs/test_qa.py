@@ -263,3 +263,17 @@ def test_results_concatenate_keeps_call_logs(env):
     c = EpisodeResults.concatenate([a, b])
     assert c.call_log == a.call_log + b.call_log and len(c.call_log) == 6
     assert EpisodeResults.concatenate([a, nolog]).call_log == a.call_log + [[], []]
+
+
+@pytest.mark.parametrize("alias_style", ["random", "slot"])
+def test_name_last_menu_reads_as_the_name_first_one(alias_style):
+    first = make_env(dataclasses.replace(CFG, qa=QAConfig(alias_style=alias_style)))
+    last = make_env(dataclasses.replace(CFG, qa=QAConfig(alias_style=alias_style, menu_layout="name_last")))
+    tasks_first, tasks_last = first.sample_tasks(0, 30), last.sample_tasks(0, 30)
+    assert [t.to_dict() for t in tasks_first] == [t.to_dict() for t in tasks_last]  # the layout is text only
+    for t in tasks_last:
+        lines = last.prompt(t)["messages"][-1]["content"].split("\n")[1:1 + len(t.aliases)]
+        assert [line.rsplit(" = ", 1)[1] for line in lines] == list(t.aliases)
+        assert read_prompt(last.prompt(t)) == read_prompt(first.prompt(t))
+    with pytest.raises(ValueError, match="env.qa.menu_layout must be one of"):
+        QAConfig(menu_layout="middle")
