@@ -21,7 +21,7 @@ from orchestra_jax.envs import make_env  # noqa: E402
 from orchestra_jax.model import init_params  # noqa: E402
 from orchestra_jax.parallel import MeshConfig, make_mesh, make_rules  # noqa: E402
 from orchestra_jax.prepare import teacher_data  # noqa: E402
-from orchestra_jax.sft import Trajectory, encode_trajectory, imitation_metrics, pack_sft_dataset  # noqa: E402
+from orchestra_jax.sft import encode_teacher_trajectories, imitation_metrics, pack_sft_dataset  # noqa: E402
 from orchestra_jax.text.tokenizer import load_tokenizer  # noqa: E402
 
 
@@ -38,9 +38,7 @@ def main(argv) -> int:
         sys.exit(f"no SFT checkpoint in {run}/sft")
     val = teacher_data(cfg, make_env(cfg.env), split="val")
     tok = load_tokenizer(os.path.join(run, "tokenizer"))
-    seqs = [encode_trajectory(tok, Trajectory(
-        messages=tuple(t.prompt["messages"]), tools=tuple(t.prompt.get("tools") or ()), actions=tuple(t.actions),
-        observations=tuple(t.observations)), tools_format=cfg.rollout.tools_format) for t in val]
+    seqs = encode_teacher_trajectories(tok, val, cfg.rollout.tools_format)
     state, _ = ck.restore(None, {"params": init_params(cfg.model, jax.random.PRNGKey(0))})
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     data = pack_sft_dataset(seqs, cfg.sft.row_len).as_dict()

@@ -68,6 +68,15 @@ def encode_trajectory(tokenizer, traj: Trajectory, tools_format: str = "qwen") -
     return np.asarray(tokens, np.int32), np.asarray(mask, np.int32)
 
 
+def encode_teacher_trajectories(tokenizer, trajectories, tools_format: str = "qwen") -> list:
+    """`encode_trajectory` of each factory trajectory (envs.baselines.Trajectory: prompt dict, actions,
+    observations), as SFT trains on them."""
+    return [encode_trajectory(tokenizer, Trajectory(
+        messages=tuple(tr.prompt["messages"]), tools=tuple(tr.prompt.get("tools") or ()),
+        actions=tuple(tr.actions), observations=tuple(tr.observations)), tools_format=tools_format)
+        for tr in trajectories]
+
+
 def next_token_logprobs(model_cfg: ModelConfig, params, tokens_BT, positions_BT, segment_ids_BT):
     """log p(tokens[b, t] | same-segment prefix) [B, T], 0 at segment starts and padding (ARCHITECTURE.md)."""
     logits_BTV = Policy(model_cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT)
@@ -193,8 +202,7 @@ def train_sft(model_cfg: ModelConfig, params, sequences: Sequence[tuple[np.ndarr
     val_rows = None
     if len(val_sequences):
         val_rows = -(-batch_rows // multiple) * multiple
-        val = pack_sft_dataset(val_sequences, row_len)
-        val_data = val.as_dict()
+        val_data = pack_sft_dataset(val_sequences, row_len).as_dict()
     rng = np.random.default_rng(seed)
     order = np.empty((0,), np.int64)
     history = []
@@ -277,13 +285,8 @@ def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
             print("SFT checkpoint found, SFT skipped", flush=True)
         return state["params"], "sft"
     t0 = time.perf_counter()
-    def encode(trajectories):
-        return [encode_trajectory(prep.tokenizer, Trajectory(
-            messages=tuple(tr.prompt["messages"]), tools=tuple(tr.prompt.get("tools") or ()),
-            actions=tuple(tr.actions), observations=tuple(tr.observations)), tools_format=cfg.rollout.tools_format)
-            for tr in trajectories]
-
-    seqs, val_seqs = encode(prep.teacher), encode(prep.teacher_val)
+    seqs = encode_teacher_trajectories(prep.tokenizer, prep.teacher, cfg.rollout.tools_format)
+    val_seqs = encode_teacher_trajectories(prep.tokenizer, prep.teacher_val, cfg.rollout.tools_format)
     main = jax.process_index() == 0
     path = epath.Path(cfg.run_dir) / "sft_metrics.jsonl"
     if main and path.exists():
