@@ -1,13 +1,16 @@
 """Can a policy of the quickstart's shape learn to bind a slot number to its menu line at all?
 
     python experiments/binding_probe.py [--extra 0] [--lr 1e-3] [--steps 1000] [--examples 4000] [--layout first]
+                                        [--warm-steps 0]
 
 A synthetic menu with the QA prompt's structure and none of its noise: five lines ``M <digit> : <attrs> NL``
 (``--layout last``: ``<attrs> : M <digit> NL``), each holding one key token no other line has among ``--extra``
 random other attributes, then ``Q <key> ->`` and the target: that line's digit. Behaviour cloning with the
 quickstart's SFT (orchestra_jax.sft.train_sft, the quickstart model shape, 16 rows of 8 examples per step);
 prints one JSON line per log step with the held-out (256 fresh menus) ``sft/val_action_match``: 0.2 is
-chance, 1 is binding learned.
+chance, 1 is binding learned. ``--warm-steps N`` is a curriculum: N steps on one-attribute lines
+(``--extra 0``, fresh menus) first, then ``--steps`` on the ``--extra`` lines from those weights (stage 2's
+optimiser starts afresh, with its own warm-up).
 """
 import argparse
 import json
@@ -47,21 +50,26 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=1e-3, help="peak SFT learning rate (the quickstart's: 3e-3)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warm-steps", type=int, default=0, help="curriculum: steps on --extra 0 lines first")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    train = [menu_example(rng, args.layout, args.extra) for _ in range(args.examples)]
-    val = [menu_example(rng, args.layout, args.extra) for _ in range(256)]
     cfg = ModelConfig(vocab_size=VOCAB, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
                       intermediate_size=384)  # conf/model/quickstart.yaml's shape
     params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(args.seed)))
     t0 = time.perf_counter()
-    every = max(args.steps // 8, 1)
-    _, history = train_sft(cfg, params, train, steps=args.steps, batch_rows=16, row_len=len(train[0][0]) * 8,
-                           learning_rate=args.lr, warmup_steps=20, weight_decay=0.01, grad_clip=1.0, seed=args.seed,
-                           log_every=every, val_sequences=val, val_every=every)
-    for h in history:
-        print(json.dumps({**vars(args), "step": h["step"], "sft/loss": round(h["sft/loss"], 4),
-                          "sft/val_action_match": round(h["sft/val_action_match"], 4)}))
+    stages = [("warm", 0, args.warm_steps), ("main", args.extra, args.steps)]
+    for stage, extra, steps in [s for s in stages if s[2] > 0]:
+        train = [menu_example(rng, args.layout, extra) for _ in range(args.examples)]
+        val = [menu_example(rng, args.layout, extra) for _ in range(256)]
+        every = max(steps // 8, 1)
+        params, history = train_sft(cfg, params, train, steps=steps, batch_rows=16, row_len=len(train[0][0]) * 8,
+                                    learning_rate=args.lr, warmup_steps=20, weight_decay=0.01, grad_clip=1.0,
+                                    seed=args.seed, log_every=every, val_sequences=val, val_every=every)
+        params = jax.tree_util.tree_map(np.asarray, params)
+        for h in history:
+            print(json.dumps({**vars(args), "stage": stage, "stage_extra": extra, "step": h["step"],
+                              "sft/loss": round(h["sft/loss"], 4),
+                              "sft/val_action_match": round(h["sft/val_action_match"], 4)}), flush=True)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
     return 0
 
