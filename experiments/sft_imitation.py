@@ -1,16 +1,23 @@
 """Held-out imitation of a run's SFT checkpoint (for runs made before SFT logged it itself).
 
-    python experiments/sft_imitation.py RUN_DIR [dotlist overrides of the run's config, e.g. sft.val_tasks=256]
+    python experiments/sft_imitation.py RUN_DIR [--by-tool] [dotlist overrides of the run's config, e.g. sft.val_tasks=256]
 
 Makes (or reads) <run_dir>/data/sft_val_trajectories.jsonl: the run's teachers on sft.val_tasks val-split tasks,
 never trained on; prints ``sft/val_loss`` and ``sft/val_action_match`` of <run_dir>/sft, as SFT logs them
-every sft.val_every steps (orchestra_jax.sft.imitation_metrics).
+every sft.val_every steps (orchestra_jax.sft.imitation_metrics). ``--by-tool`` adds the same two figures
+per tool the teacher called (``by_tool``: each scored on only that tool's actions, with their count and
+``majority_share``, the match of always writing that tool's most frequent action: the level a policy that
+does not read its context reaches), so a policy that learned which tool to call but not which menu entry
+shows as such.
 """
 import json
 import os
+import re
 import sys
+from collections import Counter
 
 import jax
+import numpy as np
 from omegaconf import OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,9 +32,38 @@ from orchestra_jax.sft import encode_teacher_trajectories, imitation_metrics, pa
 from orchestra_jax.text.tokenizer import load_tokenizer  # noqa: E402
 
 
+_TOOL_NAME = re.compile(r'"name"\s*:\s*"([^"]+)"')
+
+
+def action_runs(loss_mask_T: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of loss tokens: one per teacher action, in order."""
+    on = np.concatenate([[0], (np.asarray(loss_mask_T) > 0).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(on))
+    return list(zip(edges[0::2], edges[1::2]))
+
+
+def only_tool(seqs, trajectories, tool: str) -> list:
+    """The sequences with the loss mask kept only on the actions that call ``tool``."""
+    out = []
+    for (tokens, mask), tr in zip(seqs, trajectories):
+        runs = action_runs(mask)
+        if len(runs) != len(tr.actions):
+            raise ValueError(f"{tr.task['task_id']}: {len(runs)} loss-token runs for {len(tr.actions)} actions")
+        keep = np.zeros_like(mask)
+        for (lo, hi), action in zip(runs, tr.actions):
+            name = _TOOL_NAME.search(action)
+            if name is not None and name.group(1) == tool:
+                keep[lo:hi] = mask[lo:hi]
+        if keep.any():
+            out.append((tokens, keep))
+    return out
+
+
 def main(argv) -> int:
     if not argv:
         sys.exit(__doc__)
+    by_tool = "--by-tool" in argv
+    argv = [a for a in argv if a != "--by-tool"]
     run = argv[0]
     conf = OmegaConf.load(os.path.join(run, "config.yaml"))
     # runs made before sft.val_tasks existed: the defaults of conf/sft/default.yaml, then the overrides
@@ -43,6 +79,16 @@ def main(argv) -> int:
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     data = pack_sft_dataset(seqs, cfg.sft.row_len).as_dict()
     m = imitation_metrics(cfg.model, state["params"], data, cfg.sft.batch_rows, mesh, make_rules(()))
+    if by_tool:
+        names = sorted({n.group(1) for tr in val for a in tr.actions if (n := _TOOL_NAME.search(a))})
+        m["by_tool"] = {}
+        for tool in names:
+            part = only_tool(seqs, val, tool)
+            written = Counter(a for tr in val for a in tr.actions if (n := _TOOL_NAME.search(a)) and n.group(1) == tool)
+            m["by_tool"][tool] = {"actions": sum(written.values()),
+                                  "majority_share": max(written.values()) / sum(written.values()), **imitation_metrics(
+                cfg.model, state["params"], pack_sft_dataset(part, cfg.sft.row_len).as_dict(), cfg.sft.batch_rows,
+                mesh, make_rules(()))}
     print(json.dumps({"run_dir": run, "val_trajectories": len(val), **m}))
     return 0
 

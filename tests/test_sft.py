@@ -1,6 +1,7 @@
 """sft: behaviour cloning runs on the same sharded mesh path as GRPO; a mesh of 8 equals one device."""
 import jax
 import numpy as np
+import pytest
 
 from orchestra_jax.model import ModelConfig, init_params
 from orchestra_jax.parallel import MeshConfig, make_mesh, make_rules
@@ -126,3 +127,33 @@ def test_sft_loss_on_selected_targets_equals_the_full_logits_loss():
                                                      data["segment_ids"]) * mask).sum() / mask.sum())(params)
     for a, b in zip(jax.tree_util.tree_leaves(g_sel), jax.tree_util.tree_leaves(g_ref)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
+
+
+def _load_experiment(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sft_imitation_by_tool_keeps_only_that_tools_actions():
+    from types import SimpleNamespace
+
+    script = _load_experiment("sft_imitation")
+    rng = np.random.default_rng(0)
+    mask = np.array([0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1, 1], np.float32)
+    assert script.action_runs(mask) == _spans(mask)
+    tokens = rng.integers(1, 50, len(mask)).astype(np.int32)
+    call = '<tool_call>\n{{"name": "{}", "arguments": {{"model": "model-2"}}}}\n</tool_call>'
+    tr = SimpleNamespace(actions=[call.format(n) for n in ("search", "answer", "search", "call_expert")],
+                         task={"task_id": "t"})
+    (kept_tokens, kept_mask), = script.only_tool([(tokens, mask)], [tr], "search")
+    np.testing.assert_array_equal(kept_tokens, tokens)
+    assert script.action_runs(kept_mask) == [(2, 4), (10, 11)]
+    assert script.only_tool([(tokens, mask)], [tr], "respond") == []  # no such action: the sequence is dropped
+    with pytest.raises(ValueError, match="4 loss-token runs for 3 actions"):
+        script.only_tool([(tokens, mask)], [SimpleNamespace(actions=tr.actions[:3], task={"task_id": "t"})], "search")
