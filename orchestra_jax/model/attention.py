@@ -206,20 +206,34 @@ def _kv_block(size: int) -> int | None:
     return None
 
 
-def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int):
+def _layer_block(x_LBSKH, layer, start, size: int):
+    """Slots start .. start + size of one layer's cache from the stacked [L, B, S, K, H] cache (a read of
+    that block only; the layer's cache is never sliced out whole)."""
+    shape = (1, x_LBSKH.shape[1], size) + x_LBSKH.shape[3:]
+    return jax.lax.dynamic_slice(x_LBSKH, (layer, 0, start, 0, 0), shape)[0]
+
+
+def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int, layer=None):
     """Cached attention that reads only the cache blocks holding filled slots.
 
     A while loop over blocks 0 .. ceil((max query slot + 1) / block) - 1 with an online softmax (float32):
-    per step it touches the filled part of the cache only, never all S slots, and copies nothing.
+    per step it touches the filled part of the cache only, never all S slots, and copies nothing. With
+    ``layer``, k and v are the stacked caches [L, B, S, K, H] of all layers and the blocks are read from
+    that layer.
     """
     batch, length, heads, dim = q_BTNH.shape
-    kv_heads = k_BSKH.shape[2]
+    kv_heads = k_BSKH.shape[-2]
     groups = heads // kv_heads
     scale = 1.0 / jnp.sqrt(jnp.float32(dim))
     q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, groups, dim).astype(jnp.float32) * scale
     num_blocks = (jnp.max(query_slots_BT) + block) // block
 
-    size = k_BSKH.shape[1]
+    size = k_BSKH.shape[-3]
+
+    def read(x, start):  # the cache in the compute dtype, then float32 (as a compute-dtype cache would be)
+        blk = (jax.lax.dynamic_slice_in_dim(x, start, block, axis=1) if layer is None
+               else _layer_block(x, layer, start, block))
+        return blk.astype(q_BTNH.dtype).astype(jnp.float32)
 
     def body(i, carry):
         m, l, acc = carry
@@ -227,8 +241,8 @@ def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int)
         # slots it shares with the block before are masked out, so each slot counts once.
         nominal = i * block
         start = jnp.minimum(nominal, size - block)
-        k_blk = jax.lax.dynamic_slice_in_dim(k_BSKH, start, block, axis=1).astype(jnp.float32)
-        v_blk = jax.lax.dynamic_slice_in_dim(v_BSKH, start, block, axis=1).astype(jnp.float32)
+        k_blk = read(k_BSKH, start)
+        v_blk = read(v_BSKH, start)
         scores = jnp.einsum("btkgh,bckh->btkgc", q_BTKGH, k_blk)
         slots_C = start + jnp.arange(block, dtype=jnp.int32)
         valid_BTC = (slots_C[None, None, :] <= query_slots_BT[:, :, None]) & (slots_C >= nominal)[None, None, :]
@@ -246,19 +260,25 @@ def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int)
     return (acc / l[..., None]).reshape(batch, length, heads, dim).astype(q_BTNH.dtype)
 
 
-def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str):
+def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str, layer=None):
     """Attention of new queries over a KV cache: query at cache slot p sees slots 0..p.
 
     The cache row holds one sequence whose slot index equals its position. Every query sees at least
     slot 0, so no row is fully masked. "reference" masks all S slots; every other backend reads only the
     filled cache blocks (blocked_cached_attention) when S holds >= 2 blocks of KV_BLOCKS, else
     uses the dense XLA path over all S slots (decode steps are tiny; prefill is bounded by max_len).
+    ``layer``: k and v are the stacked caches [L, B, S, K, H] of all layers; attend that layer's. The
+    cache is read in the queries' (compute) dtype.
     """
-    slots_S = jnp.arange(k_BSKH.shape[1], dtype=jnp.int32)
+    slots_S = jnp.arange(k_BSKH.shape[-3], dtype=jnp.int32)
     if backend != "reference":
-        block = _kv_block(k_BSKH.shape[1])
+        block = _kv_block(k_BSKH.shape[-3])
         if block is not None:
-            return blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block)
+            return blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block, layer)
+    if layer is not None:
+        k_BSKH = jax.lax.dynamic_index_in_dim(k_BSKH, layer, 0, keepdims=False)
+        v_BSKH = jax.lax.dynamic_index_in_dim(v_BSKH, layer, 0, keepdims=False)
+    k_BSKH, v_BSKH = k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype)
     mask_BTS = slots_S[None, None, :] <= query_slots_BT[:, :, None]
     if backend == "reference":
         return reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)

@@ -123,19 +123,17 @@ class Attention(nn.Module):
         backend = resolve_backend(self.cfg.attention_backend, self.cfg.jnp_dtype)
         return self._out(packed_attention(q, k, v, segment_ids_BT, backend, prefix_segment_ids_BT))
 
-    def extend(self, x_BTD, positions_BT, k_cache_BSKH, v_cache_BSKH, write_slots_BT):
-        """Write this chunk's k/v at write_slots (out-of-range slots are dropped) and attend the cache."""
+    def extend(self, x_BTD, positions_BT, k_all_LBSKH, v_all_LBSKH, layer, write_slots_BT):
+        """Write this chunk's k/v into layer ``layer`` of the stacked cache at write_slots (out-of-range slots
+        are dropped) and attend that layer's cache. The stacked cache is written and read in place: a
+        per-layer slice of it would be a copy of the whole layer cache every decode step."""
         q, k, v = self._qkv(x_BTD, positions_BT)
         rows_B1 = jnp.arange(x_BTD.shape[0])[:, None]
-        k_cache_BSKH = k_cache_BSKH.at[rows_B1, write_slots_BT].set(
-            k.astype(k_cache_BSKH.dtype), mode="drop")
-        v_cache_BSKH = v_cache_BSKH.at[rows_B1, write_slots_BT].set(
-            v.astype(v_cache_BSKH.dtype), mode="drop")
-        dtype = self.cfg.jnp_dtype
+        k_all_LBSKH = k_all_LBSKH.at[layer, rows_B1, write_slots_BT].set(k.astype(k_all_LBSKH.dtype), mode="drop")
+        v_all_LBSKH = v_all_LBSKH.at[layer, rows_B1, write_slots_BT].set(v.astype(v_all_LBSKH.dtype), mode="drop")
         backend = "reference" if self.cfg.attention_backend == "reference" else "xla"
-        out = cached_attention(q, k_cache_BSKH.astype(dtype), v_cache_BSKH.astype(dtype),
-                               positions_BT, backend)
-        return self._out(out), k_cache_BSKH, v_cache_BSKH
+        out = cached_attention(q, k_all_LBSKH, v_all_LBSKH, positions_BT, backend, layer=layer)
+        return self._out(out), k_all_LBSKH, v_all_LBSKH
 
 
 class MLP(nn.Module):
@@ -169,22 +167,23 @@ class DecoderLayer(nn.Module):
         x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
         return _constrain(x_BTD, ("batch", "sequence", "embed"))
 
-    def extend(self, x_BTD, positions_BT, k_cache, v_cache, write_slots_BT):
-        attn, k_cache, v_cache = self.attn.extend(self.input_norm(x_BTD), positions_BT, k_cache, v_cache,
-                                                  write_slots_BT)
+    def extend(self, x_BTD, positions_BT, k_all, v_all, layer, write_slots_BT):
+        attn, k_all, v_all = self.attn.extend(self.input_norm(x_BTD), positions_BT, k_all, v_all, layer,
+                                              write_slots_BT)
         x_BTD = x_BTD + attn
         x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
-        return _constrain(x_BTD, ("batch", "sequence", "embed")), k_cache, v_cache
+        return _constrain(x_BTD, ("batch", "sequence", "embed")), k_all, v_all
 
 
 class _ScanDecoderLayer(DecoderLayer):
-    """DecoderLayer with the nn.scan carry interface: (x, kv) -> (x, new kv); kv None = packed forward."""
+    """DecoderLayer with the nn.scan interface (carry, layer index) -> (carry, None). Packed forward
+    (write_slots None): carry = x. Cache extend: carry = (x, stacked k, stacked v), written in place at
+    the scanned layer index."""
 
-    def __call__(self, x_BTD, kv, positions_BT, segment_ids_BT, prefix_segment_ids_BT, write_slots_BT):
-        if kv is None:
-            return DecoderLayer.__call__(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT), None
-        x_BTD, k, v = DecoderLayer.extend(self, x_BTD, positions_BT, kv[0], kv[1], write_slots_BT)
-        return x_BTD, (k, v)
+    def __call__(self, carry, layer, positions_BT, segment_ids_BT, prefix_segment_ids_BT, write_slots_BT):
+        if write_slots_BT is None:
+            return DecoderLayer.__call__(self, carry, positions_BT, segment_ids_BT, prefix_segment_ids_BT), None
+        return DecoderLayer.extend(self, *carry[:1], positions_BT, *carry[1:], layer, write_slots_BT), None
 
 
 class Policy(nn.Module):
@@ -302,15 +301,13 @@ class Policy(nn.Module):
         write_slots_BT = jnp.where(t_T[None, :] < num_new_B[:, None], positions_BT, cache.max_len)
         x_BTD = self.embed_tokens(tokens_BT)
         if self.cfg.scan_layers:
-            x_BTD, (k_all, v_all) = self.scanned(x_BTD, (cache.k, cache.v), positions_BT, None, None,
-                                                 write_slots_BT)
+            layers_L = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+            (x_BTD, k_all, v_all), _ = self.scanned((x_BTD, cache.k, cache.v), layers_L, positions_BT, None, None,
+                                                    write_slots_BT)
         else:
             k_all, v_all = cache.k, cache.v
             for i, layer in enumerate(self.layers):
-                # Update the stacked cache in place (no per-step jnp.stack copy of the whole cache).
-                x_BTD, k_i, v_i = layer.extend(x_BTD, positions_BT, k_all[i], v_all[i], write_slots_BT)
-                k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_i, i, 0)
-                v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_i, i, 0)
+                x_BTD, k_all, v_all = layer.extend(x_BTD, positions_BT, k_all, v_all, i, write_slots_BT)
         if last_only:
             x_BTD = jnp.take_along_axis(x_BTD, jnp.maximum(num_new_B - 1, 0)[:, None, None], axis=1)
         logits = self.logits_from_hidden(x_BTD)

@@ -120,3 +120,26 @@ def test_stack_unstack_errors():
         unstack_layer_params({"embed": {}}, 2)
     with pytest.raises(ValueError, match="lack \\['layers_0'"):
         stack_layer_params({"layers": {}}, 2)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_decode_step_writes_the_stacked_cache_in_place(scan_layers):
+    """No op of the compiled decode produces a whole layer's cache [B, S, Hkv, D]: the new token's k/v are
+    scattered into the stacked cache and attention reads blocks of it (a per-layer slice would copy the
+    layer's cache every step: 27 -> 17 ms per quickstart decode step when it went)."""
+    import dataclasses
+    import re
+
+    from orchestra_jax.model.sampling import _decode_jit
+
+    cfg = dataclasses.replace(CFG, scan_layers=scan_layers)
+    params = init_params(cfg, jax.random.key(0))
+    batch, size = 8, 256  # two 128-slot blocks: the blocked path
+    cache = init_cache(cfg, batch, size)
+    hlo = _decode_jit.lower(cfg, SamplingConfig(greedy=True, max_new_tokens=4), params, cache,
+                            jnp.zeros((batch, cfg.vocab_size), jnp.float32), jax.random.key(0),
+                            jnp.ones(batch, bool), jnp.full((1,), -1, jnp.int32), None).compile().as_text()
+    stacked = f"f32[{cfg.num_layers},{batch},{size},{cfg.num_kv_heads},{cfg.head_dim}]"
+    layer = f"f32[{batch},{size},{cfg.num_kv_heads},{cfg.head_dim}]"
+    assert stacked in hlo  # the pattern is right for this XLA's text
+    assert not re.search(re.escape(layer) + r"\{", hlo), [l for l in hlo.splitlines() if layer in l][:3]
