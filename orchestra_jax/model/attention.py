@@ -191,16 +191,23 @@ def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefi
     raise ValueError(f"unresolved attention backend {backend!r}")
 
 
-KV_BLOCKS = (256, 128, 64)  # cache block sizes tried (largest first); a cache needs >= 2 blocks to use them
+# Cache block sizes tried (largest first); a cache needs >= 2 blocks to use them. On CPU a decode step is
+# bound by reading the cache, so small blocks (less read past the filled slots) win: the quickstart's decode
+# step at 300 filled slots of 720 took 9.5 ms with 64-slot blocks vs 13-15 ms with 256 (benchmarks/README.md);
+# on accelerators every block is a loop iteration of kernel launches, so they get larger ones.
+KV_BLOCKS = (256, 128, 64)
+CPU_KV_BLOCKS = (64,)
 
 
-def _kv_block(size: int) -> int | None:
-    """The first of KV_BLOCKS that divides the cache into >= 2 blocks, else the first of them that fits twice
-    (its last block then ragged: S = 720 -> 256, blocks at 0, 256 and 464..719 of which 512.. counts)."""
-    for block in KV_BLOCKS:
+def _kv_block(size: int, platform: str | None = None) -> int | None:
+    """The first of the platform's block sizes (CPU_KV_BLOCKS on "cpu", else KV_BLOCKS; default: jax's
+    default backend) that divides the cache into >= 2 blocks, else the first of them that fits twice (its
+    last block then ragged: S = 720 -> 256, blocks at 0, 256 and 464..719 of which 512.. counts)."""
+    blocks = CPU_KV_BLOCKS if (platform or jax.default_backend()) == "cpu" else KV_BLOCKS
+    for block in blocks:
         if size % block == 0 and size // block >= 2:
             return block
-    for block in KV_BLOCKS:
+    for block in blocks:
         if size // block >= 2:
             return block
     return None
@@ -265,7 +272,7 @@ def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str, layer
 
     The cache row holds one sequence whose slot index equals its position. Every query sees at least
     slot 0, so no row is fully masked. "reference" masks all S slots; every other backend reads only the
-    filled cache blocks (blocked_cached_attention) when S holds >= 2 blocks of KV_BLOCKS, else
+    filled cache blocks (blocked_cached_attention) when S holds >= 2 blocks (`_kv_block`), else
     uses the dense XLA path over all S slots (decode steps are tiny; prefill is bounded by max_len).
     ``layer``: k and v are the stacked caches [L, B, S, K, H] of all layers; attend that layer's. The
     cache is read in the queries' (compute) dtype.

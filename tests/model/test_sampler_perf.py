@@ -39,13 +39,19 @@ def test_blocked_cached_attention_matches_masked_reference():
     np.testing.assert_allclose(out, np.asarray(reference_attention(q, k, v, mask)), atol=1e-5)
 
 
-@pytest.mark.parametrize("size,block", [(720, 256), (200, 64), (130, 64)])
+def test_cache_block_sizes_per_platform():
+    from orchestra_jax.model.attention import _kv_block
+
+    assert [_kv_block(s, "gpu") for s in (720, 512, 200, 130, 127)] == [256, 256, 64, 64, None]
+    assert [_kv_block(s, "cpu") for s in (720, 512, 200, 130, 127)] == [64, 64, 64, 64, None]
+    assert _kv_block(720) == _kv_block(720, jax.default_backend())
+
+
+@pytest.mark.parametrize("size,block", [(720, 256), (720, 64), (200, 64), (130, 64)])
 def test_blocked_attention_with_a_ragged_last_block_matches_the_reference(size, block):
     """S not a multiple of the block (the quickstart's 720-slot cache): the last block overlaps the one before
     it; each slot still counts once, and slots past the longest query are never read."""
-    from orchestra_jax.model.attention import _kv_block
-
-    assert _kv_block(size) == block
+    cached_attention = jax.jit(blocked_cached_attention, static_argnums=4)
     keys = jax.random.split(jax.random.key(1), 3)
     q = jax.random.normal(keys[0], (4, 3, 4, 8))
     k = jax.random.normal(keys[1], (4, size, 2, 8))
@@ -54,9 +60,9 @@ def test_blocked_attention_with_a_ragged_last_block_matches_the_reference(size, 
                          [size - 3, size - 2, size - 1]], jnp.int32)
     mask = jnp.arange(size)[None, None] <= slots[:, :, None]
     expected = np.asarray(reference_attention(q, k, v, mask))
-    np.testing.assert_allclose(np.asarray(cached_attention(q, k, v, slots, "xla")), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cached_attention(q, k, v, slots, block)), expected, atol=1e-5)
     short = jnp.minimum(slots, block - 1)  # one block: NaN past it cannot leak
-    out = cached_attention(q, k.at[:, block:].set(jnp.nan), v.at[:, block:].set(jnp.nan), short, "xla")
+    out = cached_attention(q, k.at[:, block:].set(jnp.nan), v.at[:, block:].set(jnp.nan), short, block)
     mask = jnp.arange(size)[None, None] <= short[:, :, None]
     np.testing.assert_allclose(np.asarray(out), np.asarray(reference_attention(q, k, v, mask)), atol=1e-5)
 
