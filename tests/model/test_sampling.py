@@ -232,13 +232,16 @@ def _chi_square(counts, probs):
     return float(np.sum((counts - expected) ** 2 / expected))
 
 
-@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 1.0), (1.3, 0.8)])
-def test_sampled_frequencies_match_the_distribution(temperature, top_p):
-    logits_V = np.array([2.0, 1.0, 0.5, 0.0, -0.5, -1.5], np.float32)
+@pytest.mark.parametrize("temperature,top_p,row_keys", [(1.0, 1.0, False), (0.6, 1.0, False), (1.3, 0.8, False),
+                                                        (1.3, 0.8, True), (1.0, 0.5, True)])
+def test_sampled_frequencies_match_the_distribution(temperature, top_p, row_keys):
+    # tokens in no order of probability, so top-p's cut leaves zero-mass tokens between kept ones
+    logits_V = np.array([-0.5, 2.0, -1.5, 0.5, 1.0, 0.0], np.float32)
     n = 40_000
     cfg = SamplingConfig(temperature=temperature, top_p=top_p)
+    row_ids = jnp.arange(n, dtype=jnp.int32) if row_keys else None
     tokens, sample_logp, policy_logp = jax.jit(sample_tokens, static_argnums=2)(
-        jnp.tile(jnp.asarray(logits_V), (n, 1)), jax.random.key(11), cfg)
+        jnp.tile(jnp.asarray(logits_V), (n, 1)), jax.random.key(11), cfg, row_ids)
     tokens = np.asarray(tokens)
     # independent reference: tempered softmax, then keep the most likely tokens until the mass reaches top_p
     p = np.exp(logits_V / temperature)
