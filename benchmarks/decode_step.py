@@ -27,7 +27,7 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    import orchestra_jax.model.attention as attention
+    import orchestra_jax.model.cached_attention as attention
     from orchestra_jax.model import ModelConfig, init_cache, init_params
     from orchestra_jax.model import sampling
 
@@ -65,7 +65,7 @@ def main(argv=None):
     modes = {name: {str(f): ms_per_step(f, scfg) for f in filled} for name, scfg in (("greedy", greedy),
                                                                                        ("temperature_1", sampled))}
     emit({"benchmark": "decode_step", "rows": args.rows, "cache_slots": args.cache, "new_tokens": args.new,
-          "reps": args.reps, "platform_block": attention._kv_block(args.cache),
+          "reps": args.reps, "platform_block": attention.kv_block_size(args.cache),
           "ms_per_step_by_block": by_block, "ms_per_step_by_mode": modes})
 
 

@@ -1,4 +1,4 @@
-"""Attention kernels for packed rows (segment ids) and for the KV cache.
+"""Attention kernels for packed rows (segment ids); the KV-cache read is in cached_attention.py.
 
 All functions take q [B, T, N, H] and k, v [B, S, K, H] with N a multiple of K (grouped-query attention:
 query head n reads key/value head n // (N // K), the Hugging Face `repeat_kv` convention) and return
@@ -93,7 +93,8 @@ def reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
     return out.astype(q_BTNH.dtype)
 
 
-def _dense_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, *, is_causal: bool, implementation: str):
+def dense_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, *, is_causal: bool, implementation: str):
+    """jax.nn.dot_product_attention with a boolean [B, T, S] mask (True = visible)."""
     return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS[:, None],
                                         is_causal=is_causal, implementation=implementation)
 
@@ -114,7 +115,7 @@ def _blocked_dense_attention(q_BTNH, k_BTKH, v_BTKH, visible_BTS_fn, *, implemen
         q_blk = jax.lax.dynamic_slice_in_dim(q_BTNH, start, Q_BLOCK, axis=1)
         causal_CT = (start + jnp.arange(Q_BLOCK, dtype=jnp.int32))[:, None] >= t_T[None, :]
         mask_BCT = visible_BTS_fn(start, Q_BLOCK) & causal_CT[None]
-        return _dense_attention(q_blk, k_BTKH, v_BTKH, mask_BCT, is_causal=False, implementation=implementation)
+        return dense_attention(q_blk, k_BTKH, v_BTKH, mask_BCT, is_causal=False, implementation=implementation)
 
     out_nBCNH = jax.lax.map(one_block, jnp.arange(blocks, dtype=jnp.int32) * Q_BLOCK)
     return jnp.moveaxis(out_nBCNH, 0, 1).reshape(batch, length, heads, dim)
@@ -181,7 +182,7 @@ def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefi
         return _blocked_dense_attention(q_BTNH, k_BTKH, v_BTKH, visible, implementation="xla")
     if backend in ("xla", "cudnn"):
         same_BTS = visible_segments(segment_ids_BT, prefix_segment_ids_BT)
-        return _dense_attention(q_BTNH, k_BTKH, v_BTKH, same_BTS, is_causal=True,
+        return dense_attention(q_BTNH, k_BTKH, v_BTKH, same_BTS, is_causal=True,
                                 implementation=backend)
     if backend == "splash":
         if prefix_segment_ids_BT is not None:
@@ -189,104 +190,3 @@ def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefi
                              "pack unshared rows (data.packing.pack_groups does so with a warning)")
         return splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
     raise ValueError(f"unresolved attention backend {backend!r}")
-
-
-# Cache block sizes tried (largest first); a cache needs >= 2 blocks to use them. On CPU a decode step is
-# bound by reading the cache, so small blocks (less read past the filled slots) win: the quickstart's decode
-# step at 300 filled slots of 720 took 9.5 ms with 64-slot blocks vs 13-15 ms with 256 (benchmarks/README.md);
-# on accelerators every block is a loop iteration of kernel launches, so they get larger ones.
-KV_BLOCKS = (256, 128, 64)
-CPU_KV_BLOCKS = (64,)
-
-
-def _kv_block(size: int, platform: str | None = None) -> int | None:
-    """The first of the platform's block sizes (CPU_KV_BLOCKS on "cpu", else KV_BLOCKS; default: jax's
-    default backend) that divides the cache into >= 2 blocks, else the first of them that fits twice (its
-    last block then ragged: S = 720 -> 256, blocks at 0, 256 and 464..719 of which 512.. counts)."""
-    blocks = CPU_KV_BLOCKS if (platform or jax.default_backend()) == "cpu" else KV_BLOCKS
-    for block in blocks:
-        if size % block == 0 and size // block >= 2:
-            return block
-    for block in blocks:
-        if size // block >= 2:
-            return block
-    return None
-
-
-def _layer_block(x_LBSKH, layer, start, size: int):
-    """Slots start .. start + size of one layer's cache from the stacked [L, B, S, K, H] cache (a read of
-    that block only; the layer's cache is never sliced out whole)."""
-    shape = (1, x_LBSKH.shape[1], size) + x_LBSKH.shape[3:]
-    return jax.lax.dynamic_slice(x_LBSKH, (layer, 0, start, 0, 0), shape)[0]
-
-
-def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int, layer=None):
-    """Cached attention that reads only the cache blocks holding filled slots.
-
-    A while loop over blocks 0 .. ceil((max query slot + 1) / block) - 1 with an online softmax (float32):
-    per step it touches the filled part of the cache only, never all S slots, and copies nothing. With
-    ``layer``, k and v are the stacked caches [L, B, S, K, H] of all layers and the blocks are read from
-    that layer.
-    """
-    batch, length, heads, dim = q_BTNH.shape
-    kv_heads = k_BSKH.shape[-2]
-    groups = heads // kv_heads
-    scale = 1.0 / jnp.sqrt(jnp.float32(dim))
-    q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, groups, dim).astype(jnp.float32) * scale
-    num_blocks = (jnp.max(query_slots_BT) + block) // block
-
-    size = k_BSKH.shape[-3]
-
-    def read(x, start):  # the cache in the compute dtype, then float32 (as a compute-dtype cache would be)
-        blk = (jax.lax.dynamic_slice_in_dim(x, start, block, axis=1) if layer is None
-               else _layer_block(x, layer, start, block))
-        return blk.astype(q_BTNH.dtype).astype(jnp.float32)
-
-    def body(i, carry):
-        m, l, acc = carry
-        # A ragged last block (S not a multiple of block) is read as the cache's last `block` slots; the
-        # slots it shares with the block before are masked out, so each slot counts once.
-        nominal = i * block
-        start = jnp.minimum(nominal, size - block)
-        k_blk = read(k_BSKH, start)
-        v_blk = read(v_BSKH, start)
-        scores = jnp.einsum("btkgh,bckh->btkgc", q_BTKGH, k_blk)
-        slots_C = start + jnp.arange(block, dtype=jnp.int32)
-        valid_BTC = (slots_C[None, None, :] <= query_slots_BT[:, :, None]) & (slots_C >= nominal)[None, None, :]
-        scores = jnp.where(valid_BTC[:, :, None, None, :], scores, -jnp.inf)
-        m_new = jnp.maximum(m, jnp.max(scores, axis=-1))  # finite after block 0 (slot 0 is always visible)
-        p = jnp.exp(scores - m_new[..., None])
-        corr = jnp.exp(m - m_new)
-        return (m_new, l * corr + jnp.sum(p, axis=-1),
-                acc * corr[..., None] + jnp.einsum("btkgc,bckh->btkgh", p, v_blk))
-
-    stats = (batch, length, kv_heads, groups)
-    init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
-            jnp.zeros(stats + (dim,), jnp.float32))
-    _, l, acc = jax.lax.fori_loop(0, num_blocks, body, init)
-    return (acc / l[..., None]).reshape(batch, length, heads, dim).astype(q_BTNH.dtype)
-
-
-def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str, layer=None):
-    """Attention of new queries over a KV cache: query at cache slot p sees slots 0..p.
-
-    The cache row holds one sequence whose slot index equals its position. Every query sees at least
-    slot 0, so no row is fully masked. "reference" masks all S slots; every other backend reads only the
-    filled cache blocks (blocked_cached_attention) when S holds >= 2 blocks (`_kv_block`), else
-    uses the dense XLA path over all S slots (decode steps are tiny; prefill is bounded by max_len).
-    ``layer``: k and v are the stacked caches [L, B, S, K, H] of all layers; attend that layer's. The
-    cache is read in the queries' (compute) dtype.
-    """
-    slots_S = jnp.arange(k_BSKH.shape[-3], dtype=jnp.int32)
-    if backend != "reference":
-        block = _kv_block(k_BSKH.shape[-3])
-        if block is not None:
-            return blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block, layer)
-    if layer is not None:
-        k_BSKH = jax.lax.dynamic_index_in_dim(k_BSKH, layer, 0, keepdims=False)
-        v_BSKH = jax.lax.dynamic_index_in_dim(v_BSKH, layer, 0, keepdims=False)
-    k_BSKH, v_BSKH = k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype)
-    mask_BTS = slots_S[None, None, :] <= query_slots_BT[:, :, None]
-    if backend == "reference":
-        return reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)
-    return _dense_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, is_causal=False, implementation="xla")

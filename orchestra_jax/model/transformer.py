@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from orchestra_jax.model.attention import cached_attention, packed_attention, resolve_backend
+from orchestra_jax.model.attention import packed_attention, resolve_backend
+from orchestra_jax.model.cached_attention import cached_attention
 from orchestra_jax.model.config import ModelConfig
 from orchestra_jax.model.kv_cache import KVCache
 from orchestra_jax.model.logprobs import chunked_logprobs, previous_token_index

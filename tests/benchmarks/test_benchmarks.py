@@ -89,6 +89,6 @@ def test_decode_step_tiny_mode(capsys):
         "greedy", "temperature_1"}
     assert all(v > 0 for d in out["ms_per_step_by_block"].values() for v in d.values())
     assert all(set(d) == {"8", "40"} for d in out["ms_per_step_by_mode"].values())
-    import orchestra_jax.model.attention as attention
+    import orchestra_jax.model.cached_attention as attention
 
     assert attention.KV_BLOCKS == (256, 128, 64) and attention.CPU_KV_BLOCKS == (64,)  # restored

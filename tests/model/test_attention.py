@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orchestra_jax.model.attention import (cached_attention, packed_attention, reference_attention,
-                                           segment_mask, splash_attention)
+from orchestra_jax.model.attention import packed_attention, reference_attention, segment_mask, splash_attention
+from orchestra_jax.model.cached_attention import cached_attention
 
 B, T, N, K, H = 2, 128, 4, 2, 16
 

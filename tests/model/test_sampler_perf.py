@@ -6,7 +6,8 @@ import pytest
 
 from orchestra_jax.model import (ModelConfig, Policy, init_cache, init_params, stack_layer_params,
                                  unstack_layer_params)
-from orchestra_jax.model.attention import blocked_cached_attention, cached_attention, reference_attention
+from orchestra_jax.model.attention import reference_attention
+from orchestra_jax.model.cached_attention import blocked_cached_attention, cached_attention
 from orchestra_jax.model.sampling import SamplingConfig, decode, prefill, prefill_groups
 
 CFG = ModelConfig(vocab_size=67, hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -40,11 +41,11 @@ def test_blocked_cached_attention_matches_masked_reference():
 
 
 def test_cache_block_sizes_per_platform():
-    from orchestra_jax.model.attention import _kv_block
+    from orchestra_jax.model.cached_attention import kv_block_size
 
-    assert [_kv_block(s, "gpu") for s in (720, 512, 200, 130, 127)] == [256, 256, 64, 64, None]
-    assert [_kv_block(s, "cpu") for s in (720, 512, 200, 130, 127)] == [64, 64, 64, 64, None]
-    assert _kv_block(720) == _kv_block(720, jax.default_backend())
+    assert [kv_block_size(s, "gpu") for s in (720, 512, 200, 130, 127)] == [256, 256, 64, 64, None]
+    assert [kv_block_size(s, "cpu") for s in (720, 512, 200, 130, 127)] == [64, 64, 64, 64, None]
+    assert kv_block_size(720) == kv_block_size(720, jax.default_backend())
 
 
 @pytest.mark.parametrize("size,block", [(720, 256), (720, 64), (200, 64), (130, 64)])
