@@ -184,7 +184,8 @@ class _ScanDecoderLayer(DecoderLayer):
     def __call__(self, carry, layer, positions_BT, segment_ids_BT, prefix_segment_ids_BT, write_slots_BT):
         if write_slots_BT is None:
             return DecoderLayer.__call__(self, carry, positions_BT, segment_ids_BT, prefix_segment_ids_BT), None
-        return DecoderLayer.extend(self, *carry[:1], positions_BT, *carry[1:], layer, write_slots_BT), None
+        x_BTD, k_all, v_all = carry
+        return DecoderLayer.extend(self, x_BTD, positions_BT, k_all, v_all, layer, write_slots_BT), None
 
 
 class Policy(nn.Module):
