@@ -35,6 +35,12 @@ from orchestra_jax.text.tokenizer import load_tokenizer  # noqa: E402
 _TOOL_NAME = re.compile(r'"name"\s*:\s*"([^"]+)"')
 
 
+def tool_name(action: str) -> str | None:
+    """The tool an action's call names (None when it names none)."""
+    found = _TOOL_NAME.search(action)
+    return found.group(1) if found else None
+
+
 def action_runs(loss_mask_T: np.ndarray) -> list[tuple[int, int]]:
     """(start, end) of each maximal run of loss tokens: one per teacher action, in order."""
     on = np.concatenate([[0], (np.asarray(loss_mask_T) > 0).astype(np.int8), [0]])
@@ -51,8 +57,7 @@ def only_tool(seqs, trajectories, tool: str) -> list:
             raise ValueError(f"{tr.task['task_id']}: {len(runs)} loss-token runs for {len(tr.actions)} actions")
         keep = np.zeros_like(mask)
         for (lo, hi), action in zip(runs, tr.actions):
-            name = _TOOL_NAME.search(action)
-            if name is not None and name.group(1) == tool:
+            if tool_name(action) == tool:
                 keep[lo:hi] = mask[lo:hi]
         if keep.any():
             out.append((tokens, keep))
@@ -78,17 +83,17 @@ def main(argv) -> int:
     state, _ = ck.restore(None, {"params": init_params(cfg.model, jax.random.PRNGKey(0))})
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     data = pack_sft_dataset(seqs, cfg.sft.row_len).as_dict()
-    m = imitation_metrics(cfg.model, state["params"], data, cfg.sft.batch_rows, mesh, make_rules(()))
+    rules = make_rules(())
+    m = imitation_metrics(cfg.model, state["params"], data, cfg.sft.batch_rows, mesh, rules)
     if by_tool:
-        names = sorted({n.group(1) for tr in val for a in tr.actions if (n := _TOOL_NAME.search(a))})
+        called = [(tool_name(a), a) for tr in val for a in tr.actions]
         m["by_tool"] = {}
-        for tool in names:
-            part = only_tool(seqs, val, tool)
-            written = Counter(a for tr in val for a in tr.actions if (n := _TOOL_NAME.search(a)) and n.group(1) == tool)
+        for tool in sorted({t for t, _ in called if t is not None}):
+            written = Counter(a for t, a in called if t == tool)
+            part = pack_sft_dataset(only_tool(seqs, val, tool), cfg.sft.row_len).as_dict()
             m["by_tool"][tool] = {"actions": sum(written.values()),
-                                  "majority_share": max(written.values()) / sum(written.values()), **imitation_metrics(
-                cfg.model, state["params"], pack_sft_dataset(part, cfg.sft.row_len).as_dict(), cfg.sft.batch_rows,
-                mesh, make_rules(()))}
+                                  "majority_share": max(written.values()) / sum(written.values()),
+                                  **imitation_metrics(cfg.model, state["params"], part, cfg.sft.batch_rows, mesh, rules)}
     print(json.dumps({"run_dir": run, "val_trajectories": len(val), **m}))
     return 0
 

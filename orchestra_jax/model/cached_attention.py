@@ -39,6 +39,11 @@ def _layer_block(x_LBSKH, layer, start, size: int):
     return jax.lax.dynamic_slice(x_LBSKH, (layer, 0, start, 0, 0), shape)[0]
 
 
+def _stacked(k, v, layer):
+    """(k, v, layer) with k, v stacked [L, B, S, K, H]: one layer's [B, S, K, H] cache is a stack of one."""
+    return (k[None], v[None], 0) if layer is None else (k, v, layer)
+
+
 def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int, layer=None):
     """Cached attention that reads only the cache blocks holding filled slots.
 
@@ -47,6 +52,7 @@ def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int,
     ``layer``, k and v are the stacked caches [L, B, S, K, H] of all layers and the blocks are read from
     that layer.
     """
+    k_LBSKH, v_LBSKH, layer = _stacked(k_BSKH, v_BSKH, layer)
     batch, length, heads, dim = q_BTNH.shape
     kv_heads = k_BSKH.shape[-2]
     groups = heads // kv_heads
@@ -57,9 +63,7 @@ def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int,
     size = k_BSKH.shape[-3]
 
     def read(x, start):  # the cache in the compute dtype, then float32 (as a compute-dtype cache would be)
-        blk = (jax.lax.dynamic_slice_in_dim(x, start, block, axis=1) if layer is None
-               else _layer_block(x, layer, start, block))
-        return blk.astype(q_BTNH.dtype).astype(jnp.float32)
+        return _layer_block(x, layer, start, block).astype(q_BTNH.dtype).astype(jnp.float32)
 
     def body(i, carry):
         m, l, acc = carry
@@ -67,8 +71,8 @@ def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int,
         # slots it shares with the block before are masked out, so each slot counts once.
         nominal = i * block
         start = jnp.minimum(nominal, size - block)
-        k_blk = read(k_BSKH, start)
-        v_blk = read(v_BSKH, start)
+        k_blk = read(k_LBSKH, start)
+        v_blk = read(v_LBSKH, start)
         scores = jnp.einsum("btkgh,bckh->btkgc", q_BTKGH, k_blk)
         slots_C = start + jnp.arange(block, dtype=jnp.int32)
         valid_BTC = (slots_C[None, None, :] <= query_slots_BT[:, :, None]) & (slots_C >= nominal)[None, None, :]
@@ -101,10 +105,9 @@ def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str, layer
         block = kv_block_size(k_BSKH.shape[-3])
         if block is not None:
             return blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block, layer)
-    if layer is not None:
-        k_BSKH = jax.lax.dynamic_index_in_dim(k_BSKH, layer, 0, keepdims=False)
-        v_BSKH = jax.lax.dynamic_index_in_dim(v_BSKH, layer, 0, keepdims=False)
-    k_BSKH, v_BSKH = k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype)
+    k_LBSKH, v_LBSKH, layer = _stacked(k_BSKH, v_BSKH, layer)
+    k_BSKH, v_BSKH = (jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False).astype(q_BTNH.dtype)
+                      for x in (k_LBSKH, v_LBSKH))
     mask_BTS = slots_S[None, None, :] <= query_slots_BT[:, :, None]
     if backend == "reference":
         return reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)

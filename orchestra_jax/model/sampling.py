@@ -93,7 +93,7 @@ def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig, row
     the unmodified policy softmax(logits) (temperature 1). row_ids_B: when given, row b draws with its own key
     fold_in(key, row_ids_B[b]), so a row's sample does not depend on which batch slot it sits in (the
     rollout's row compaction moves rows); None draws the whole batch from `key`. Draws by inverse CDF
-(`inverse_cdf_sample`): one uniform per row.
+    (`inverse_cdf_sample`): one uniform per row.
     """
     logits_BV = logits_BV.astype(jnp.float32)
     policy_logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
