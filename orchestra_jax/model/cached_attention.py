@@ -12,7 +12,7 @@ from orchestra_jax.model.attention import dense_attention, reference_attention
 
 # Cache block sizes tried (largest first); a cache needs >= 2 blocks to use them. On CPU a decode step is
 # bound by reading the cache, so small blocks (less read past the filled slots) win: the quickstart's decode
-# step at 300 filled slots of 720 took 9.5 ms with 64-slot blocks vs 13-15 ms with 256 (benchmarks/README.md);
+# step at 300 filled slots of 720 takes 6.9 ms with 64-slot blocks vs 9.9 ms with 256 (benchmarks/decode_step.py);
 # on accelerators every block is a loop iteration of kernel launches, so they get larger ones.
 KV_BLOCKS = (256, 128, 64)
 CPU_KV_BLOCKS = (64,)
