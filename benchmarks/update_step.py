@@ -1,12 +1,14 @@
 """Utilisation of the jitted update (forward + backward + AdamW) against the matmul peak of the same run.
 
-    python benchmarks/update_step.py [--sizes tiny,10m,29m --rows 8 --row-len 512 --reps 3]
+    python benchmarks/update_step.py [--sizes tiny,10m,29m --rows 8 --row-len 512 --reps 3 --attention auto]
 
 Peak: a jitted float32 jnp.dot of two --peak-n^2 matrices (2 n^3 FLOPs), timed in the same process before
 and after every size; the best of these is the peak.
 Model FLOPs per update: 6 * (non-embedding params + head V*D) * tokens + 12 * layers * row_len^2 * heads *
-head_dim * rows (the dense attention's QK^T and PV, forward and backward); the log-prob head's
-rematerialisation is not counted (the usual MFU convention). The update is composed from the model's
+head_dim * rows (the dense attention's QK^T and PV, forward and backward, over the full square as in PaLM's
+MFU count; block_sparse computes only the causal blocks, about half); the log-prob head's
+rematerialisation is not counted (the usual MFU convention). --attention: the model's attention_backend
+(auto resolves to block_sparse on one CPU device; xla is the dense path). The update is composed from the model's
 chunked token_logprobs, a masked mean log-prob loss and optax.adamw (the shape of the GRPO update's compute).
 """
 import argparse
@@ -21,6 +23,7 @@ def main(argv=None):
     ap.add_argument("--row-len", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--peak-n", type=int, default=2048)
+    ap.add_argument("--attention", default="auto", help="model attention_backend: auto | xla | block_sparse | ...")
     args = ap.parse_args(argv)
 
     import jax
@@ -29,6 +32,7 @@ def main(argv=None):
     import optax
 
     from orchestra_jax.model import token_logprobs
+    from orchestra_jax.model.attention import resolve_backend
 
     n = args.peak_n
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -42,7 +46,7 @@ def main(argv=None):
 
     results = {}
     for size in args.sizes.split(","):
-        cfg, params = ours_from_hf(hf_qwen3(size))
+        cfg, params = ours_from_hf(hf_qwen3(size), attention_backend=args.attention)
         rng = np.random.default_rng(0)
         shape = (args.rows, args.row_len)
         batch = {"tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, shape), jnp.int32),
@@ -76,7 +80,8 @@ def main(argv=None):
     peak = max(peaks)
     for r in results.values():
         r["utilisation"] = r["achieved_flops_per_s"] / peak
-    emit({"benchmark": "update_step", "rows": args.rows, "row_len": args.row_len, "peak_matmul_flops_per_s": peak,
+    emit({"benchmark": "update_step", "attention_backend": resolve_backend(args.attention, jnp.float32),
+          "rows": args.rows, "row_len": args.row_len, "peak_matmul_flops_per_s": peak,
           "peak_measurements": peaks,
           "peak_n": n, "sizes": results, "target_utilisation_29m": 0.5})
 

@@ -9,7 +9,10 @@ Backends (ModelConfig.attention_backend):
   xla        jax.nn.dot_product_attention(implementation="xla") with a boolean [B, 1, T, S] mask.
   cudnn      jax.nn.dot_product_attention(implementation="cudnn"); GPU only, bfloat16/float16 only.
   splash     Pallas splash attention (TPU) with SegmentIds; no T x T mask is materialised.
-  auto       xla on CPU, cudnn on GPU (xla when computing in float32), splash on TPU.
+  block_sparse  pure-JAX flash attention that skips fully masked blocks (block_sparse_attention.py); rows
+             whose length is not a multiple of 64 take the xla path.
+  auto       block_sparse on a single CPU device (xla on a CPU mesh: its row loop would gather sharded
+             rows), cudnn on GPU (xla when computing in float32), splash on TPU.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from orchestra_jax.model.block_sparse_attention import block_sparse_attention
 
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
@@ -33,6 +38,8 @@ def resolve_backend(backend: str, dtype, platform: str | None = None) -> str:
             return "splash"
         if is_gpu and jnp.dtype(dtype) in [jnp.dtype(d) for d in CUDNN_DTYPES]:
             return "cudnn"
+        if platform == "cpu" and jax.device_count() == 1:
+            return "block_sparse"
         return "xla"
     if backend == "cudnn":
         if not is_gpu:
@@ -45,7 +52,7 @@ def resolve_backend(backend: str, dtype, platform: str | None = None) -> str:
     if backend == "splash" and platform != "tpu":
         raise ValueError(f"attention_backend='splash' (Pallas TPU kernel) needs a TPU, but JAX runs on "
                          f"{platform!r}; use 'auto' or 'xla'")
-    if backend not in ("xla", "reference", "splash"):
+    if backend not in ("xla", "reference", "splash", "block_sparse"):
         raise ValueError(f"unknown attention backend {backend!r}")
     return backend
 
@@ -53,12 +60,12 @@ def resolve_backend(backend: str, dtype, platform: str | None = None) -> str:
 def supports_shared_prefix(backend: str, dtype, platform: str | None = None) -> bool:
     """Whether `backend` (as resolved on `platform`) can express the prefix-shared mask (prefix_segment_ids).
 
-    The dense backends (reference, xla, cudnn: the mask becomes a bias) can; splash cannot (its SegmentIds
+    The dense backends (reference, xla, cudnn: the mask becomes a bias) and block_sparse can; splash cannot (its SegmentIds
     are one equality per query, and the extra prompt segment is a second one), so callers pack unshared rows.
     """
     if backend == "splash":
         return False
-    return resolve_backend(backend, dtype, platform) in ("reference", "xla", "cudnn")
+    return resolve_backend(backend, dtype, platform) in ("reference", "xla", "cudnn", "block_sparse")
 
 
 def visible_segments(segment_ids_BT: jax.Array, prefix_segment_ids_BT: jax.Array | None = None) -> jax.Array:
@@ -170,6 +177,12 @@ def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefi
     Padding (segment 0) attends only to padding, so no row is fully masked; its outputs are garbage
     that callers mask out. `backend` must already be resolved (see resolve_backend).
     """
+    if backend == "block_sparse":
+        block = next((b for b in (128, 64) if segment_ids_BT.shape[1] % b == 0), None)
+        if block is not None:
+            return block_sparse_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT,
+                                          block=block)
+        backend = "xla"  # rows of an odd length: the dense path below
     if backend == "reference":
         return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT, prefix_segment_ids_BT))
     if backend == "xla" and segment_ids_BT.shape[1] > 2 * Q_BLOCK and segment_ids_BT.shape[1] % Q_BLOCK == 0:

@@ -6,7 +6,7 @@ import dataclasses
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash", "reference")
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash", "block_sparse", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ModelConfig:
     qkv_bias: bool = False  # Qwen2: bias on the q, k, v projections
     param_dtype: str = "float32"  # storage dtype of parameters
     dtype: str = "float32"  # compute dtype of activations; logits are always float32
-    attention_backend: str = "auto"  # auto | xla | cudnn | splash | reference
+    attention_backend: str = "auto"  # auto | xla | cudnn | splash | block_sparse | reference
     remat: bool = False  # rematerialise each decoder layer in the backward pass (saves memory)
     # Run the layers under nn.scan (compile time independent of depth). Changes the parameter layout to one
     # stacked "layers" subtree (transformer.stack_layer_params / unstack_layer_params convert); default off.

@@ -45,6 +45,7 @@ def test_update_step_tiny_mode(capsys):
     assert set(r) == {"params", "update_s", "tokens_per_s", "model_flops", "achieved_flops_per_s", "utilisation",
                       "flops_per_s_vs_neighbouring_peak"}
     assert len(out["peak_measurements"]) == 2 and out["peak_matmul_flops_per_s"] == max(out["peak_measurements"])
+    assert out["attention_backend"] in ("block_sparse", "xla")  # auto on one CPU device / on a CPU mesh
 
 
 def test_episode_vs_turn_counts(capsys):

@@ -1,0 +1,192 @@
+"""Packed-row attention that skips masked blocks: a pure-JAX flash attention for one CPU device.
+
+Packed training rows are mostly masked: a continuation sees its prompt and itself, never the other episodes
+in its row, and no query sees the future. The dense XLA path still computes (and, on CPU, streams through
+memory) every [T, T] score. This kernel walks the causal (query block, key block) pairs of each row in a
+`lax.scan` and, per pair, `lax.cond`s away the block when no query of it can see a key of it, keeping a
+running max and sum per query (online softmax) so only one [block, block] score block exists at a time.
+The backward pass (custom_vjp) walks the same pairs and recomputes each block's probabilities from the
+saved log-sum-exp, as FlashAttention does.
+
+The walk is sequential over rows, so it suits one device: under a mesh that shards the rows the partitioner
+would gather them (correct, slow); `attention.resolve_backend` picks it only for a single CPU device.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BLOCK = 128  # query and key block; rows must be a multiple of it
+
+
+def block_flags(segment_ids_BT, prefix_segment_ids_BT, block: int):
+    """bool [B, n, n]: key block j may hold a key that a query of block i sees (conservative, never misses).
+
+    A block's keys have segment ids inside [min, max] of that block, so a query block whose own (or prefix)
+    segment id falls in that interval may see it; otherwise none of its queries can. Causal: j <= i.
+    """
+    batch, length = segment_ids_BT.shape
+    n = length // block
+    key_ids_Bnb = segment_ids_BT.reshape(batch, n, block)
+    lo_Bn, hi_Bn = key_ids_Bnb.min(-1), key_ids_Bnb.max(-1)
+
+    def may_see(query_ids_BT):
+        ids_Bn1b = query_ids_BT.reshape(batch, n, 1, block)
+        inside = (ids_Bn1b >= lo_Bn[:, None, :, None]) & (ids_Bn1b <= hi_Bn[:, None, :, None])
+        return jnp.any(inside, axis=-1)
+
+    flags_Bnn = may_see(segment_ids_BT)
+    if prefix_segment_ids_BT is not None:
+        flags_Bnn = flags_Bnn | may_see(prefix_segment_ids_BT)
+    return flags_Bnn & jnp.tril(jnp.ones((n, n), bool))[None]
+
+
+def _causal_pairs(batch: int, n: int):
+    """(row, query block, key block) int32 arrays over every row's causal block pairs, key blocks inner."""
+    qi, kj = np.tril_indices(n)
+    rows = np.repeat(np.arange(batch), qi.size)
+    return tuple(jnp.asarray(a, jnp.int32) for a in (rows, np.tile(qi, batch), np.tile(kj, batch)))
+
+
+class _Blocks:
+    """Slices one (row, query block, key block) pair out of the [B, T, ...] operands."""
+
+    def __init__(self, block: int, segment_ids_BT, prefix_segment_ids_BT):
+        self.block = block
+        self.seg = segment_ids_BT
+        self.pre = prefix_segment_ids_BT
+        self.offsets = jnp.arange(block, dtype=jnp.int32)
+
+    def take(self, x, row, start):
+        """x[row, start:start + block] for x [B, T, ...]."""
+        idx = (row, start) + (0,) * (x.ndim - 2)
+        return jax.lax.dynamic_slice(x, idx, (1, self.block) + x.shape[2:])[0]
+
+    def put(self, x, row, start, value):
+        return jax.lax.dynamic_update_slice(x, value[None].astype(x.dtype), (row, start) + (0,) * (x.ndim - 2))
+
+    def visible(self, row, q_start, k_start):
+        """bool [block(query), block(key)]: the exact mask of this pair (segment or prefix segment, causal)."""
+        key_seg = self.take(self.seg, row, k_start)
+        vis = self.take(self.seg, row, q_start)[:, None] == key_seg[None, :]
+        if self.pre is not None:
+            vis = vis | (self.take(self.pre, row, q_start)[:, None] == key_seg[None, :])
+        return vis & ((q_start + self.offsets)[:, None] >= (k_start + self.offsets)[None, :])
+
+
+def _scores(q_bKGH, k_bKH, vis_bb, scale):
+    """Float32 [query, K, G, key] scores with masked entries at -inf."""
+    s = jnp.einsum("tkgh,skh->tkgs", q_bKGH, k_bKH, preferred_element_type=jnp.float32) * scale
+    return jnp.where(vis_bb[:, None, None, :], s, -jnp.inf)
+
+
+def _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
+    batch, length, kv_heads, groups, dim = q_BTKGH.shape
+    scale = 1.0 / np.sqrt(dim)
+    blocks = _Blocks(block, segment_ids_BT, prefix_segment_ids_BT)
+    flags = block_flags(segment_ids_BT, prefix_segment_ids_BT, block)
+
+    def pair(carry, rij):
+        row, i, j = rij
+
+        def attend(carry):
+            acc, run_max, run_sum = carry
+            qs, ks = i * block, j * block
+            s = _scores(blocks.take(q_BTKGH, row, qs), blocks.take(k_BTKH, row, ks), blocks.visible(row, qs, ks),
+                        scale)
+            old_max = blocks.take(run_max, row, qs)
+            new_max = jnp.maximum(old_max, s.max(-1))
+            safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # no key seen yet: keep exp() finite
+            p = jnp.exp(s - safe_max[..., None])
+            rescale = jnp.exp(old_max - safe_max)  # 0 when old_max is -inf
+            new_sum = blocks.take(run_sum, row, qs) * rescale + p.sum(-1)
+            pv = jnp.einsum("tkgs,skh->tkgh", p.astype(v_BTKH.dtype), blocks.take(v_BTKH, row, ks),
+                            preferred_element_type=jnp.float32)
+            new_acc = blocks.take(acc, row, qs) * rescale[..., None] + pv
+            return (blocks.put(acc, row, qs, new_acc), blocks.put(run_max, row, qs, new_max),
+                    blocks.put(run_sum, row, qs, new_sum))
+
+        return jax.lax.cond(flags[row, i, j], attend, lambda c: c, carry), None
+
+    init = (jnp.zeros(q_BTKGH.shape, jnp.float32), jnp.full(q_BTKGH.shape[:-1], -jnp.inf, jnp.float32),
+            jnp.zeros(q_BTKGH.shape[:-1], jnp.float32))
+    (acc, run_max, run_sum), _ = jax.lax.scan(pair, init, _causal_pairs(batch, length // block))
+    # Every query sees itself (same segment, diagonal block), so run_sum > 0.
+    out = (acc / run_sum[..., None]).astype(q_BTKGH.dtype)
+    return out, run_max + jnp.log(run_sum)
+
+
+def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse_BTKG, dout, block):
+    batch, length, kv_heads, groups, dim = q_BTKGH.shape
+    scale = 1.0 / np.sqrt(dim)
+    blocks = _Blocks(block, segment_ids_BT, prefix_segment_ids_BT)
+    flags = block_flags(segment_ids_BT, prefix_segment_ids_BT, block)
+    # D_t = sum_h dO * O: the softmax backward's row term, once for all pairs.
+    delta_BTKG = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+
+    def pair(carry, rij):
+        row, i, j = rij
+
+        def attend(carry):
+            dq, dk, dv = carry
+            qs, ks = i * block, j * block
+            q_b, k_b, v_b = blocks.take(q_BTKGH, row, qs), blocks.take(k_BTKH, row, ks), blocks.take(v_BTKH, row, ks)
+            do_b = blocks.take(dout, row, qs)
+            s = _scores(q_b, k_b, blocks.visible(row, qs, ks), scale)
+            p = jnp.exp(s - blocks.take(lse_BTKG, row, qs)[..., None])  # masked: exp(-inf) = 0
+            dv_b = jnp.einsum("tkgs,tkgh->skh", p.astype(do_b.dtype), do_b, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("tkgh,skh->tkgs", do_b, v_b, preferred_element_type=jnp.float32)
+            ds = p * (dp - blocks.take(delta_BTKG, row, qs)[..., None]) * scale
+            dq_b = jnp.einsum("tkgs,skh->tkgh", ds.astype(k_b.dtype), k_b, preferred_element_type=jnp.float32)
+            dk_b = jnp.einsum("tkgs,tkgh->skh", ds.astype(q_b.dtype), q_b, preferred_element_type=jnp.float32)
+            return (blocks.put(dq, row, qs, blocks.take(dq, row, qs) + dq_b),
+                    blocks.put(dk, row, ks, blocks.take(dk, row, ks) + dk_b),
+                    blocks.put(dv, row, ks, blocks.take(dv, row, ks) + dv_b))
+
+        return jax.lax.cond(flags[row, i, j], attend, lambda c: c, carry), None
+
+    init = (jnp.zeros(q_BTKGH.shape, jnp.float32), jnp.zeros(k_BTKH.shape, jnp.float32),
+            jnp.zeros(v_BTKH.shape, jnp.float32))
+    (dq, dk, dv), _ = jax.lax.scan(pair, init, _causal_pairs(batch, length // block))
+    return dq.astype(q_BTKGH.dtype), dk.astype(k_BTKH.dtype), dv.astype(v_BTKH.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
+    return _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)[0]
+
+
+def _attention_fwd(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
+    out, lse = _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)
+    return out, (q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse)
+
+
+def _attention_bwd(block, residuals, dout):
+    q, k, v, seg, pre, out, lse = residuals
+    dq, dk, dv = _backward(q, k, v, seg, pre, out, lse, dout, block)
+    return dq, dk, dv, None, None  # segment ids are integers: no cotangent
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def block_sparse_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT=None, *,
+                           block: int = BLOCK):
+    """Packed-row attention (the mask of attention.segment_mask) that skips the blocks it masks entirely.
+
+    q [B, T, N, H], k / v [B, T, K, H] with N a multiple of K; T must be a multiple of `block`.
+    Returns [B, T, N, H] in q's dtype; float32 softmax statistics and accumulation.
+    """
+    batch, length, heads, dim = q_BTNH.shape
+    kv_heads = k_BTKH.shape[2]
+    if length % block:
+        raise ValueError(f"block_sparse_attention needs rows of a multiple of {block} tokens, got {length}")
+    q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, heads // kv_heads, dim)
+    segment_ids_BT = jnp.asarray(segment_ids_BT, jnp.int32)
+    if prefix_segment_ids_BT is not None:
+        prefix_segment_ids_BT = jnp.asarray(prefix_segment_ids_BT, jnp.int32)
+    out = _attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)
+    return out.reshape(batch, length, heads, dim)
