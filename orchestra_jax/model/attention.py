@@ -9,8 +9,7 @@ Backends (ModelConfig.attention_backend):
   xla        jax.nn.dot_product_attention(implementation="xla") with a boolean [B, 1, T, S] mask.
   cudnn      jax.nn.dot_product_attention(implementation="cudnn"); GPU only, bfloat16/float16 only.
   splash     Pallas splash attention (TPU) with SegmentIds; no T x T mask is materialised.
-  block_sparse  pure-JAX flash attention that skips fully masked blocks (block_sparse_attention.py); rows
-             whose length is not a multiple of 64 take the xla path.
+  block_sparse  pure-JAX flash attention that skips fully masked blocks (block_sparse_attention.py).
   auto       block_sparse on a single CPU device (xla on a CPU mesh: its row loop would gather sharded
              rows), cudnn on GPU (xla when computing in float32), splash on TPU.
 """
@@ -178,11 +177,7 @@ def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefi
     that callers mask out. `backend` must already be resolved (see resolve_backend).
     """
     if backend == "block_sparse":
-        block = next((b for b in (128, 64) if segment_ids_BT.shape[1] % b == 0), None)
-        if block is not None:
-            return block_sparse_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT,
-                                          block=block)
-        backend = "xla"  # rows of an odd length: the dense path below
+        return block_sparse_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT)
     if backend == "reference":
         return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT, prefix_segment_ids_BT))
     if backend == "xla" and segment_ids_BT.shape[1] > 2 * Q_BLOCK and segment_ids_BT.shape[1] % Q_BLOCK == 0:

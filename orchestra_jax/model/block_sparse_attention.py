@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BLOCK = 128  # query and key block; rows must be a multiple of it
+BLOCK = 128  # query and key block (rows are padded to a multiple of it)
 
 
 def block_flags(segment_ids_BT, prefix_segment_ids_BT, block: int):
@@ -177,16 +177,30 @@ def block_sparse_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segmen
                            block: int = BLOCK):
     """Packed-row attention (the mask of attention.segment_mask) that skips the blocks it masks entirely.
 
-    q [B, T, N, H], k / v [B, T, K, H] with N a multiple of K; T must be a multiple of `block`.
-    Returns [B, T, N, H] in q's dtype; float32 softmax statistics and accumulation.
+    q [B, T, N, H], k / v [B, T, K, H] with N a multiple of K. Returns [B, T, N, H] in q's dtype; float32
+    softmax statistics and accumulation. Rows shorter than `block` use one block of their length; longer
+    rows are padded to a multiple of `block` with a segment id no real token has (causal: no real query
+    sees the padding, which is sliced off).
     """
     batch, length, heads, dim = q_BTNH.shape
     kv_heads = k_BTKH.shape[2]
-    if length % block:
-        raise ValueError(f"block_sparse_attention needs rows of a multiple of {block} tokens, got {length}")
-    q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, heads // kv_heads, dim)
+    block = min(block, length)
     segment_ids_BT = jnp.asarray(segment_ids_BT, jnp.int32)
     if prefix_segment_ids_BT is not None:
         prefix_segment_ids_BT = jnp.asarray(prefix_segment_ids_BT, jnp.int32)
+    q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, heads // kv_heads, dim)
+    pad = -length % block
+    if pad:
+        unused_id = jnp.min(segment_ids_BT) - 1
+        if prefix_segment_ids_BT is not None:
+            unused_id = jnp.minimum(unused_id, jnp.min(prefix_segment_ids_BT) - 1)
+
+        def pad_time(x, value=0):
+            return jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2), constant_values=value)
+
+        q_BTKGH, k_BTKH, v_BTKH = pad_time(q_BTKGH), pad_time(k_BTKH), pad_time(v_BTKH)
+        segment_ids_BT = pad_time(segment_ids_BT, unused_id)
+        if prefix_segment_ids_BT is not None:
+            prefix_segment_ids_BT = pad_time(prefix_segment_ids_BT, unused_id)
     out = _attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)
-    return out.reshape(batch, length, heads, dim)
+    return out[:, :length].reshape(batch, length, heads, dim)

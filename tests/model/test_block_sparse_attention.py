@@ -70,10 +70,16 @@ def test_bfloat16_close_to_float32_reference():
     assert np.abs(np.asarray(out, np.float32) - np.asarray(ref)).max() <= 0.05
 
 
-def test_packed_attention_uses_it_and_falls_back_on_odd_lengths():
-    q, k, v, _ = _qkvw(100, seed=3)
-    seg = jnp.asarray(np.repeat([[1, 2, 0, 0]], 25, axis=1).reshape(1, 100).repeat(2, 0))
-    out = packed_attention(q, k, v, seg, "block_sparse")   # 100 is not a multiple of 64: dense xla
-    np.testing.assert_allclose(out, reference_attention(q, k, v, segment_mask(seg)), atol=1e-5)
-    with pytest.raises(ValueError, match="multiple of 64"):
-        block_sparse_attention(q, k, v, seg, block=64)
+@pytest.mark.parametrize("length", [100, 20])
+def test_odd_lengths_are_padded_internally(length):
+    """100 tokens: padded to 128 with a segment id no real token has; 20: one block of 20."""
+    q, k, v, w = _qkvw(length, seed=3)
+    seg = jnp.asarray(np.repeat([[1, 2, 0, 0]], length // 4, axis=1).reshape(1, length).repeat(2, 0))
+    pre = jnp.where(seg == 2, 1, 0)
+    sparse = lambda q, k, v: packed_attention(q, k, v, seg, "block_sparse", pre)  # noqa: E731
+    ref = lambda q, k, v: reference_attention(q, k, v, segment_mask(seg, pre))  # noqa: E731
+    np.testing.assert_allclose(sparse(q, k, v), ref(q, k, v), atol=1e-5)
+    grads_s = jax.grad(lambda *a: jnp.sum(sparse(*a) * w), (0, 1, 2))(q, k, v)
+    grads_r = jax.grad(lambda *a: jnp.sum(ref(*a) * w), (0, 1, 2))(q, k, v)
+    for a, b in zip(grads_s, grads_r):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
