@@ -48,6 +48,18 @@ def test_update_step_tiny_mode(capsys):
     assert out["attention_backend"] in ("block_sparse", "xla")  # auto on one CPU device / on a CPU mesh
 
 
+def test_attention_tiny_mode(capsys):
+    out = _run("attention", ["--rows", "2", "--row-len", "384", "--prompt", "40", "--group", "3",
+                             "--continuation", "30", "--reps", "1"], capsys)
+    for layout in ("shared", "causal"):
+        r = out[layout]
+        assert r["xla_s"] > 0 and r["block_sparse_s"] > 0 and r["max_out_diff"] < 1e-5 and r["max_grad_diff"] < 1e-4
+    # 3 x 3 blocks per row: causal computes 6 of 9 pairs; shared (group in tokens 0-129, then padding) also
+    # skips the all-padding block's view of block 0
+    assert out["causal"]["pairs_computed"] == pytest.approx(6 / 9)
+    assert out["shared"]["pairs_computed"] == pytest.approx(5 / 9)
+
+
 def test_episode_vs_turn_counts(capsys):
     out = _run("episode_vs_turn", ["--episodes", "1", "--prompt", "10", "--turns", "2,2", "--sampled", "3,3",
                                    "--obs", "4,4"], capsys)
