@@ -73,9 +73,10 @@ def _our_logits(cfg, params, tokens, mask):
                                         jnp.asarray(mask)))
 
 
-def test_logits_match_transformers_with_right_padding(saved):
+@pytest.mark.parametrize("backend", ["xla", "block_sparse"])
+def test_logits_match_transformers_with_right_padding(saved, backend):
     arch, model, folder = saved
-    cfg, params = load_hf_checkpoint(folder, attention_backend="xla")
+    cfg, params = load_hf_checkpoint(folder, attention_backend=backend)
     assert cfg.qk_norm == (arch == "qwen3") and cfg.qkv_bias == (arch == "qwen2")
     assert cfg.tie_word_embeddings == (arch == "qwen2")
     assert cfg.rope_theta == CASES[arch][1]["rope_parameters"]["rope_theta"]

@@ -52,7 +52,7 @@ def _apply(cfg, params, tokens, positions, segments):
                                  jnp.asarray(segments)))
 
 
-@pytest.mark.parametrize("backend", ["xla", "reference"])
+@pytest.mark.parametrize("backend", ["xla", "block_sparse", "reference"])
 def test_packed_equals_unpacked(backend):
     cfg = dataclasses.replace(CFG, attention_backend=backend)
     params = _params(CFG)  # params do not depend on the backend
@@ -81,7 +81,7 @@ def test_packed_equals_unpacked(backend):
     assert np.abs(chunked - packed).max() <= 1e-5
 
 
-@pytest.mark.parametrize("backend", ["xla", "reference"])
+@pytest.mark.parametrize("backend", ["xla", "block_sparse", "reference"])
 def test_no_gradient_flows_across_segments(backend):
     cfg = dataclasses.replace(CFG, attention_backend=backend)
     params = _params(CFG)  # params do not depend on the backend
@@ -113,10 +113,11 @@ def test_xla_matches_reference_with_fully_padded_row():
     # row 2 is all padding (segment 0)
     params = _params(CFG)
     out = {b: _apply(dataclasses.replace(CFG, attention_backend=b), params, tokens, positions, segments)
-           for b in ("xla", "reference")}
-    assert np.all(np.isfinite(out["xla"])) and np.all(np.isfinite(out["reference"]))
+           for b in ("xla", "block_sparse", "reference")}
+    assert all(np.all(np.isfinite(o)) for o in out.values())
     real = segments > 0
     assert np.abs(out["xla"] - out["reference"])[real].max() <= 1e-5
+    assert np.abs(out["block_sparse"] - out["reference"])[real].max() <= 1e-5
     # real rows do not depend on the padded row: run them without it
     alone = _apply(CFG.replace(attention_backend="xla"), params, tokens[:2], positions[:2], segments[:2])
     assert np.abs(alone - out["xla"][:2])[real[:2]].max() <= 1e-5
