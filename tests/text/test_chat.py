@@ -326,5 +326,6 @@ def test_parser_is_linear_on_adversarial_long_inputs():
     for name, text in cases.items():
         t0 = time.process_time()
         out = parse_tool_call(text)
-        assert time.process_time() - t0 < 2.0, name
+        # quadratic parsing of these inputs takes minutes; linear takes well under a second (5 s: CI noise)
+        assert time.process_time() - t0 < 5.0, name
         assert (out.code if isinstance(out, ToolCallError) else None) == expected[name], (name, out)
