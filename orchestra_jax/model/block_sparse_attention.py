@@ -116,14 +116,13 @@ def _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, blo
     (acc, run_max, run_sum), _ = jax.lax.scan(pair, init, _causal_pairs(batch, length // block))
     # Every query sees itself (same segment, diagonal block), so run_sum > 0.
     out = (acc / run_sum[..., None]).astype(q_BTKGH.dtype)
-    return out, run_max + jnp.log(run_sum)
+    return out, run_max + jnp.log(run_sum), flags
 
 
-def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse_BTKG, dout, block):
+def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse_BTKG, flags, dout, block):
     batch, length, kv_heads, groups, dim = q_BTKGH.shape
     scale = 1.0 / np.sqrt(dim)
     blocks = _Blocks(block, segment_ids_BT, prefix_segment_ids_BT)
-    flags = block_flags(segment_ids_BT, prefix_segment_ids_BT, block)
     # D_t = sum_h dO * O: the softmax backward's row term, once for all pairs.
     delta_BTKG = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
 
@@ -160,13 +159,13 @@ def _attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, b
 
 
 def _attention_fwd(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
-    out, lse = _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)
-    return out, (q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse)
+    out, lse, flags = _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)
+    return out, (q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse, flags)
 
 
 def _attention_bwd(block, residuals, dout):
-    q, k, v, seg, pre, out, lse = residuals
-    dq, dk, dv = _backward(q, k, v, seg, pre, out, lse, dout, block)
+    q, k, v, seg, pre, out, lse, flags = residuals  # flags: the forward's block test, not recomputed
+    dq, dk, dv = _backward(q, k, v, seg, pre, out, lse, flags, dout, block)
     return dq, dk, dv, None, None  # segment ids are integers: no cotangent
 
 
