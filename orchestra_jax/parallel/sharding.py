@@ -298,6 +298,11 @@ class ShardedUpdate:
     are split over data x fsdp; metrics come back replicated. The model runs under
     `nn.logical_axis_rules(rules)` and `jax.set_mesh(mesh)`, so its logical activation constraints resolve
     against this mesh. One compilation per batch layout (keys, shapes, dtypes); `num_compiled` counts them.
+
+    Called with a list of same-layout micro-batches instead of one batch, it accumulates their gradients
+    with the update's pieces (`rl.step.UpdateFns`: count, init_acc, accumulate, apply), each jitted once per
+    micro-batch layout: a step of any number of micro-batches runs the same four programs (steps whose row
+    count varies do not each compile a whole update).
     """
 
     def __init__(self, update: Callable, model_cfg, optimizer, mesh: Mesh, rules: LogicalRules,
@@ -331,12 +336,60 @@ class ShardedUpdate:
                 donate_argnums=self._donate)
         return self._compiled[signature]
 
+    def _jitted_pieces(self, batch: Mapping[str, Any], with_ref: bool) -> tuple[Callable, ...]:
+        """(count, init_acc, accumulate, apply) jitted for this micro-batch layout."""
+        signature = ("pieces", _batch_signature(batch), with_ref)
+        if signature not in self._compiled:
+            import flax.linen as nn
+            fns, rep, p_shard = self._update, replicated(self.mesh), self.param_shardings
+            b_shard = batch_shardings(batch, self.mesh, self.rules)
+            acc_shard = (rep, p_shard)  # (scalars, float32 gradients shaped like the params)
+
+            def accumulate(params, acc, mb, ref_params, totals):
+                with nn.logical_axis_rules(self.rules):
+                    return fns.accumulate(params, acc, mb, ref_params, totals)
+
+            self._compiled[signature] = (
+                jax.jit(fns.count, in_shardings=(b_shard, rep), out_shardings=rep, donate_argnums=(1,)),
+                jax.jit(fns.init_acc, in_shardings=(p_shard, b_shard), out_shardings=acc_shard),
+                jax.jit(accumulate, in_shardings=(p_shard, acc_shard, b_shard, p_shard if with_ref else None, rep),
+                        out_shardings=acc_shard, donate_argnums=(1,)),
+                jax.jit(fns.apply, in_shardings=(p_shard, self.opt_state_shardings, acc_shard, rep),
+                        out_shardings=(p_shard, self.opt_state_shardings, rep),
+                        donate_argnums=self._donate))
+        return self._compiled[signature]
+
+    def _accumulated(self, params, opt_state, micro_batches: Sequence[Mapping[str, Any]], ref_params):
+        if not all(hasattr(self._update, n) for n in ("count", "init_acc", "accumulate", "apply")):
+            raise TypeError("ShardedUpdate: a list of micro-batches needs an update with count / init_acc / "
+                            "accumulate / apply pieces (rl.step.build_update)")
+        batches = [dict(b) for b in micro_batches]
+        if not batches or len({_batch_signature(b) for b in batches}) != 1:
+            raise ValueError(f"ShardedUpdate: micro-batches must share one layout (keys, shapes, dtypes); got "
+                             f"{len({_batch_signature(b) for b in batches})} layouts in {len(batches)} micro-batches")
+        count, init_acc, accumulate, apply = self._jitted_pieces(batches[0], ref_params is not None)
+        if jax.process_count() > 1:
+            shard = batch_shardings(batches[0], self.mesh, self.rules)
+            batches = [_place_host_leaves(b, shard) for b in batches]
+        with jax.set_mesh(self.mesh):
+            totals = put_on_mesh((np.zeros((), np.float32), np.zeros((), np.float32)), replicated(self.mesh))
+            for b in batches:  # the whole step's normalisers first
+                totals = count(b, totals)
+            acc = init_acc(params, batches[0])
+            for b in batches:
+                acc = accumulate(params, acc, b, ref_params, totals)
+            return apply(params, opt_state, acc, totals)
+
     @property
     def num_compiled(self) -> int:
-        """Compiled executables so far over all batch layouts (a static-shape run has exactly 1)."""
-        return sum(fn._cache_size() for fn in self._compiled.values())
+        """Compiled executables so far over all batch layouts (a static-shape run has exactly 1; a run of
+        micro-batch lists 4, whatever their number)."""
+        fns = [f for v in self._compiled.values() for f in (v if isinstance(v, tuple) else (v,))]
+        return sum(fn._cache_size() for fn in fns)
 
     def __call__(self, params, opt_state, batch, ref_params=None):
+        if isinstance(batch, (list, tuple)):
+            return self._accumulated(params, opt_state, batch, ref_params)
         batch = dict(batch)
         fn = self.jitted(batch, ref_params is not None)
         if jax.process_count() > 1:  # host arrays = the global batch, identical on every process

@@ -12,7 +12,8 @@
                   bucket of rows that holds every process's step (rl.batch), each group's prompt stored once
                   per packed unit with train.share_prefix
     4. global     every process's rows -> one global batch (``jax.make_array_from_process_local_data``)
-    5. update     ``ppo_epochs`` jitted, sharded optimizer steps; the first epoch is on-policy (ratio 1, no
+    5. update     ``ppo_epochs`` jitted, sharded optimizer steps (with ``row_bucket``, gradients accumulated over
+                  the step's buckets with fixed programs); the first epoch is on-policy (ratio 1, no
                   old-log-prob forward); reference log-probs are computed inside the update when the KL is on
 
 Episodes trained per step = tasks_per_step x group_size x processes. Nothing here reads global state: the
@@ -139,15 +140,20 @@ def episode_metrics(t: dict[str, np.ndarray], tool_aliases: Sequence[str]) -> di
     return m
 
 
-def global_batch(setup: GRPOSetup, batch: PackedBatch | SharedPackedBatch) -> dict:
-    """Every process's rows as one global batch on the mesh ([M, R/M, L] with micro-batches)."""
+def global_batch(setup: GRPOSetup, batch: PackedBatch | SharedPackedBatch) -> dict | list[dict]:
+    """Every process's rows as one global batch on the mesh ([M, R/M, L] with micro-batches). With
+    ``row_bucket`` the rows go as a list of buckets of row_bucket rows (each [M, row_bucket/M, L]): the
+    update accumulates over however many a step has with the same compiled programs."""
     from orchestra_jax.parallel.distributed import host_local_batch_to_global
 
     local = batch.as_dict()
-    M = setup.algo.micro_batches
+    rows, M = batch.num_rows, setup.algo.micro_batches
+    per = setup.step.row_bucket or rows
+    parts = [{k: v[i:i + per] for k, v in local.items()} for i in range(0, rows, per)]
     if M > 1:
-        local = {k: v.reshape((M, v.shape[0] // M) + v.shape[1:]) for k, v in local.items()}
-    return host_local_batch_to_global(local, setup.mesh, setup.update.rules)
+        parts = [{k: v.reshape((M, v.shape[0] // M) + v.shape[1:]) for k, v in p.items()} for p in parts]
+    parts = [host_local_batch_to_global(p, setup.mesh, setup.update.rules) for p in parts]
+    return parts if setup.step.row_bucket else parts[0]
 
 
 # ---------------------------------------------------------------------------------------------- step
@@ -196,7 +202,8 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
         batch = global_batch(setup, packed)
         if algo.ppo_epochs > 1:  # fixed behaviour log-probs over the epochs (one extra forward)
-            batch["old_logp"], _ = setup.logprob(params, batch)  # the batch's layout, micro-batches included
+            for b in batch if isinstance(batch, list) else [batch]:
+                b["old_logp"], _ = setup.logprob(params, b)  # the batch's layout, micro-batches included
         update_ms = []
         for _ in range(algo.ppo_epochs):
             params, opt_state, m = setup.update(params, opt_state, batch, state.ref_params)

@@ -115,20 +115,35 @@ def _check_batch(batch: dict, needs_ref: bool):
             raise ValueError(f"update batch {k!r} has shape {tuple(np.shape(v))}; expected {shape} like 'tokens'")
 
 
-def build_update(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.GradientTransformation) -> Callable:
-    """The update function before jit (for callers that jit it with shardings themselves)."""
-    loss_cfg = algo_cfg.loss
-    validate_loss_config(loss_cfg)
-    needs_ref = loss_cfg.kl_coef != 0.0
-    schedule = make_schedule(algo_cfg.optim)
+class UpdateFns:
+    """The update, whole (``__call__``) and in the pieces a caller can jit separately to accumulate gradients
+    over a variable number of same-shape micro-batches with a fixed number of programs (train.row_bucket):
 
-    def micro_loss(params, mb, ref_params, num_tokens, num_segments):
-        logp, entropy = batch_logprobs(model_cfg, params, mb)
+    count(batch, totals)                        -> totals + this batch's (loss tokens, sequences)
+    init_acc(params, batch)                     -> acc of zeros: ({"loss": 0, metrics...}, float32 grads)
+    accumulate(params, acc, batch, ref, totals) -> acc plus this batch's loss, metrics and gradients
+    apply(params, opt_state, acc, totals)       -> (params, opt_state, metrics): one optimizer step
+
+    A batch is [R, L] or [M, R, L] (scanned). ``acc`` is (replicated scalars, gradients shaped like params);
+    ``totals`` (number of loss tokens, number of sequences) must be the whole step's, so the sum of the
+    micro-batches' losses and gradients is the full batch's for every aggregation mode.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.GradientTransformation):
+        validate_loss_config(algo_cfg.loss)
+        self.model_cfg, self.algo_cfg, self.optimizer = model_cfg, algo_cfg, optimizer
+        self.needs_ref = algo_cfg.loss.kl_coef != 0.0
+        self._schedule = make_schedule(algo_cfg.optim)
+        self._grad_fn = jax.value_and_grad(self._micro_loss, has_aux=True)
+
+    def _micro_loss(self, params, mb, ref_params, num_tokens, num_segments):
+        loss_cfg = self.algo_cfg.loss
+        logp, entropy = batch_logprobs(self.model_cfg, params, mb)
         # one PPO epoch: the behaviour policy is this one (ratio 1, gradient of logp), no extra forward
         old_logp = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
         ref_logp = mb.get("ref_logp")
-        if needs_ref and ref_logp is None:
-            ref_logp, _ = batch_logprobs(model_cfg, ref_params, mb)
+        if self.needs_ref and ref_logp is None:
+            ref_logp, _ = batch_logprobs(self.model_cfg, ref_params, mb)
             ref_logp = jax.lax.stop_gradient(ref_logp)
         advantages = mb["advantages"]
         if loss_cfg.kl_in_reward and loss_cfg.kl_coef != 0.0:
@@ -137,59 +152,76 @@ def build_update(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.
                            ref_logp=ref_logp, entropy=entropy, num_tokens=num_tokens,
                            num_segments=num_segments)
 
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-
-    def update(params, opt_state, batch, ref_params=None):
-        _check_batch(batch, needs_ref and ref_params is None and "ref_logp" not in batch)
+    @staticmethod
+    def _leading(batch):
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
-        if batch["tokens"].ndim == 2:
-            batch = {k: v[None] for k, v in batch.items()}
-        num_tokens, num_segments = count_tokens_and_segments(batch["loss_mask"], batch["segment_ids"])
+        return {k: v[None] for k, v in batch.items()} if batch["tokens"].ndim == 2 else batch
 
+    def count(self, batch, totals=None):
+        batch = self._leading(batch)
+        n_tokens, n_segments = count_tokens_and_segments(batch["loss_mask"], batch["segment_ids"])
+        return (n_tokens, n_segments) if totals is None else (totals[0] + n_tokens, totals[1] + n_segments)
+
+    def init_acc(self, params, batch):
+        mb = {k: v[0] for k, v in self._leading(batch).items()}
+        one = jnp.ones((), jnp.float32)
+        metric_shapes = jax.eval_shape(lambda mb: self._grad_fn(params, mb, params, one, one)[0][1], mb)
+        scalars = {"loss": jnp.zeros((), jnp.float32), **{k: _metric_identity(k) for k in metric_shapes}}
+        return scalars, jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+    def accumulate(self, params, acc, batch, ref_params, totals):
+        _check_batch(batch, self.needs_ref and ref_params is None and "ref_logp" not in batch)
+
+        def body(acc, mb):  # one traced copy of the forward/backward (compile time), sums in float32
+            scalars, grads_acc = acc
+            (loss_m, metrics_m), grads_m = self._grad_fn(params, mb, ref_params, *totals)
+            merged = {k: _merge_metric(k, scalars[k], metrics_m[k]) for k in metrics_m}
+            grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads_m)
+            return ({"loss": scalars["loss"] + loss_m, **merged}, grads_acc), None
+
+        batch = self._leading(batch)
         if batch["tokens"].shape[0] == 1:
-            (loss, metrics), grads = grad_fn(params, {k: v[0] for k, v in batch.items()}, ref_params, num_tokens,
-                                             num_segments)
-            grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-        else:
-            # One traced copy of the forward/backward inside the scan (compile time), sums in float32.
-            def body(carry, mb):
-                loss_acc, metrics_acc, grads_acc = carry
-                (loss_m, metrics_m), grads_m = grad_fn(params, mb, ref_params, num_tokens, num_segments)
-                merged = {k: _merge_metric(k, metrics_acc[k], metrics_m[k]) for k in metrics_acc}
-                grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads_m)
-                return (loss_acc + loss_m, merged, grads_acc), None
+            return body(acc, {k: v[0] for k, v in batch.items()})[0]
+        return jax.lax.scan(body, acc, batch)[0]
 
-            metric_shapes = jax.eval_shape(lambda mb: grad_fn(params, mb, ref_params, num_tokens, num_segments)[0][1],
-                                           {k: v[0] for k, v in batch.items()})
-            init = (jnp.zeros((), jnp.float32), {k: _metric_identity(k) for k in metric_shapes},
-                    jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
-            (loss, metrics, grads), _ = jax.lax.scan(body, init, batch)
+    def apply(self, params, opt_state, acc, totals):
         if any(p.dtype != jnp.float32 for p in jax.tree.leaves(params)):
             raise ValueError("update: parameters must be float32 master weights (model.dtype sets the compute "
                              f"dtype); got {sorted({str(p.dtype) for p in jax.tree.leaves(params)})}")
-
+        scalars, grads = acc
+        loss = scalars["loss"]
         finite = jnp.isfinite(loss) & tree_all_finite(grads)
         # A non-finite loss with finite gradients is still skipped: poison the gradients for the guard.
         grads_for_opt = jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads)
-        updates, new_opt_state = optimizer.update(grads_for_opt, opt_state, params)
+        updates, new_opt_state = self.optimizer.update(grads_for_opt, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         new_params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, params)
         if not isinstance(opt_state, NonFiniteGuardState):
             new_opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
 
         metrics = {k: (jnp.where(jnp.isfinite(v), v, jnp.nan) if k in _MIN_METRICS + _MAX_METRICS else v)
-                   for k, v in metrics.items()}
+                   for k, v in scalars.items() if k != "loss"}
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.global_norm(grads)
         metrics["skipped"] = (~finite).astype(jnp.float32)
-        metrics["num_tokens"] = num_tokens
-        metrics["num_sequences"] = num_segments
+        metrics["num_tokens"], metrics["num_sequences"] = totals
         if isinstance(opt_state, NonFiniteGuardState):
-            metrics["lr"] = jnp.asarray(schedule(opt_state.num_applied), jnp.float32)
+            metrics["lr"] = jnp.asarray(self._schedule(opt_state.num_applied), jnp.float32)
             metrics["skipped_total"] = new_opt_state.num_skipped.astype(jnp.float32)
         return new_params, new_opt_state, metrics
 
-    return update
+    def __call__(self, params, opt_state, batch, ref_params=None):
+        """The whole update in one program: count, accumulate over the batch's micro-batches, apply."""
+        _check_batch(batch, self.needs_ref and ref_params is None and "ref_logp" not in batch)
+        totals = self.count(batch)
+        acc = self.accumulate(params, self.init_acc(params, batch), batch, ref_params, totals)
+        return self.apply(params, opt_state, acc, totals)
+
+
+def build_update(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.GradientTransformation) -> UpdateFns:
+    """The update function before jit (for callers that jit it with shardings themselves); its pieces let
+    them accumulate a variable number of micro-batches with fixed programs (`UpdateFns`)."""
+    return UpdateFns(model_cfg, algo_cfg, optimizer)
 
 
 def make_update_fn(model_cfg: ModelConfig, algo_cfg: AlgoConfig, optimizer: optax.GradientTransformation):

@@ -126,3 +126,55 @@ def test_model_activation_constraints_resolve_against_the_mesh():
             f'<@mesh, [{{"data", "fsdp"}}, {{}}, {{"tensor"}}]> : tensor<{rows[0]}x{rows[1]}x64xf32>' in text)
     # residual stream [batch, sequence, embed]: embed unsplit because batch already took fsdp.
     assert f'<@mesh, [{{"data", "fsdp"}}, {{}}, {{}}]> : tensor<{rows[0]}x{rows[1]}x32xf32>' in text
+
+
+@pytest.mark.parametrize("shape,with_ref_params", [((1, 1, 1), False), ((2, 2, 2), True)])
+def test_a_list_of_micro_batches_accumulates_like_one_batch_with_four_programs(shape, with_ref_params):
+    """row_bucket's path: a step's rows as a list of same-shape buckets gives the update of the whole batch
+    (normalisers over all of them), and a step with more buckets runs the same compiled programs."""
+    mesh = make_mesh(MeshConfig(*shape), jax.devices()[:math.prod(shape)])
+    optimizer = pc.optimizer()
+    rows = 8 * 3
+    whole = pc.batch(seed=3, rows=rows)
+    ref_host = pc.params(seed=1)
+    if with_ref_params:  # reference log-probs computed inside the update from sharded reference params
+        whole = {k: v for k, v in whole.items() if k != "ref_logp"}
+    host = jax.device_put(pc.params(), jax.devices()[0])
+    want_params, want_state, want = pc.single_device_update()(
+        host, jax.jit(optimizer.init)(host), whole,
+        jax.device_put(ref_host, jax.devices()[0]) if with_ref_params else None)
+
+    update = make_sharded_update_fn(build_update(pc.MODEL, pc.ALGO, optimizer), pc.MODEL, optimizer, mesh)
+    ref = update.shard_params(ref_host) if with_ref_params else None
+    params = update.shard_params(pc.params())
+    buckets = [{k: v[i:i + 8] for k, v in whole.items()} for i in range(0, rows, 8)]
+    got_params, got_state, got = update(params, update.init_opt_state(params), buckets, ref)
+    got, want = pc.to_floats(got), pc.to_floats(want)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], err_msg=key, **TOL)
+    for a, b in zip(jax.tree.leaves((got_params, got_state)), jax.tree.leaves((want_params, want_state))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
+    assert got["num_sequences"] > 8 and got["num_tokens"] > 0  # the step's normalisers, not one bucket's
+    assert update.num_compiled == 4
+
+    # Two buckets, then one: same programs, and the result is that of the two-bucket batch.
+    two = {k: v[:16] for k, v in whole.items()}
+    params2 = update.shard_params(pc.params())
+    _, _, m2 = update(params2, update.init_opt_state(params2), buckets[:2], ref)
+    _, _, w2 = pc.single_device_update()(host := jax.device_put(pc.params(), jax.devices()[0]),
+                                         jax.jit(optimizer.init)(host), two,
+                                         jax.device_put(ref_host, jax.devices()[0]) if with_ref_params else None)
+    np.testing.assert_allclose(pc.to_floats(m2)["loss"], pc.to_floats(w2)["loss"], **TOL)
+    params1 = update.shard_params(pc.params())
+    update(params1, update.init_opt_state(params1), buckets[:1], ref)
+    assert update.num_compiled == 4
+
+
+def test_a_list_of_micro_batches_must_share_one_layout():
+    mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    optimizer = pc.optimizer()
+    update = make_sharded_update_fn(build_update(pc.MODEL, pc.ALGO, optimizer), pc.MODEL, optimizer, mesh)
+    params = update.shard_params(pc.params())
+    with pytest.raises(ValueError, match="one layout"):
+        update(params, update.init_opt_state(params), [pc.batch(rows=8), pc.batch(rows=16)])
