@@ -43,7 +43,8 @@ class TrainConfig:
     seed: int = 0  # seeds task order, rollouts and parameter init
     row_len: int = 1024  # packed row length in tokens; >= rollout.max_seq_len unless truncate
     rows_per_step: int = 0  # packed rows per process per step (fixed: one compile); 0 = one per episode
-    row_bucket: int = 0  # > 0: each step packs into the fewest multiple of this many rows, <= rows_per_step
+    row_bucket: int = 0  # > 0: each step packs into the fewest multiple of this many rows, <= rows_per_step,
+    # and the update accumulates over those buckets with fixed programs
     truncate: bool = False  # allow row_len < rollout.max_seq_len: cut longer episodes (counted in metrics)
     rollout_batch_tasks: int = 0  # roll out in chunks of this many tasks (0 = all of a process's tasks at once)
     share_prefix: bool = True  # pack each group's prompt once per row unit (falls back on backends without the mask)

@@ -177,7 +177,7 @@ def test_unpack_errors():
 
 
 # ---- prefix-shared packing ------------------------------------------------------------------------------
-from orchestra_jax.data.packing import pack_shared, shared_prefix_len  # noqa: E402
+from orchestra_jax.data.packing import ffd_assign, pack_shared, shared_prefix_len  # noqa: E402
 
 
 def test_pack_shared_hand_example():
@@ -238,11 +238,39 @@ def test_pack_shared_invariants(seed, row_len):
         assert ((prev_seg == b.segment_ids[r, own]) | (prev_seg == b.prefix_segment_ids[r, own])).all()
     assert (b.prev_index[b.segment_ids == 0] == -1).all()
     assert b.num_tokens <= b.num_episode_tokens == sum(len(s) for s in seqs)
-    # a group whose prompt + continuations fit in one row is stored as one unit (its prompt once)
+    # Never more rows than whole groups by first-fit-decreasing (a group cut only where it overflows a row);
+    # with as many rows, a group whose prompt + continuations fit one row is stored as one unit (prompt once).
+    whole_units = []
     for g, p in zip(dict.fromkeys(gids), b.prefix_lens):
-        members = [i for i, x in enumerate(gids) if x == g]
-        if p + sum(len(seqs[i]) - p for i in members) <= row_len:
-            assert len({tuple(b.prefix_placements[i]) for i in members}) == 1
+        used = p
+        for c in [len(seqs[i]) - p for i, x in enumerate(gids) if x == g]:
+            if used > p and used + c > row_len:
+                whole_units.append(used)
+                used = p
+            used += c
+        whole_units.append(used)
+    ffd_rows = ffd_assign(np.asarray(whole_units), row_len)[1] if seqs else 0
+    assert b.num_rows <= ffd_rows
+    if b.num_rows == ffd_rows:
+        for g, p in zip(dict.fromkeys(gids), b.prefix_lens):
+            members = [i for i, x in enumerate(gids) if x == g]
+            if p + sum(len(seqs[i]) - p for i in members) <= row_len:
+                assert len({tuple(b.prefix_placements[i]) for i in members}) == 1
+
+
+def test_pack_shared_fills_the_gaps_of_rows_with_part_of_a_group():
+    """Three groups of a 4-token prompt + 3 continuations of 4 (16 tokens each). Rows of 24 hold one group
+    each (3 rows; splitting cannot help: 48 tokens + one more prompt > 2 x 24). Rows of 28: whole groups
+    still need 3 rows (16 + 16 > 28), but the second group split over the gaps (its prompt stored twice)
+    fits 2 rows: [group 0, prompt 1 + 2 continuations], [prompt 1 + 1 continuation, group 2]."""
+    seqs = [np.r_[np.arange(1, 5) + 10 * g, np.full(4, 100 + 10 * g + k)] for g in range(3) for k in range(3)]
+    gids = [g for g in range(3) for _ in range(3)]
+    assert pack_shared(seqs, gids, 24).num_rows == 3
+    b = pack_shared(seqs, gids, 28)
+    assert b.num_rows == 2 and b.num_tokens == 3 * 16 + 4  # one prompt stored twice
+    assert b.tokens[0, 16:20].tolist() == b.tokens[1, :4].tolist() == [11, 12, 13, 14]
+    assert [b.placements[i][0] for i in range(9)] == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert [x.tolist() for x in b.unpack("tokens")] == [s.tolist() for s in seqs]
 
 
 def test_pack_shared_splits_a_group_that_overflows_a_row():

@@ -3,7 +3,7 @@
 usage: multihost_worker.py COORDINATOR NUM_PROCESSES PROCESS_ID OUT_DIR STEPS
 Each process has 4 CPU devices (XLA_FLAGS from the parent); the mesh (data=2, fsdp=2, tensor=2) spans all
 8. Even steps feed each process only its own rows of a fixed synthetic batch, odd steps the whole host
-batch (identical on every process); process 0 writes the per-step metrics, the final parameters
+batch (identical on every process), step 2 those rows as a list of two row buckets; process 0 writes the per-step metrics, the final parameters
 (gathered) and sharded log-probs to OUT_DIR.
 """
 import json
@@ -42,10 +42,17 @@ def main(coordinator: str, num_processes: int, process_id: int, out_dir: str, st
     batch = host_local_batch_to_global({k: v[start:stop] for k, v in full.items()}, mesh)
     assert batch["tokens"].shape == full["tokens"].shape and not batch["tokens"].is_fully_addressable
 
+    # train.row_bucket's layout: each process's rows in two buckets, each bucket a global batch of half the rows
+    half = (stop - start) // 2
+    buckets = [host_local_batch_to_global({k: v[start + i * half:start + (i + 1) * half] for k, v in full.items()},
+                                          mesh) for i in range(2)]
+
     history = []
     for step in range(steps):
-        # Odd steps pass the host (numpy) global batch, identical on every process: the update places it.
-        params, opt_state, metrics = update(params, opt_state, full if step % 2 else batch)
+        # Odd steps pass the host (numpy) global batch, identical on every process: the update places it;
+        # step 2 the list of buckets, whose gradients the update accumulates (the same rows in all).
+        params, opt_state, metrics = update(params, opt_state,
+                                            buckets if step == 2 else full if step % 2 else batch)
         history.append(pc.to_floats(metrics))
     # rl.batch.agree_rows: each process proposes its own packed-row count, all take the largest
     from orchestra_jax.rl.batch import agree_rows
