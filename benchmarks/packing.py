@@ -6,7 +6,8 @@
    longest; packed = first-fit-decreasing into rows of 12,288. Reports utilisation and tokens computed.
 2. Groups: --tasks groups of --group episodes, each a ~300-token prompt shared by the group plus its own
    ~60-token continuation (sampled + tool tokens; the quickstart's measured shape, see issue 12), packed
-   unshared (`pack`) vs shared (`pack_shared`) into rows of --row-len. Reports tokens computed, rows,
+   unshared (`pack`) vs shared (`pack_shared`, and without its gap filling) into rows of --row-len. Reports
+   tokens computed, rows,
    utilisation, and the time of a jitted forward+backward of the log-prob loss on both packings (same
    model, alternated), plus the max difference of the per-episode log-probs (must be ~1e-6).
 """
@@ -64,6 +65,7 @@ def main(argv=None):
     seqs, gids, masks = quickstart_groups(rng, args.tasks, args.group, cfg.vocab_size)
     plain = pack(seqs, args.row_len, fields={"loss_mask": masks})
     shared = pack_shared(seqs, gids, args.row_len, fields={"loss_mask": masks})
+    whole = pack_shared(seqs, gids, args.row_len, fields={"loss_mask": masks}, fill_gaps=False)
 
     def loss_fn(is_shared):
         def loss(p, b):
@@ -91,6 +93,9 @@ def main(argv=None):
               "tokens_ratio": plain.num_tokens / shared.num_tokens,
               "unshared_rows": plain.num_rows, "shared_rows": shared.num_rows,
               "unshared_utilisation": plain.utilisation, "shared_utilisation": shared.utilisation,
+              # without splitting groups to fill the gaps rows leave (pack_shared fill_gaps=False)
+              "whole_group_rows": whole.num_rows, "whole_group_tokens": whole.num_tokens,
+              "whole_group_utilisation": whole.utilisation,
               "unshared_step_s": t_u, "shared_step_s": t_s, "step_speedup": t_u / t_s,
               "max_logp_diff": diff, "model": args.size}
     emit({"benchmark": "packing", "jagged": jagged, "groups": groups,

@@ -356,18 +356,22 @@ def _gap_filling_units(groups, row_len: int):
     return units, np.asarray(rows, np.int64), len(free)
 
 
-def _place_units(groups, row_len: int):
+def _place_units(groups, row_len: int, fill_gaps: bool):
     """(units, row of each unit, rows used) for pack_shared: whole-group units by first-fit-decreasing, or,
-    when it needs fewer rows, groups split to fill the gaps rows leave (a prompt stored once more per split:
-    more tokens computed, fewer rows). groups: [(prefix len, members, continuation lengths)]."""
+    with fill_gaps and when it needs fewer rows, groups split to fill the gaps rows leave (a prompt stored
+    once more per split: more tokens computed, fewer rows). groups: [(prefix len, members, continuation
+    lengths)]."""
     whole = _whole_units(groups, row_len)
+    if not fill_gaps:
+        return whole
     split = _gap_filling_units(groups, row_len)
     return split if split[2] < whole[2] else whole
 
 
 def pack_shared(sequences: Sequence[Any], group_ids: Sequence[int], row_len: int, *,
                 fields: Mapping[str, Sequence[Any]] | None = None, num_rows: int | None = None,
-                truncate: bool = False, loss_mask_field: str | None = "loss_mask") -> SharedPackedBatch:
+                truncate: bool = False, loss_mask_field: str | None = "loss_mask",
+                fill_gaps: bool = True) -> SharedPackedBatch:
     """Pack episodes with their group's shared prefix stored once per unit (see SharedPackedBatch).
 
     sequences: per-episode 1-D int token arrays (full episodes: prompt + everything after it).
@@ -377,6 +381,8 @@ def pack_shared(sequences: Sequence[Any], group_ids: Sequence[int], row_len: int
       first episode (the cap makes those tokens loss-masked in every member).
     num_rows / truncate: as in `pack`. Units (a prompt plus the continuations that fit) are placed by
       first-fit-decreasing and laid out in group order inside a row.
+    fill_gaps: when it needs fewer rows, split groups so that part of a group fills the gap a row leaves
+      (its prompt stored once more there); never more rows than whole groups.
     """
     if not isinstance(row_len, (int, np.integer)) or row_len < 1:
         raise ValueError(f"row_len must be a positive int, got {row_len!r}")
@@ -419,7 +425,7 @@ def pack_shared(sequences: Sequence[Any], group_ids: Sequence[int], row_len: int
         p = shared_prefix_len([seqs[i] for i in members], None if masks is None else [masks[i] for i in members])
         prefix_lens.append(p)
         group_list.append((p, members, [len(seqs[i]) - p for i in members]))
-    units, rows_of_unit, needed = _place_units(group_list, row_len)
+    units, rows_of_unit, needed = _place_units(group_list, row_len, fill_gaps)
     if num_rows is None:
         num_rows = needed
     elif needed > num_rows:
@@ -486,4 +492,5 @@ def pack_groups(sequences: Sequence[Any], group_ids: Sequence[int], row_len: int
         warnings.warn(f"attention backend {attention_backend!r} cannot express the shared-prefix mask; "
                       "packing unshared rows (each episode with its own copy of the prompt)", stacklevel=2)
     kwargs.pop("loss_mask_field", None)
+    kwargs.pop("fill_gaps", None)
     return pack(sequences, row_len, **kwargs)

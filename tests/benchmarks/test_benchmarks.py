@@ -35,6 +35,7 @@ def test_packing_tiny_mode(capsys):
     assert 50 <= j["min_len"] <= j["max_len"] <= 12_000 and j["packed_utilisation"] > j["padded_utilisation"]
     assert g["shared_tokens"] < g["episode_tokens"] and g["tokens_ratio"] > 1
     assert g["max_logp_diff"] < 1e-4 and g["unshared_step_s"] > 0 and g["shared_step_s"] > 0
+    assert g["shared_rows"] <= g["whole_group_rows"] and g["whole_group_tokens"] <= g["shared_tokens"]
 
 
 def test_update_step_tiny_mode(capsys):
