@@ -48,6 +48,7 @@ class TrainConfig:
     truncate: bool = False  # allow row_len < rollout.max_seq_len: cut longer episodes (counted in metrics)
     rollout_batch_tasks: int = 0  # roll out in chunks of this many tasks (0 = all of a process's tasks at once)
     share_prefix: bool = True  # pack each group's prompt once per row unit (falls back on backends without the mask)
+    fill_gaps: bool = True  # with share_prefix: split a group over rows' gaps when that saves rows (prompt stored again)
     checkpoint_every: int = 10  # save every N steps (and always at the last step)
     checkpoint_keep: int = 2  # checkpoints kept on disk
     async_checkpoint: bool = True  # write checkpoints in the background

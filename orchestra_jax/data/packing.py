@@ -483,7 +483,7 @@ def pack_groups(sequences: Sequence[Any], group_ids: Sequence[int], row_len: int
                 attention_backend: str = "auto", dtype: str = "float32", **kwargs):
     """`pack_shared` when share_prefix and the attention backend can express the prefix mask, else `pack`
     (unshared rows) with a warning naming the backend. kwargs: fields, num_rows, truncate (both) and
-    loss_mask_field (shared only)."""
+    loss_mask_field, fill_gaps (shared only)."""
     from orchestra_jax.model.attention import supports_shared_prefix
 
     if share_prefix and supports_shared_prefix(attention_backend, dtype):

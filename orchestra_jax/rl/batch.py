@@ -33,6 +33,7 @@ class StepConfig:
     seed: int  # train seed (env seeds derive from it and the step)
     batch_tasks: int = 0  # rollout chunk in tasks (0 = all of this process's tasks at once)
     share_prefix: bool = True  # store each group's prompt once per packed unit (build_batch)
+    fill_gaps: bool = True  # shared units may split a group to fill rows' gaps when that saves rows
     row_bucket: int = 0  # > 0: pack into the fewest multiple of row_bucket rows that holds the step (step_rows)
 
 
@@ -51,7 +52,8 @@ def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_bac
     def rows_needed(n: int) -> int:
         if share:  # units of a prompt + the continuations that fit, first-fit-decreasing (as pack_shared)
             return pack_shared([ro.tokens[i] for i in idx[:n]], groups[:n], cfg.row_len,
-                               fields={"loss_mask": masks[:n]}, truncate=cfg.truncate).num_rows
+                               fields={"loss_mask": masks[:n]}, truncate=cfg.truncate,
+                               fill_gaps=cfg.fill_gaps).num_rows
         return ffd_assign(np.minimum(lengths[:n], cfg.row_len), cfg.row_len)[1]
     return idx, lengths, groups, masks, rows_needed
 
@@ -120,7 +122,7 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
     fields = {"loss_mask": masks, "advantages": [advs[i] for i in idx]}
     batch = pack_groups([ro.tokens[i] for i in idx], groups, cfg.row_len, share_prefix=cfg.share_prefix,
                         attention_backend=attention_backend, dtype=dtype, fields=fields,
-                        num_rows=num_rows, truncate=cfg.truncate)
+                        num_rows=num_rows, truncate=cfg.truncate, fill_gaps=cfg.fill_gaps)
     unshared = int(np.sum(np.minimum(lengths, cfg.row_len)))
     m = {"packing/truncated_episodes": float(np.sum(lengths > cfg.row_len)),
          "packing/truncated_tokens": float(np.sum(np.maximum(lengths - cfg.row_len, 0))),
