@@ -8,7 +8,8 @@ import enum
 import jax
 import numpy as np
 
-from orchestra_jax.data.packing import ffd_assign, pack_groups, pack_shared
+from orchestra_jax.data.bins import ffd_assign
+from orchestra_jax.data.packing import pack_groups, pack_shared
 from orchestra_jax.model.attention import supports_shared_prefix
 from orchestra_jax.rl.rollout import Rollout, invalid_turn_tokens
 

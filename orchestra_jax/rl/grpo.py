@@ -64,7 +64,7 @@ class GRPOSetup:
     env: Any
     tokenizer: Any
     mesh: Any
-    update: Any  # parallel.sharding.ShardedUpdate over the un-jitted rl.step update
+    update: Any  # parallel.sharded_fns.ShardedUpdate over the un-jitted rl.step update
     logprob: Any  # sharded (params, batch) -> (logp, entropy); used only when ppo_epochs > 1
     on_phase: Any = None  # optional hook(phase, step) after the rollout (the loop's fault-injection point)
 
