@@ -54,6 +54,7 @@ class ShardedUpdate:
         self._update = update
         self._donate = (0, 1) if donate else ()
         self._compiled: dict[tuple, Callable] = {}
+        self._pieces: dict[tuple, tuple[Callable, ...]] = {}  # (count, init_acc, accumulate, apply) per layout
 
     def _traced(self, params, opt_state, batch, ref_params):
         import flax.linen as nn
@@ -75,8 +76,8 @@ class ShardedUpdate:
 
     def _jitted_pieces(self, batch: Mapping[str, Any], with_ref: bool) -> tuple[Callable, ...]:
         """(count, init_acc, accumulate, apply) jitted for this micro-batch layout."""
-        signature = ("pieces", _batch_signature(batch), with_ref)
-        if signature not in self._compiled:
+        signature = (_batch_signature(batch), with_ref)
+        if signature not in self._pieces:
             import flax.linen as nn
             fns, rep, p_shard = self._update, replicated(self.mesh), self.param_shardings
             b_shard = batch_shardings(batch, self.mesh, self.rules)
@@ -86,7 +87,7 @@ class ShardedUpdate:
                 with nn.logical_axis_rules(self.rules):
                     return fns.accumulate(params, acc, mb, ref_params, totals)
 
-            self._compiled[signature] = (
+            self._pieces[signature] = (
                 jax.jit(fns.count, in_shardings=(b_shard, rep), out_shardings=rep, donate_argnums=(1,)),
                 jax.jit(fns.init_acc, in_shardings=(p_shard, b_shard), out_shardings=acc_shard),
                 jax.jit(accumulate, in_shardings=(p_shard, acc_shard, b_shard, p_shard if with_ref else None, rep),
@@ -94,7 +95,7 @@ class ShardedUpdate:
                 jax.jit(fns.apply, in_shardings=(p_shard, self.opt_state_shardings, acc_shard, rep),
                         out_shardings=(p_shard, self.opt_state_shardings, rep),
                         donate_argnums=self._donate))
-        return self._compiled[signature]
+        return self._pieces[signature]
 
     def _accumulated(self, params, opt_state, micro_batches: Sequence[Mapping[str, Any]], ref_params):
         if not all(hasattr(self._update, n) for n in ("count", "init_acc", "accumulate", "apply")):
@@ -121,7 +122,7 @@ class ShardedUpdate:
     def num_compiled(self) -> int:
         """Compiled executables so far over all batch layouts (a static-shape run has exactly 1; a run of
         micro-batch lists 4, whatever their number)."""
-        fns = [f for v in self._compiled.values() for f in (v if isinstance(v, tuple) else (v,))]
+        fns = [*self._compiled.values(), *(f for pieces in self._pieces.values() for f in pieces)]
         return sum(fn._cache_size() for fn in fns)
 
     def __call__(self, params, opt_state, batch, ref_params=None):

@@ -158,6 +158,7 @@ class UpdateFns:
         return {k: v[None] for k, v in batch.items()} if batch["tokens"].ndim == 2 else batch
 
     def count(self, batch, totals=None):
+        _check_batch(batch, needs_ref=False)  # the first piece to read a batch: names a missing key or shape
         batch = self._leading(batch)
         n_tokens, n_segments = count_tokens_and_segments(batch["loss_mask"], batch["segment_ids"])
         return (n_tokens, n_segments) if totals is None else (totals[0] + n_tokens, totals[1] + n_segments)
@@ -212,7 +213,6 @@ class UpdateFns:
 
     def __call__(self, params, opt_state, batch, ref_params=None):
         """The whole update in one program: count, accumulate over the batch's micro-batches, apply."""
-        _check_batch(batch, self.needs_ref and ref_params is None and "ref_logp" not in batch)
         totals = self.count(batch)
         acc = self.accumulate(params, self.init_acc(params, batch), batch, ref_params, totals)
         return self.apply(params, opt_state, acc, totals)
