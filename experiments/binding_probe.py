@@ -1,7 +1,7 @@
 """Can a policy of the quickstart's shape learn to bind a slot number to its menu line at all?
 
     python experiments/binding_probe.py [--extra 0] [--lr 1e-3] [--steps 1000] [--examples 4000] [--layout first]
-                                        [--warm-steps 0]
+                                        [--warm-steps 0] [--layers 2] [--hidden 128]
 
 A synthetic menu with the QA prompt's structure and none of its noise: five lines ``M <digit> : <attrs> NL``
 (``--layout last``: ``<attrs> : M <digit> NL``), each holding one key token no other line has among ``--extra``
@@ -51,10 +51,13 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak SFT learning rate (the quickstart's: 3e-3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warm-steps", type=int, default=0, help="curriculum: steps on --extra 0 lines first")
+    ap.add_argument("--layers", type=int, default=2, help="decoder layers (the quickstart's: 2)")
+    ap.add_argument("--hidden", type=int, default=128, help="model width (the quickstart's: 128); heads of 32")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    cfg = ModelConfig(vocab_size=VOCAB, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
-                      intermediate_size=384)  # conf/model/quickstart.yaml's shape
+    heads = args.hidden // 32  # the defaults are conf/model/quickstart.yaml's shape
+    cfg = ModelConfig(vocab_size=VOCAB, hidden_size=args.hidden, num_layers=args.layers, num_heads=heads,
+                      num_kv_heads=max(heads // 2, 1), head_dim=32, intermediate_size=3 * args.hidden)
     params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(args.seed)))
     t0 = time.perf_counter()
     stages = [("warm", 0, args.warm_steps), ("main", args.extra, args.steps)]

@@ -49,6 +49,8 @@ class TrainConfig:
     rollout_batch_tasks: int = 0  # roll out in chunks of this many tasks (0 = all of a process's tasks at once)
     share_prefix: bool = True  # pack each group's prompt once per row unit (falls back on backends without the mask)
     fill_gaps: bool = True  # with share_prefix: split a group over rows' gaps when that saves rows (prompt stored again)
+    loss_positions: int = 0  # > 0: the update's output head runs at this many positions per row (its loss tokens)
+    # instead of all row_len; a step with a row holding more loss tokens uses row_len (one more compile)
     checkpoint_every: int = 10  # save every N steps (and always at the last step)
     checkpoint_keep: int = 2  # checkpoints kept on disk
     async_checkpoint: bool = True  # write checkpoints in the background
@@ -255,6 +257,9 @@ def _validate(cfg: Config) -> None:
     if t.row_bucket % a.micro_batches:
         raise ValueError(f"config error at train.row_bucket: {t.row_bucket} is not a multiple of "
                          f"algo.micro_batches={a.micro_batches}")
+    if not 0 <= t.loss_positions <= t.row_len:
+        raise ValueError(f"config error at train.loss_positions: {t.loss_positions} must be in [0, train.row_len="
+                         f"{t.row_len}] (0 = the output head at every position)")
     if t.rollout_batch_tasks and t.tasks_per_step % t.rollout_batch_tasks:
         raise ValueError(f"config error at train.rollout_batch_tasks: {t.rollout_batch_tasks} does not divide "
                          f"train.tasks_per_step={t.tasks_per_step}")

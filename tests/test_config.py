@@ -104,6 +104,7 @@ BAD_VALUES = [
     ("model.param_dtype=bfloat16", r"config error at model.param_dtype: training keeps float32 master weights"),
     ("train.row_bucket=3", r"config error at train.row_bucket: 3 does not divide train.rows_per_step=0"),
     ("train.row_bucket=-2", r"config error at train.row_bucket: must be >= 0, got -2"),
+    ("train.loss_positions=2000", r"config error at train.loss_positions: 2000 must be in \[0, train.row_len=1024\]"),
 ]
 
 

@@ -259,14 +259,22 @@ class Policy(nn.Module):
         return _constrain(logits.astype(jnp.float32), ("batch", "sequence", "vocab"))
 
     def token_logprobs(self, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None,
-                       prev_index_BT=None, chunk_size: int = 128, with_entropy: bool = True):
+                       prev_index_BT=None, chunk_size: int = 128, with_entropy: bool = True, target_index_BK=None):
         """(logp_BT, entropy_BT or None), float32, in the ARCHITECTURE.md convention, via chunked_logprobs
         (no [B, T, V] logits buffer). prev_index_BT defaults to previous_token_index(segment_ids); it is
-        required with prefix_segment_ids (a continuation's first token is predicted by its prompt)."""
+        required with prefix_segment_ids (a continuation's first token is predicted by its prompt).
+
+        target_index_BK: only the tokens at these row positions (-1: none), so the output head runs on K
+        positions per row instead of T; the results are then [B, K] (0 where the index is -1)."""
         if prefix_segment_ids_BT is not None and prev_index_BT is None:
             raise ValueError("token_logprobs with prefix_segment_ids needs prev_index (from pack_shared)")
         h_BTD = self.final_hidden(tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT)
         prev = previous_token_index(segment_ids_BT) if prev_index_BT is None else prev_index_BT.astype(jnp.int32)
+        if target_index_BK is not None:
+            index = jnp.asarray(target_index_BK, jnp.int32)
+            at = jnp.maximum(index, 0)
+            tokens_BT = jnp.take_along_axis(tokens_BT, at, axis=1)
+            prev = jnp.where(index >= 0, jnp.take_along_axis(prev, at, axis=1), -1)
         return chunked_logprobs(h_BTD, self.head_VD(), tokens_BT, prev, chunk_size=chunk_size,
                                 with_entropy=with_entropy)
 
@@ -336,11 +344,11 @@ def unstack_layer_params(params, num_layers: int):
 
 
 def token_logprobs(cfg: ModelConfig, params, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None,
-                   prev_index_BT=None, *, chunk_size: int = 128, with_entropy: bool = True):
-    """Functional form of Policy.token_logprobs: (logp_BT, entropy_BT or None)."""
+                   prev_index_BT=None, *, chunk_size: int = 128, with_entropy: bool = True, target_index_BK=None):
+    """Functional form of Policy.token_logprobs: (logp_BT, entropy_BT or None), [B, K] with target_index_BK."""
     return Policy(cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT,
                              prev_index_BT, chunk_size=chunk_size, with_entropy=with_entropy,
-                             method=Policy.token_logprobs)
+                             target_index_BK=target_index_BK, method=Policy.token_logprobs)
 
 
 class _EmbeddingTable(nn.Module):

@@ -5,6 +5,8 @@ never imports the RL code above it.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -159,8 +161,8 @@ def make_sharded_update_fn(update: Callable, model_cfg, optimizer, mesh: Mesh, r
 
 def make_sharded_logprob_fn(logprob: Callable, model_cfg, mesh: Mesh, rules: LogicalRules | None = None) -> Callable:
     """`fn(params, batch) -> (logp_BT, entropy_BT)` jitted over `mesh`, where `logprob(model_cfg, params, tokens,
-    positions, segment_ids[, prefix_segment_ids, prev_index])` is the un-jitted per-token log-prob function
-    (`rl.step.token_logprobs`); the two prefix-sharing arrays are passed when the batch has them. The params
+    positions, segment_ids[, prefix_segment_ids, prev_index][, loss_index])` is the un-jitted per-token
+    log-prob function (`rl.step.token_logprobs`); the optional arrays are passed (by name) when the batch has them. The params
     use the policy's shardings; a batch in micro-batch layout [M, R/M, L] gives [M, R/M, L] results (the
     reshape is inside the jit: an eager reshape of the global batch loses its row sharding, and on several
     processes would mix their rows). `fn.num_compiled` counts compilations."""
@@ -169,23 +171,25 @@ def make_sharded_logprob_fn(logprob: Callable, model_cfg, mesh: Mesh, rules: Log
     p_shard = param_shardings(model_cfg, mesh, rules)
     compiled: dict[tuple, Callable] = {}
 
-    def traced(params, *arrays):
+    def traced(keys, params, *arrays):
         lead = arrays[0].shape[:-2]  # [M, R/M, L] micro-batches: flattened inside the jit (row order kept)
         arrays = [a.reshape((-1,) + a.shape[len(lead) + 1:]) for a in arrays]
         with nn.logical_axis_rules(rules):
-            logp, entropy = logprob(model_cfg, params, *arrays)
+            logp, entropy = logprob(model_cfg, params, **dict(zip(keys, arrays)))
         return logp.reshape(lead + (-1,) + logp.shape[1:]), entropy.reshape(lead + (-1,) + entropy.shape[1:])
 
     def fn(params, batch):
         keys = ["tokens", "positions", "segment_ids"]
         if "prefix_segment_ids" in batch or "prev_index" in batch:
             keys += ["prefix_segment_ids", "prev_index"]
+        keys += ["loss_index"] if "loss_index" in batch else []
         arrays = {k: batch[k] for k in keys}
         signature = _batch_signature(arrays)
         if signature not in compiled:
             b = batch_shardings(arrays, mesh, rules)
             out = b["tokens"]
-            compiled[signature] = jax.jit(traced, in_shardings=(p_shard,) + tuple(b[k] for k in keys),
+            compiled[signature] = jax.jit(functools.partial(traced, tuple(keys)),
+                                          in_shardings=(p_shard,) + tuple(b[k] for k in keys),
                                           out_shardings=(out, out))
         if jax.process_count() > 1:
             arrays = place_host_leaves(arrays, batch_shardings(arrays, mesh, rules))

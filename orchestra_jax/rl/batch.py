@@ -36,6 +36,8 @@ class StepConfig:
     share_prefix: bool = True  # store each group's prompt once per packed unit (build_batch)
     fill_gaps: bool = True  # shared units may split a group to fill rows' gaps when that saves rows
     row_bucket: int = 0  # > 0: pack into the fewest multiple of row_bucket rows that holds the step (step_rows)
+    loss_positions: int = 0  # > 0: the update's output head runs at this many positions per row (its loss
+    # tokens), not row_len; a step with a row holding more loss tokens uses row_len
 
 
 def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_backend: str, dtype: str,
@@ -136,13 +138,33 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
     return batch, m
 
 
-def agree_rows(rows: int) -> int:
-    """The largest of every process's row count (the global batch needs one shape)."""
+def loss_positions(loss_mask_RL: np.ndarray, segment_ids_RL: np.ndarray, width: int) -> np.ndarray:
+    """int32 [R, width]: each row's loss-token positions in order, -1 after them (the update's output head
+    then runs only there: `rl.step.token_logprobs`)."""
+    mask_RL = (np.asarray(loss_mask_RL) > 0) & (np.asarray(segment_ids_RL) != 0)
+    counts = mask_RL.sum(axis=1)
+    if counts.max(initial=0) > width:
+        raise ValueError(f"a packed row has {int(counts.max())} loss tokens, more than the {width} loss positions")
+    out = np.full((mask_RL.shape[0], width), -1, np.int32)
+    r, t = np.nonzero(mask_RL)  # row-major: positions ascending within each row
+    out[r, np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)] = t
+    return out
+
+
+def max_loss_tokens_per_row(loss_mask_RL: np.ndarray, segment_ids_RL: np.ndarray) -> int:
+    return int(((np.asarray(loss_mask_RL) > 0) & (np.asarray(segment_ids_RL) != 0)).sum(axis=1).max(initial=0))
+
+
+def agree_max(value: int) -> int:
+    """The largest of every process's value (e.g. a row count: the global batch needs one shape)."""
     if jax.process_count() == 1:
-        return rows
+        return value
     from jax.experimental import multihost_utils
 
-    return int(np.max(np.asarray(multihost_utils.process_allgather(np.asarray([rows], np.int64)))))
+    return int(np.max(np.asarray(multihost_utils.process_allgather(np.asarray([value], np.int64)))))
+
+
+agree_rows = agree_max  # every process packs the largest row count
 
 
 def global_packing_metrics(m: dict[str, float]) -> dict[str, float]:

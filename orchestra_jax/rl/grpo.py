@@ -35,7 +35,8 @@ import numpy as np
 
 from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch
 from orchestra_jax.rl.advantages import group_advantages
-from orchestra_jax.rl.batch import StepConfig, agree_rows, build_batch, global_packing_metrics, step_rows
+from orchestra_jax.rl.batch import (StepConfig, agree_max, agree_rows, build_batch, global_packing_metrics,
+                                    loss_positions, max_loss_tokens_per_row, step_rows)
 from orchestra_jax.rl.rewards import RewardConfig, RunningMoments, compute_rewards, init_reward_state
 from orchestra_jax.rl.rollout import DONE_REASONS, Rollout, RolloutConfig, concatenate_rollouts, rollout
 from orchestra_jax.rl.step import AlgoConfig
@@ -147,6 +148,10 @@ def global_batch(setup: GRPOSetup, batch: PackedBatch | SharedPackedBatch) -> di
     from orchestra_jax.parallel.distributed import host_local_batch_to_global
 
     local = batch.as_dict()
+    if setup.step.loss_positions:  # one width on every process: the configured one unless a row needs more
+        most = agree_max(max_loss_tokens_per_row(local["loss_mask"], local["segment_ids"]))
+        width = setup.step.loss_positions if most <= setup.step.loss_positions else local["tokens"].shape[1]
+        local["loss_index"] = loss_positions(local["loss_mask"], local["segment_ids"], width)
     rows, M = batch.num_rows, setup.algo.micro_batches
     per = setup.step.row_bucket or rows
     parts = [{k: v[i:i + per] for k, v in local.items()} for i in range(0, rows, per)]
@@ -201,6 +206,9 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     params, opt_state = state.params, state.opt_state
     if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
         batch = global_batch(setup, packed)
+        if cfg.loss_positions:  # the output head's positions per row: loss_positions, or row_len when one overflowed
+            metrics["packing/loss_positions"] = float(np.shape((batch if isinstance(batch, list) else [batch])[0]
+                                                               ["loss_index"])[-1])
         if algo.ppo_epochs > 1:  # fixed behaviour log-probs over the epochs (one extra forward)
             for b in batch if isinstance(batch, list) else [batch]:
                 b["old_logp"], _ = setup.logprob(params, b)  # the batch's layout, micro-batches included

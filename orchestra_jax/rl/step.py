@@ -71,21 +71,32 @@ def _metric_identity(key):
 
 
 def token_logprobs(model_cfg: ModelConfig, params, tokens, positions, segment_ids, prefix_segment_ids=None,
-                   prev_index=None):
+                   prev_index=None, loss_index=None):
     """Run the Policy over packed rows; returns (logp_BT, entropy_BT) in the ARCHITECTURE.md convention.
 
     The one call site of the model's log-probs for training: chunked log-softmax over the vocabulary
     (`model.token_logprobs`), never a float32 [rows, len, vocab] logits buffer. prefix_segment_ids /
     prev_index come with prefix-shared rows (`data.packing.pack_shared`); both None for plain packed rows.
+    loss_index [B, K] (`rl.batch.loss_positions`): the output head runs only at these positions (the loss
+    tokens, -1 = none) and every other position gets logp = entropy = 0, which the loss masks anyway.
     """
-    return _model_token_logprobs(model_cfg, params, tokens, positions, segment_ids, prefix_segment_ids,
-                                 prev_index, chunk_size=LOGPROB_CHUNK, with_entropy=True)
+    logp, entropy = _model_token_logprobs(model_cfg, params, tokens, positions, segment_ids, prefix_segment_ids,
+                                          prev_index, chunk_size=LOGPROB_CHUNK, with_entropy=True,
+                                          target_index_BK=loss_index)
+    if loss_index is None:
+        return logp, entropy
+    rows_B1 = jnp.arange(logp.shape[0])[:, None]
+    at_BK = jnp.where(loss_index >= 0, loss_index, tokens.shape[1])  # out of range: dropped
+
+    def scatter(values_BK):
+        return jnp.zeros(tokens.shape, values_BK.dtype).at[rows_B1, at_BK].set(values_BK, mode="drop")
+    return scatter(logp), scatter(entropy)
 
 
 def batch_logprobs(model_cfg: ModelConfig, params, batch: dict):
-    """token_logprobs over a batch dict, with the optional prefix-sharing fields when it has them."""
+    """token_logprobs over a batch dict, with the optional prefix-sharing and loss_index fields when it has them."""
     return token_logprobs(model_cfg, params, batch["tokens"], batch["positions"], batch["segment_ids"],
-                          batch.get("prefix_segment_ids"), batch.get("prev_index"))
+                          batch.get("prefix_segment_ids"), batch.get("prev_index"), batch.get("loss_index"))
 
 
 def split_micro_batches(batch: dict, micro_batches: int) -> dict:
@@ -111,6 +122,8 @@ def _check_batch(batch: dict, needs_ref: bool):
     if len(shape) not in (2, 3):
         raise ValueError(f"update batch 'tokens' must be [R, L] or [M, R, L]; got shape {shape}")
     for k, v in batch.items():
+        if k == "loss_index" and tuple(np.shape(v))[:-1] == shape[:-1]:
+            continue  # [..., R, K]: K positions per row
         if tuple(np.shape(v)) != shape:
             raise ValueError(f"update batch {k!r} has shape {tuple(np.shape(v))}; expected {shape} like 'tokens'")
 

@@ -417,7 +417,8 @@ def test_row_buckets_with_micro_batches_and_ppo_epochs_update_like_fixed_rows(tm
     """One GRPO step with ppo_epochs=2 and micro_batches=2 (old log-probs per bucket, each bucket scanned as
     two micro-batches) through the bucketed update (row_bucket=2: the fewest pairs of rows that hold the step)
     gives the update of the same step packed into fixed rows (rows_per_step=8, row_bucket=0: one whole
-    program; the extra rows are padding): same loss, gradient norm, KL and ratio statistics."""
+    program; the extra rows are padding): same loss, gradient norm, KL and ratio statistics. The bucketed run
+    also runs the output head at 160 positions per row (train.loss_positions) instead of all 512."""
     from orchestra_jax.logging import read_metrics
     from orchestra_jax.train import run
 
@@ -428,11 +429,13 @@ def test_row_buckets_with_micro_batches_and_ppo_epochs_update_like_fixed_rows(tm
         # the advantages, the loss and the gradient are not zero
         run(_micro(run_dir, mesh={"data": 1, "fsdp": 1, "tensor": 1}, reward={"kind": "zscore"},
                    algo={"micro_batches": 2, "ppo_epochs": 2, "optim": {"lr": 1e-3}, "loss": {"kl_coef": 0.01}},
-                   train={"steps": 1, "tasks_per_step": 4, "rows_per_step": 8, "row_bucket": bucket, "seed": 0}))
+                   train={"steps": 1, "tasks_per_step": 4, "rows_per_step": 8, "row_bucket": bucket, "seed": 0,
+                          "loss_positions": 160 if bucket else 0}))
         runs[name] = read_metrics(str(run_dir))[0]
     b, f = runs["bucketed"], runs["fixed"]
     assert b["packing/rows"] < f["packing/rows"] == 8 and b["packing/episodes"] == f["packing/episodes"] == 8
     assert abs(b["loss"]) > 1e-3 and b["grad_norm"] > 1e-2
     assert b["compiles/update"] == 4 and f["compiles/update"] == 1
+    assert b["packing/loss_positions"] == 160 and "packing/loss_positions" not in f
     for k in ("loss", "grad_norm", "kl_ref", "num_tokens", "num_sequences", "ratio/min", "ratio/max", "entropy"):
         np.testing.assert_allclose(b[k], f[k], rtol=1e-5, atol=1e-6, err_msg=k)

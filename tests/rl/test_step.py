@@ -167,3 +167,56 @@ def test_learning_sanity_one_step_bandit():
         if step % 10 == 9 and p_best(params) > 0.9:
             break
     assert p_best(params) > 0.9, (start, p_best(params), step)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_update_with_loss_positions_equals_every_position(share):
+    """The output head at each row's loss tokens only (loss_index from rl.batch.loss_positions) gives the update
+    of the head at every position: same loss, every metric (entropy, KL to a reference computed inside the step,
+    ratio min/max) and parameters, on plain and prefix-shared rows, whole and as 2 micro-batches."""
+    from orchestra_jax.data.packing import pack_shared
+    from orchestra_jax.rl.batch import loss_positions
+
+    seqs, fields = _sequences(3, n=8)
+    groups = [i // 2 for i in range(len(seqs))]
+    seqs = [np.concatenate([seqs[2 * (i // 2)][:3], s]) for i, s in enumerate(seqs)]  # pairs share 3 tokens
+    fields = {k: [np.concatenate([np.zeros(3, np.float32), v]) for v in vs] for k, vs in fields.items()}
+    if share:
+        batch = pack_shared(seqs, groups, 32, fields=fields, num_rows=4).as_dict()
+    else:
+        batch = pack(seqs, 32, fields=fields, num_rows=4).as_dict()
+    batch.pop("old_logp"), batch.pop("ref_logp")
+    counts = ((batch["loss_mask"] > 0) & (batch["segment_ids"] != 0)).sum(1)
+    width = int(counts.max()) + 2
+    selected = dict(batch, loss_index=loss_positions(batch["loss_mask"], batch["segment_ids"], width))
+    assert selected["loss_index"].shape == (4, width) and width < 32
+    params = init_params(CFG, jax.random.key(2))
+    ref = jax.tree.map(lambda x: x + 0.02, params)
+    algo = AlgoConfig(loss=LossConfig(kl_coef=0.05, entropy_coef=0.01),
+                      optim=OptimConfig(lr=1e-2, weight_decay=0.0))
+    opt = make_optimizer(algo.optim)
+    update = make_update_fn(CFG, algo, opt)
+    for micro in (1, 2):
+        out = []
+        for b in (batch, selected):
+            b = split_micro_batches(b, micro) if micro > 1 else b
+            p, _, m = update(jax.tree.map(jnp.copy, params), opt.init(params), b, ref)
+            out.append((jax.tree.map(np.asarray, p), jax.device_get(m)))
+        (p0, m0), (p1, m1) = out
+        assert float(m0["grad_norm"]) > 1e-3 and float(m0["entropy"]) > 0
+        for k in m0:
+            np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-6, err_msg=f"{k} micro={micro}")
+        for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p0)):  # Adam's first step: lr x sign-like
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_positions_by_hand_and_too_many():
+    from orchestra_jax.rl.batch import loss_positions, max_loss_tokens_per_row
+
+    mask = np.array([[0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], np.float32)
+    seg = np.array([[1, 1, 1, 2, 2, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]], np.int32)  # row 2: 4th is padding
+    assert max_loss_tokens_per_row(mask, seg) == 3
+    np.testing.assert_array_equal(loss_positions(mask, seg, 4),
+                                  [[1, 2, 4, -1], [-1, -1, -1, -1], [0, 1, 2, -1]])
+    with pytest.raises(ValueError, match="3 loss tokens, more than the 2 loss positions"):
+        loss_positions(mask, seg, 2)
