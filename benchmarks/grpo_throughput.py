@@ -76,12 +76,15 @@ def main():
         backend = setup.model_cfg.attention_backend
         rows = step_rows(ro, keep, setup.step, attention_backend=backend)
         packed, _ = build_batch(ro, adv, keep, setup.step, attention_backend=backend, num_rows=rows)
-        batch = global_batch(setup, packed)
+        buckets = global_batch(setup, packed)  # a list of buckets with train.row_bucket (the quickstart's)
+        buckets = buckets if isinstance(buckets, list) else [buckets]
         t2 = time.perf_counter()
-        old, _ = setup.logprob(state.params, batch)
-        jax.block_until_ready(old)
+        for b in buckets:
+            b["old_logp"], _ = setup.logprob(state.params, b)
+        jax.block_until_ready([b["old_logp"] for b in buckets])
         t3 = time.perf_counter()
-        params_, opt_state, m = setup.update(state.params, state.opt_state, dict(batch, old_logp=old), state.ref_params)
+        params_, opt_state, m = setup.update(state.params, state.opt_state,
+                                             buckets if setup.step.row_bucket else buckets[0], state.ref_params)
         jax.block_until_ready(m)
         state = state._replace(params=params_, opt_state=opt_state)
         t4 = time.perf_counter()
@@ -110,7 +113,7 @@ def main():
         "rows_per_step": totals["rows"], "row_len": setup.step.row_len, "row_bucket": setup.step.row_bucket,
         "token_slots_per_step": totals["slots"] / args.steps, "overrides": args.overrides,
         "weights": f"sft from {args.sft_from}" if args.sft_from else "random",
-        "update_compiles": setup.update.num_compiled,
+        "update_compiles": setup.update.num_compiled, "loss_positions": setup.step.loss_positions,
     }))
 
 

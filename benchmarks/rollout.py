@@ -1,6 +1,7 @@
 """Rollout throughput: episodes/s and where the time goes (prefill, decode, env), row compaction off vs on.
 
-    python benchmarks/rollout.py [--steps 3] [--tasks 8] [--group 8] [--sft-from RUN_DIR] [KEY=VALUE ...]
+    python benchmarks/rollout.py [--steps 3] [--tasks 8] [--group 8] [--sft-from RUN_DIR] [--compare FIELD=VALUE]
+                                 [KEY=VALUE ...]
 
 Runs the quickstart's rollout (its model, env and rollout config, plus KEY=VALUE overrides) on the same
 tasks, keys and weights with rollout.compact_rows false and true, alternating the two each step after
@@ -8,6 +9,9 @@ tasks, keys and weights with rollout.compact_rows false and true, alternating th
 programs_compiled_while_timed says whether the warm-up reached them all). --sft-from: a finished quickstart run directory (its
 tokenizer and SFT checkpoint RUN_DIR/sft), so the episodes have their real lengths and turn counts (random
 weights run every episode to the turn or length limit, where no row ever finishes early).
+
+--compare FIELD=VALUE: the two sides are the rollout config as is and with that field changed (speedup =
+base / changed) instead of compaction off and on.
 
 Prints one JSON object: per side, rollout seconds per step, episodes/s, the share of time in the prompt
 phase (env.reset, tokenizing, prompt prefill), decode, observation prefills and env.step, and
@@ -32,6 +36,9 @@ def main(argv=None):
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--sft-from", default="", help="a quickstart run dir: its tokenizer and SFT params")
+    ap.add_argument("--compare", default="", metavar="FIELD=VALUE",
+                    help="time the rollout config as is vs with this rollout field changed (e.g. prefill_window=32), "
+                         "instead of compact_rows off vs on")
     ap.add_argument("overrides", nargs="*", help="config overrides (KEY=VALUE) on top of the quickstart")
     args = ap.parse_args(argv)
 
@@ -54,8 +61,16 @@ def main(argv=None):
     from orchestra_jax.model.sampling import compile_counts
 
     tasks = env.sample_tasks(0, args.tasks * (args.steps + args.warmup))
-    sides = {"compact_off": dataclasses.replace(cfg.rollout, compact_rows=False),
-             "compact_on": dataclasses.replace(cfg.rollout, compact_rows=True)}
+    if args.compare:
+        field, _, value = args.compare.partition("=")
+        if field not in {f.name for f in dataclasses.fields(cfg.rollout)}:
+            raise SystemExit(f"--compare: rollout has no field {field!r}")
+        kind = type(getattr(cfg.rollout, field))
+        value = value.lower() == "true" if kind is bool else kind(value)
+        sides = {"base": cfg.rollout, args.compare: dataclasses.replace(cfg.rollout, **{field: value})}
+    else:
+        sides = {"compact_off": dataclasses.replace(cfg.rollout, compact_rows=False),
+                 "compact_on": dataclasses.replace(cfg.rollout, compact_rows=True)}
     profiles = {name: RolloutProfile() for name in sides}
     turns = {name: [] for name in sides}
     compiled = {}
@@ -79,7 +94,8 @@ def main(argv=None):
         d["mean_turns"] = float(np.mean(turns[name]))
         out[name] = d
     out["programs_compiled_while_timed"] = {k: n - compiled.get(k, 0) for k, n in compile_counts().items()}
-    out["speedup_compact"] = out["compact_off"]["rollout_s"] / out["compact_on"]["rollout_s"]
+    first, second = list(sides)
+    out["speedup_compact" if not args.compare else "speedup"] = out[first]["rollout_s"] / out[second]["rollout_s"]
     emit(out)
 
 

@@ -273,7 +273,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
                                                   cfg.prefill_window)
             if profile is not None:
                 jax.block_until_ready(cache)
-                profile.observation_s += time.perf_counter() - t0
+                profile.add_observation(time.perf_counter() - t0, len(row_episode), num_new, cfg.prefill_window)
 
     held = row_episode >= 0  # cheap guard on the host bookkeeping
     if not np.array_equal(np.asarray(cache.lengths)[held], lengths[row_episode[held]]):

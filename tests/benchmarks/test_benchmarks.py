@@ -86,7 +86,24 @@ def test_rollout_tiny_mode(capsys):
         assert r["sampled_tokens"] <= r["decode_row_steps"] and 0 < r["decode_row_utilisation"] <= 1
         shares = r["share_decode"] + r["share_prompt"] + r["share_observation"] + r["share_env"]
         assert 0 < shares <= 1 + 1e-9 and r["host_other_s"] >= -1e-6
+        if r["observation_calls"]:
+            assert 0 < r["observation_slot_utilisation"] <= 1
     assert out["speedup_compact"] == pytest.approx(out["compact_off"]["rollout_s"] / out["compact_on"]["rollout_s"])
+
+
+def test_rollout_compare_mode_times_one_rollout_field(capsys):
+    """--compare FIELD=VALUE: the sides are the config as is and with that field changed; a smaller prefill
+    window takes at least as many observation calls for the same tokens (same episodes: same keys and weights)."""
+    out = _run("rollout", ["--steps", "1", "--warmup", "1", "--tasks", "2", "--group", "2", "--compare",
+                           "prefill_window=4", "model.hidden_size=16", "model.intermediate_size=32",
+                           "model.num_layers=1", "rollout.max_turns=2", "rollout.max_new_tokens=4"], capsys)
+    base, small = out["base"], out["prefill_window=4"]
+    assert base["sampled_tokens"] == small["sampled_tokens"]
+    assert base["observation_tokens"] == small["observation_tokens"] > 0
+    assert small["observation_calls"] >= base["observation_calls"] >= 1
+    assert out["speedup"] == pytest.approx(base["rollout_s"] / small["rollout_s"])
+    with pytest.raises(SystemExit, match="rollout has no field 'windw'"):
+        _run("rollout", ["--compare", "windw=3"], capsys)
 
 
 @pytest.mark.slow
