@@ -1,7 +1,7 @@
 """Can a policy of the quickstart's shape learn to bind a slot number to its menu line at all?
 
     python experiments/binding_probe.py [--extra 0] [--lr 1e-3] [--steps 1000] [--examples 4000] [--layout first]
-                                        [--warm-steps 0] [--layers 2] [--hidden 128]
+                                        [--warm-steps 0] [--layers 2] [--hidden 128] [--aux-copy 0]
 
 A synthetic menu with the QA prompt's structure and none of its noise: five lines ``M <digit> : <attrs> NL``
 (``--layout last``: ``<attrs> : M <digit> NL``), each holding one key token no other line has among ``--extra``
@@ -10,7 +10,9 @@ quickstart's SFT (orchestra_jax.sft.train_sft, the quickstart model shape, 16 ro
 prints one JSON line per log step with the held-out (256 fresh menus) ``sft/val_action_match``: 0.2 is
 chance, 1 is binding learned. ``--warm-steps N`` is a curriculum: N steps on one-attribute lines
 (``--extra 0``, fresh menus) first, then ``--steps`` on the ``--extra`` lines from those weights (stage 2's
-optimiser starts afresh, with its own warm-up).
+optimiser starts afresh, with its own warm-up). ``--aux-copy F`` adds F x --examples auxiliary menus whose
+query is a digit and whose targets are that line's attributes (the reverse lookup, every token a target: a
+dense signal for the same line-to-digit binding; the held-out match still scores the digit task only).
 """
 import argparse
 import json
@@ -27,17 +29,26 @@ from orchestra_jax.model import ModelConfig, init_params  # noqa: E402
 from orchestra_jax.sft import train_sft  # noqa: E402
 
 VOCAB, M, COLON, NL, Q, ARROW, DIGIT, FIRST_ATTR = 64, 1, 2, 3, 4, 5, 6, 11  # digits 6..10, attributes 11..63
+Q_LINE = VOCAB  # the auxiliary query "which line has this digit" (--aux-copy); the model's vocabulary is VOCAB + 1
 
 
-def menu_example(rng: np.random.Generator, layout: str, extra: int) -> tuple[np.ndarray, np.ndarray]:
+def menu_example(rng: np.random.Generator, layout: str, extra: int, copy: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """copy: the auxiliary task instead (--aux-copy): ``Q_LINE <digit> ->`` then that line's attributes, every
+    one a target (the reverse lookup, with a dense loss)."""
     keys = rng.choice(np.arange(FIRST_ATTR, VOCAB), 5, replace=False)
     others = np.setdiff1d(np.arange(FIRST_ATTR, VOCAB), keys)
-    tokens = []
+    tokens, lines = [], []
     for k in range(5):
         attrs = list(rng.choice(others, extra))
         attrs.insert(int(rng.integers(0, extra + 1)), keys[k])
+        lines.append(attrs)
         tokens += [M, DIGIT + k, COLON] + attrs + [NL] if layout == "first" else attrs + [COLON, M, DIGIT + k, NL]
     j = int(rng.integers(0, 5))
+    if copy:
+        tokens += [Q_LINE, DIGIT + j, ARROW]
+        return (np.asarray(tokens + lines[j], np.int32),
+                np.asarray([0] * len(tokens) + [1] * len(lines[j]), np.int32))
     tokens += [Q, keys[j], ARROW, DIGIT + j]
     return np.asarray(tokens, np.int32), np.asarray([0] * (len(tokens) - 1) + [1], np.int32)
 
@@ -51,21 +62,28 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak SFT learning rate (the quickstart's: 3e-3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warm-steps", type=int, default=0, help="curriculum: steps on --extra 0 lines first")
+    ap.add_argument("--aux-copy", type=float, default=0.0,
+                    help="add this fraction of auxiliary examples (a digit -> its line's attributes, all targets)")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers (the quickstart's: 2)")
     ap.add_argument("--hidden", type=int, default=128, help="model width (the quickstart's: 128); heads of 32")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     heads = args.hidden // 32  # the defaults are conf/model/quickstart.yaml's shape
-    cfg = ModelConfig(vocab_size=VOCAB, hidden_size=args.hidden, num_layers=args.layers, num_heads=heads,
-                      num_kv_heads=max(heads // 2, 1), head_dim=32, intermediate_size=3 * args.hidden)
+    cfg = ModelConfig(vocab_size=VOCAB + (args.aux_copy > 0), hidden_size=args.hidden, num_layers=args.layers,
+                      num_heads=heads, num_kv_heads=max(heads // 2, 1), head_dim=32, intermediate_size=3 * args.hidden)
     params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(args.seed)))
     t0 = time.perf_counter()
     stages = [("warm", 0, args.warm_steps), ("main", args.extra, args.steps)]
     for stage, extra, steps in [s for s in stages if s[2] > 0]:
         train = [menu_example(rng, args.layout, extra) for _ in range(args.examples)]
+        if args.aux_copy > 0:  # (without it the rng stream, hence every earlier command's menus, is unchanged)
+            train += [menu_example(rng, args.layout, extra, copy=True)
+                      for _ in range(int(args.aux_copy * args.examples))]
+            train = [train[i] for i in rng.permutation(len(train))]
         val = [menu_example(rng, args.layout, extra) for _ in range(256)]
         every = max(steps // 8, 1)
-        params, history = train_sft(cfg, params, train, steps=steps, batch_rows=16, row_len=len(train[0][0]) * 8,
+        row_len = max(len(t) for t, _ in train) * 8
+        params, history = train_sft(cfg, params, train, steps=steps, batch_rows=16, row_len=row_len,
                                     learning_rate=args.lr, warmup_steps=20, weight_decay=0.01, grad_clip=1.0,
                                     seed=args.seed, log_every=every, val_sequences=val, val_every=every)
         params = jax.tree_util.tree_map(np.asarray, params)
