@@ -39,7 +39,7 @@ def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
     """(init_state(params), step(state, key) -> (state, metrics)): the whole GRPO step behind one function,
     made of the training loop's pieces: group prefill + decode (as rl.rollout), pack_groups (as
     rl.grpo.build_batch, prompt once per group) and rl.step's jitted update (policy_loss, reference log-probs
-    inside the update)."""
+    inside the update, the output head at the loss tokens only as with train.loss_positions)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -47,6 +47,7 @@ def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
     from orchestra_jax.data.packing import pack_groups
     from orchestra_jax.model import init_cache
     from orchestra_jax.model.sampling import SamplingConfig, decode, prefill_groups
+    from orchestra_jax.rl.batch import loss_positions
     from orchestra_jax.rl.losses import LossConfig
     from orchestra_jax.rl.optim import OptimConfig, make_optimizer
     from orchestra_jax.rl.step import AlgoConfig, make_update_fn
@@ -75,7 +76,10 @@ def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
         packed = pack_groups(seqs, [i // group for i in range(len(seqs))], row_len,
                              attention_backend=cfg.attention_backend, dtype=cfg.dtype,
                              fields={"loss_mask": mask, "advantages": advs}, num_rows=num_p)
-        batch = {k: jnp.asarray(v) for k, v in packed.as_dict().items()}
+        batch = packed.as_dict()
+        # the output head at the completions only (train.loss_positions): group x completion per row
+        batch["loss_index"] = loss_positions(batch["loss_mask"], batch["segment_ids"], group * completion)
+        batch = {k: jnp.asarray(v) for k, v in batch.items()}
         params, opt_state, m = update(params, opt_state, batch, ref_params)
         jax.block_until_ready(params)
         return (params, opt_state), {"loss": float(m["loss"]), "reward": float(token_reward(ids).mean())}
