@@ -47,7 +47,7 @@ def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
     from orchestra_jax.data.packing import pack_groups
     from orchestra_jax.model import init_cache
     from orchestra_jax.model.sampling import SamplingConfig, decode, prefill_groups
-    from orchestra_jax.rl.batch import loss_positions
+    from orchestra_jax.rl.batch import loss_positions, max_loss_tokens_per_row
     from orchestra_jax.rl.losses import LossConfig
     from orchestra_jax.rl.optim import OptimConfig, make_optimizer
     from orchestra_jax.rl.step import AlgoConfig, make_update_fn
@@ -77,8 +77,10 @@ def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
                              attention_backend=cfg.attention_backend, dtype=cfg.dtype,
                              fields={"loss_mask": mask, "advantages": advs}, num_rows=num_p)
         batch = packed.as_dict()
-        # the output head at the completions only (train.loss_positions): group x completion per row
-        batch["loss_index"] = loss_positions(batch["loss_mask"], batch["segment_ids"], group * completion)
+        # the output head at the completions only (train.loss_positions); completions are forced to full
+        # length, so every step packs the same loss tokens per row (one program)
+        width = max_loss_tokens_per_row(batch["loss_mask"], batch["segment_ids"])
+        batch["loss_index"] = loss_positions(batch["loss_mask"], batch["segment_ids"], width)
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
         params, opt_state, m = update(params, opt_state, batch, ref_params)
         jax.block_until_ready(params)
