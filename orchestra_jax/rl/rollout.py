@@ -85,12 +85,13 @@ def _abort(env, state, indices: Sequence[int]) -> None:
         ledger.finish(i, solved=False, reason=ENV_LENGTH_REASON)
 
 
-def _compact(cache, last_logits, row_episode: np.ndarray, running: np.ndarray):
+def _compact(cache, last_logits, row_episode: np.ndarray, running: np.ndarray, min_rows: int = 1):
     """Keeps the rows of running episodes when they fit in half the rows (or a quarter, ...): the cache shrinks
-    to ceil(B / 2^k) rows, the running episodes first in row order, then padding rows (-1, a copy of row 0)."""
+    to ceil(B / 2^k) >= min_rows rows, the running episodes first in row order, then padding rows (-1, a copy
+    of row 0)."""
     held = [r for r, e in enumerate(row_episode) if e >= 0 and running[e]]
     rows = len(row_episode)
-    while rows > 1 and -(-rows // 2) >= len(held):
+    while rows > 1 and -(-rows // 2) >= max(len(held), min_rows):
         rows = -(-rows // 2)
     if rows == len(row_episode):
         return cache, last_logits, row_episode
@@ -256,7 +257,8 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
             t0 = time.perf_counter()
             if cfg.compact_rows:  # before the observations' prefill: the episodes that just ended drop out
                 running = np.array([done_reason[i] is None for i in range(n_episodes)])
-                cache, last_logits, row_episode = _compact(cache, last_logits, row_episode, running)
+                cache, last_logits, row_episode = _compact(cache, last_logits, row_episode, running,
+                                                           cfg.compact_min_rows)
             num_new = np.zeros(len(row_episode), np.int32)
             rows = [[] for _ in row_episode]
             for r, i in enumerate(row_episode):

@@ -439,3 +439,20 @@ def test_compact_rows_drops_finished_rows_and_keeps_the_episodes_exact(fake_setu
             np.testing.assert_allclose(a, b, atol=1e-5)
         assert runs[0].done_reason == runs[1].done_reason
         np.testing.assert_array_equal(runs[0].turn_cost_usd, runs[1].turn_cost_usd)
+
+
+def test_compact_min_rows_stops_the_halving_with_the_same_episodes(fake_setup, monkeypatch):
+    """rollout.compact_min_rows: compaction halves 9 -> 5 rows but not to 3 (fewer than 5), and the greedy
+    episodes equal those of the uncompacted rollout."""
+    env, tasks, tok, model_cfg, params = fake_setup
+    base = dict(group_size=3, max_turns=4, max_new_tokens=12, max_seq_len=412, tools_format="compact",
+                sampling=SamplingConfig(greedy=True))
+    ro, calls = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(3),
+                               RolloutConfig(**base, compact_min_rows=5), 0)
+    free = _run_recording(monkeypatch, model_cfg, params, env, tok, tasks, jax.random.key(3),
+                          RolloutConfig(**base), 0)[1]
+    assert min(len(c[0]) for c in free) < 5 <= min(len(c[0]) for c in calls) < 9  # it would have gone below
+    full = rollout(model_cfg, params, env, tok, tasks, jax.random.key(3), RolloutConfig(**base, compact_rows=False), 0)
+    assert all(np.array_equal(a, b) for a, b in zip(full.tokens, ro.tokens)) and full.done_reason == ro.done_reason
+    with pytest.raises(ValueError, match="compact_min_rows must be a positive int"):
+        RolloutConfig(compact_min_rows=0)
