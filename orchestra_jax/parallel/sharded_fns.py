@@ -6,7 +6,6 @@ never imports the RL code above it.
 from __future__ import annotations
 
 import functools
-
 from typing import Any, Callable, Mapping, Sequence
 
 import jax

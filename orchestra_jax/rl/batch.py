@@ -164,9 +164,6 @@ def agree_max(value: int) -> int:
     return int(np.max(np.asarray(multihost_utils.process_allgather(np.asarray([value], np.int64)))))
 
 
-agree_rows = agree_max  # every process packs the largest row count
-
-
 def global_packing_metrics(m: dict[str, float]) -> dict[str, float]:
     """Packing metrics over all processes: counts summed, utilisation averaged."""
     if jax.process_count() == 1:

@@ -35,8 +35,8 @@ import numpy as np
 
 from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch
 from orchestra_jax.rl.advantages import group_advantages
-from orchestra_jax.rl.batch import (StepConfig, agree_max, agree_rows, build_batch, global_packing_metrics,
-                                    loss_positions, max_loss_tokens_per_row, step_rows)
+from orchestra_jax.rl.batch import (StepConfig, agree_max, build_batch, global_packing_metrics, loss_positions,
+                                    max_loss_tokens_per_row, step_rows)
 from orchestra_jax.rl.rewards import RewardConfig, RunningMoments, compute_rewards, init_reward_state
 from orchestra_jax.rl.rollout import DONE_REASONS, Rollout, RolloutConfig, concatenate_rollouts, rollout
 from orchestra_jax.rl.step import AlgoConfig
@@ -194,7 +194,7 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     mine = slice(p * n_local * G, (p + 1) * n_local * G)
     adv_N, keep_N = np.asarray(advantages).reshape(-1)[mine], np.asarray(keep).reshape(-1)[mine]
     backend, dtype = setup.model_cfg.attention_backend, setup.model_cfg.dtype
-    rows = agree_rows(step_rows(ro, keep_N, cfg, attention_backend=backend, dtype=dtype,
+    rows = agree_max(step_rows(ro, keep_N, cfg, attention_backend=backend, dtype=dtype,
                                 invalid_turns=algo.invalid_turns))
     packed, pack_m = build_batch(ro, adv_N, keep_N, cfg, attention_backend=backend, dtype=dtype, num_rows=rows,
                                  invalid_turns=algo.invalid_turns)

@@ -54,9 +54,9 @@ def main(coordinator: str, num_processes: int, process_id: int, out_dir: str, st
         params, opt_state, metrics = update(params, opt_state,
                                             buckets if step == 2 else full if step % 2 else batch)
         history.append(pc.to_floats(metrics))
-    # rl.batch.agree_rows: each process proposes its own packed-row count, all take the largest
-    from orchestra_jax.rl.batch import agree_rows
-    agreed_rows = [agree_rows(3 + 4 * process_id), agree_rows(9 - 4 * process_id)]
+    # rl.batch.agree_max: each process proposes its own packed-row count, all take the largest
+    from orchestra_jax.rl.batch import agree_max
+    agreed_rows = [agree_max(3 + 4 * process_id), agree_max(9 - 4 * process_id)]
     gathered = multihost_utils.process_allgather(params, tiled=True)
     logp, _ = make_sharded_logprob_fn(token_logprobs, pc.MODEL, mesh)(params, full)
     logp = multihost_utils.process_allgather(logp, tiled=True)
