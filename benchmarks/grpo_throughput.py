@@ -13,7 +13,6 @@ second of jitted forward+backward+AdamW) and of the log-prob pass, plus packing 
 after one warm-up step (compilation excluded), on the quickstart model and env with random weights.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,15 +20,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _common import emit  # noqa: E402
 
-def main():
+
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--sft-from", default="", help="a quickstart run dir: its tokenizer and SFT params")
     ap.add_argument("overrides", nargs="*", help="config overrides (KEY=VALUE) on top of the quickstart")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     import jax
     import numpy as np
@@ -99,7 +100,7 @@ def main():
         totals["util"].append(packed.utilisation)
         totals["rows"].append(packed.num_rows)
         totals["slots"] += packed.num_rows * packed.row_len
-    print(json.dumps({
+    emit({
         "benchmark": "grpo_throughput", "backend": jax.default_backend(), "devices": jax.device_count(),
         "episodes_per_step": args.tasks * args.group, "steps": args.steps,
         "rollout_sampled_tokens_per_s": totals["sampled"] / totals["rollout_s"],
@@ -114,7 +115,7 @@ def main():
         "token_slots_per_step": totals["slots"] / args.steps, "overrides": args.overrides,
         "weights": f"sft from {args.sft_from}" if args.sft_from else "random",
         "update_compiles": setup.update.num_compiled, "loss_positions": setup.step.loss_positions,
-    }))
+    })
 
 
 if __name__ == "__main__":

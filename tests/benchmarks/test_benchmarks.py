@@ -91,6 +91,17 @@ def test_rollout_tiny_mode(capsys):
     assert out["speedup_compact"] == pytest.approx(out["compact_off"]["rollout_s"] / out["compact_on"]["rollout_s"])
 
 
+def test_grpo_throughput_tiny_mode_with_row_buckets_and_loss_positions(capsys):
+    """The quickstart's row buckets (a list of buckets per step) and loss positions, on a tiny random policy."""
+    out = _run("grpo_throughput", ["--steps", "1", "--tasks", "2", "--group", "2", "model.hidden_size=16",
+                                   "model.intermediate_size=32", "model.num_layers=1", "rollout.max_turns=2",
+                                   "rollout.max_new_tokens=4"], capsys)
+    assert out["row_bucket"] == 1 and out["loss_positions"] == 768 and out["episodes_per_step"] == 4
+    assert out["update_s_per_step"] > 0 and out["rollout_sampled_tokens_per_s"] > 0
+    assert len(out["rows_per_step"]) == 1 and 1 <= out["rows_per_step"][0] <= 4
+    assert 0 < out["packing_utilisation"] <= 1
+
+
 def test_rollout_compare_mode_times_one_rollout_field(capsys):
     """--compare FIELD=VALUE: the sides are the config as is and with that field changed; a smaller prefill
     window takes at least as many observation calls for the same tokens (same episodes: same keys and weights)."""
