@@ -138,10 +138,15 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
     return batch, m
 
 
+def _loss_tokens(loss_mask_RL: np.ndarray, segment_ids_RL: np.ndarray) -> np.ndarray:
+    """bool [R, L]: the tokens the loss counts (host-side `rl.losses.effective_mask`)."""
+    return (np.asarray(loss_mask_RL) > 0) & (np.asarray(segment_ids_RL) != 0)
+
+
 def loss_positions(loss_mask_RL: np.ndarray, segment_ids_RL: np.ndarray, width: int) -> np.ndarray:
     """int32 [R, width]: each row's loss-token positions in order, -1 after them (the update's output head
     then runs only there: `rl.step.token_logprobs`)."""
-    mask_RL = (np.asarray(loss_mask_RL) > 0) & (np.asarray(segment_ids_RL) != 0)
+    mask_RL = _loss_tokens(loss_mask_RL, segment_ids_RL)
     counts = mask_RL.sum(axis=1)
     if counts.max(initial=0) > width:
         raise ValueError(f"a packed row has {int(counts.max())} loss tokens, more than the {width} loss positions")
@@ -152,7 +157,7 @@ def loss_positions(loss_mask_RL: np.ndarray, segment_ids_RL: np.ndarray, width: 
 
 
 def max_loss_tokens_per_row(loss_mask_RL: np.ndarray, segment_ids_RL: np.ndarray) -> int:
-    return int(((np.asarray(loss_mask_RL) > 0) & (np.asarray(segment_ids_RL) != 0)).sum(axis=1).max(initial=0))
+    return int(_loss_tokens(loss_mask_RL, segment_ids_RL).sum(axis=1).max(initial=0))
 
 
 def agree_max(value: int) -> int:

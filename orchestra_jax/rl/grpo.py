@@ -206,11 +206,11 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     params, opt_state = state.params, state.opt_state
     if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
         batch = global_batch(setup, packed)
+        buckets = batch if isinstance(batch, list) else [batch]
         if cfg.loss_positions:  # the output head's positions per row: loss_positions, or row_len when one overflowed
-            metrics["packing/loss_positions"] = float(np.shape((batch if isinstance(batch, list) else [batch])[0]
-                                                               ["loss_index"])[-1])
+            metrics["packing/loss_positions"] = float(np.shape(buckets[0]["loss_index"])[-1])
         if algo.ppo_epochs > 1:  # fixed behaviour log-probs over the epochs (one extra forward)
-            for b in batch if isinstance(batch, list) else [batch]:
+            for b in buckets:
                 b["old_logp"], _ = setup.logprob(params, b)  # the batch's layout, micro-batches included
         update_ms = []
         for _ in range(algo.ppo_epochs):
