@@ -4,7 +4,8 @@
                                         [--warm-steps 0] [--layers 2] [--hidden 128] [--aux-copy 0]
 
 A synthetic menu with the QA prompt's structure and none of its noise: five lines ``M <digit> : <attrs> NL``
-(``--layout last``: ``<attrs> : M <digit> NL``), each holding one key token no other line has among ``--extra``
+(``--layout last``: ``<attrs> : M <digit> NL``; ``--layout each``: ``M <digit> : <digit> <attr> <digit> <attr> ... NL``,
+the digit repeated before every attribute), each holding one key token no other line has among ``--extra``
 random other attributes, then ``Q <key> ->`` and the target: that line's digit. Behaviour cloning with the
 quickstart's SFT (orchestra_jax.sft.train_sft, the quickstart model shape, 16 rows of 8 examples per step);
 prints one JSON line per log step with the held-out (256 fresh menus) ``sft/val_action_match``: 0.2 is
@@ -43,7 +44,12 @@ def menu_example(rng: np.random.Generator, layout: str, extra: int, copy: bool =
         attrs = list(rng.choice(others, extra))
         attrs.insert(int(rng.integers(0, extra + 1)), keys[k])
         lines.append(attrs)
-        tokens += [M, DIGIT + k, COLON] + attrs + [NL] if layout == "first" else attrs + [COLON, M, DIGIT + k, NL]
+        if layout == "first":
+            tokens += [M, DIGIT + k, COLON] + attrs + [NL]
+        elif layout == "last":
+            tokens += attrs + [COLON, M, DIGIT + k, NL]
+        else:  # each: the digit before every attribute, so a key's label is the token right before it
+            tokens += [M, DIGIT + k, COLON] + [t for a in attrs for t in (DIGIT + k, a)] + [NL]
     j = int(rng.integers(0, 5))
     if copy:
         tokens += [Q_LINE, DIGIT + j, ARROW]
@@ -55,7 +61,7 @@ def menu_example(rng: np.random.Generator, layout: str, extra: int, copy: bool =
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layout", choices=("first", "last"), default="first")
+    ap.add_argument("--layout", choices=("first", "last", "each"), default="first")
     ap.add_argument("--extra", type=int, default=0, help="other attributes per line")
     ap.add_argument("--examples", type=int, default=4000, help="training menus")
     ap.add_argument("--steps", type=int, default=1000)

@@ -83,10 +83,62 @@ def gap_filling_units(groups, row_len: int):
 def place_units(groups, row_len: int, fill_gaps: bool):
     """(units, row of each unit, rows used) for pack_shared: whole-group units by first-fit-decreasing, or,
     with fill_gaps and when it needs fewer rows, groups split to fill the gaps rows leave (a prompt stored
-    once more per split: more tokens computed, fewer rows). groups: [(prefix len, members, continuation
-    lengths)]."""
+    once more per split: more tokens computed, fewer rows), by whichever of two placements (rows opened one
+    by one, or a fixed row count from the lower bound up) needs fewer. groups: [(prefix len, members,
+    continuation lengths)]."""
     whole = whole_group_units(groups, row_len)
     if not fill_gaps:
         return whole
-    split = gap_filling_units(groups, row_len)
-    return split if split[2] < whole[2] else whole
+    # fewest rows first, then fewest tokens (prompts stored again), then the earlier candidate
+    candidates = [whole, gap_filling_units(groups, row_len), fewest_rows_units(groups, row_len)]
+    return min(candidates, key=lambda c: (c[2], _unit_tokens(c[0], groups)))
+
+
+def _unit_tokens(units, groups) -> int:
+    cont = {i: c for _, members, conts in groups for i, c in zip(members, conts)}
+    return sum(p + sum(cont[i] for i in members) for p, _, members in units)
+
+
+def units_in_rows(groups, row_len: int, num_rows: int):
+    """Groups (largest first) into exactly ``num_rows`` open rows, or None when they do not fit: a group goes
+    whole into the fullest row that holds it (best fit), else its continuations (longest first) fill the
+    roomiest rows' gaps, its prompt stored again in each. Seeing every row's gap from the start is what lets
+    it need fewer rows than opening rows one by one (gap_filling_units)."""
+    order = sorted(range(len(groups)), key=lambda g: (-(groups[g][0] + sum(groups[g][2])), g))
+    free = [row_len] * num_rows
+    units, rows = [], []
+    for g in order:
+        p, members, conts = groups[g]
+        remaining = sorted(zip(members, conts), key=lambda x: (-x[1], x[0]))
+        while remaining:
+            need = p + sum(c for _, c in remaining)
+            fits = [r for r in range(num_rows) if free[r] >= need]
+            if fits:
+                r, take = min(fits, key=lambda r: (free[r], r)), remaining
+            else:
+                r = max(range(num_rows), key=lambda r: (free[r], -r))
+                take, room = [], free[r] - p
+                for i, c in remaining:
+                    if c <= room:
+                        take.append((i, c))
+                        room -= c
+                if not take:
+                    return None
+            taken = {i for i, _ in take}
+            remaining = [x for x in remaining if x[0] not in taken]
+            units.append((p, members[0], [i for i, _ in take]))
+            rows.append(r)
+            free[r] -= p + sum(c for _, c in take)
+    used = sorted(set(rows))  # rows left empty are dropped
+    return units, np.asarray([used.index(r) for r in rows], np.int64), len(used)
+
+
+def fewest_rows_units(groups, row_len: int):
+    """``units_in_rows`` with the fewest rows it manages, trying from the token lower bound upward."""
+    total = sum(p + sum(conts) for p, _, conts in groups)
+    num_rows = max(-(-total // row_len), 1)
+    while True:
+        out = units_in_rows(groups, row_len, num_rows)
+        if out is not None:
+            return out
+        num_rows += 1
