@@ -97,9 +97,10 @@ def main(argv=None):
         totals["update_s"] += t4 - t3
         totals["update_steps_s"].append(t4 - t3)
         totals["tokens"] += packed.num_tokens
-        totals["util"].append(packed.utilisation)
+        slots = sum(int(np.prod(b["tokens"].shape)) for b in buckets)  # train.short_row_lens: fewer than rows x len
+        totals["util"].append(packed.num_tokens / slots)
         totals["rows"].append(packed.num_rows)
-        totals["slots"] += packed.num_rows * packed.row_len
+        totals["slots"] += slots
     emit({
         "benchmark": "grpo_throughput", "backend": jax.default_backend(), "devices": jax.device_count(),
         "episodes_per_step": args.tasks * args.group, "steps": args.steps,
@@ -115,6 +116,7 @@ def main(argv=None):
         "token_slots_per_step": totals["slots"] / args.steps, "overrides": args.overrides,
         "weights": f"sft from {args.sft_from}" if args.sft_from else "random",
         "update_compiles": setup.update.num_compiled, "loss_positions": setup.step.loss_positions,
+        "short_row_lens": list(setup.step.short_row_lens),
     })
 
 

@@ -51,6 +51,8 @@ class TrainConfig:
     fill_gaps: bool = True  # with share_prefix: split a group over rows' gaps when that saves rows (prompt stored again)
     loss_positions: int = 0  # > 0: the update's output head runs at this many positions per row (its loss tokens)
     # instead of all row_len; a step with a row holding more loss tokens uses row_len (one more compile)
+    short_row_lens: tuple[int, ...] = ()  # with row_bucket: shorter row lengths a bucket is cut to when its rows'
+    # tokens fit (emptiest rows last): fewer token slots computed; each length used compiles the update once more
     checkpoint_every: int = 10  # save every N steps (and always at the last step)
     checkpoint_keep: int = 2  # checkpoints kept on disk
     async_checkpoint: bool = True  # write checkpoints in the background
@@ -257,6 +259,12 @@ def _validate(cfg: Config) -> None:
     if t.row_bucket % a.micro_batches:
         raise ValueError(f"config error at train.row_bucket: {t.row_bucket} is not a multiple of "
                          f"algo.micro_batches={a.micro_batches}")
+    if t.short_row_lens and not t.row_bucket:
+        raise ValueError("config error at train.short_row_lens: needs train.row_bucket > 0 (the rows go in buckets "
+                         "that can be cut shorter)")
+    if any(not 0 < n < t.row_len for n in t.short_row_lens) or len(set(t.short_row_lens)) != len(t.short_row_lens):
+        raise ValueError(f"config error at train.short_row_lens: {list(t.short_row_lens)} must be distinct lengths in "
+                         f"(0, train.row_len={t.row_len})")
     if not 0 <= t.loss_positions <= t.row_len:
         raise ValueError(f"config error at train.loss_positions: {t.loss_positions} must be in [0, train.row_len="
                          f"{t.row_len}] (0 = the output head at every position)")

@@ -65,7 +65,8 @@ def make_setup(cfg: Config, prep, mesh) -> GRPOSetup:
     step_cfg = StepConfig(tasks_per_step=t.tasks_per_step, rows_per_host=rows, row_len=t.row_len,
                           truncate=t.truncate, seed=t.seed, batch_tasks=t.rollout_batch_tasks,
                           share_prefix=t.share_prefix, fill_gaps=t.fill_gaps,
-                          row_bucket=bucket, loss_positions=t.loss_positions)
+                          row_bucket=bucket, loss_positions=t.loss_positions,
+                          short_row_lens=tuple(sorted(t.short_row_lens)))
     return GRPOSetup(prep.model_cfg, algo, cfg.reward, cfg.rollout, step_cfg, prep.env, prep.tokenizer, mesh,
                      update, make_sharded_logprob_fn(token_logprobs, prep.model_cfg, mesh, rules),
                      on_phase=maybe_fault)

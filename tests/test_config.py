@@ -105,6 +105,7 @@ BAD_VALUES = [
     ("train.row_bucket=3", r"config error at train.row_bucket: 3 does not divide train.rows_per_step=0"),
     ("train.row_bucket=-2", r"config error at train.row_bucket: must be >= 0, got -2"),
     ("train.loss_positions=2000", r"config error at train.loss_positions: 2000 must be in \[0, train.row_len=1024\]"),
+    ("train.short_row_lens=[512]", r"config error at train.short_row_lens: needs train.row_bucket > 0"),
 ]
 
 
@@ -125,6 +126,15 @@ def test_hf_folder_missing_files_named_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"config error at init: hf:.* is missing model.safetensors") as e:
         to_config(_compose([f"init=hf:{tmp_path}"]))
     assert "\n" not in str(e.value)
+
+
+def test_short_row_lens_must_be_distinct_and_below_row_len():
+    base = ["train.rows_per_step=8", "train.row_bucket=1"]
+    for bad in ("[512,1024]", "[256,256]", "[0]"):
+        with pytest.raises(ValueError, match=r"config error at train.short_row_lens: .* must be distinct lengths in "
+                                             r"\(0, train.row_len=1024\)"):
+            to_config(_compose(base + [f"train.short_row_lens={bad}"]))
+    assert to_config(_compose(base + ["train.short_row_lens=[768,256]"])).train.short_row_lens == (768, 256)
 
 
 def test_truncation_is_a_choice():

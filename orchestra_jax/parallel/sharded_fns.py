@@ -37,10 +37,11 @@ class ShardedUpdate:
     `nn.logical_axis_rules(rules)` and `jax.set_mesh(mesh)`, so its logical activation constraints resolve
     against this mesh. One compilation per batch layout (keys, shapes, dtypes); `num_compiled` counts them.
 
-    Called with a list of same-layout micro-batches instead of one batch, it accumulates their gradients
-    with the update's pieces (`rl.step.UpdateFns`: count, init_acc, accumulate, apply), each jitted once per
-    micro-batch layout: a step of any number of micro-batches runs the same four programs (steps whose row
-    count varies do not each compile a whole update).
+    Called with a list of micro-batches instead of one batch, it accumulates their gradients with the
+    update's pieces (`rl.step.UpdateFns`: count, init_acc, accumulate, apply), each jitted once per
+    micro-batch layout: a step of any number of same-layout micro-batches runs the same four programs (steps
+    whose row count varies do not each compile a whole update); micro-batches of another length (shorter
+    rows) add their own count / accumulate programs.
     """
 
     def __init__(self, update: Callable, model_cfg, optimizer, mesh: Mesh, rules: LogicalRules,
@@ -103,19 +104,22 @@ class ShardedUpdate:
             raise TypeError("ShardedUpdate: a list of micro-batches needs an update with count / init_acc / "
                             "accumulate / apply pieces (rl.step.build_update)")
         batches = [dict(b) for b in micro_batches]
-        if not batches or len({_batch_signature(b) for b in batches}) != 1:
-            raise ValueError(f"ShardedUpdate: micro-batches must share one layout (keys, shapes, dtypes); got "
-                             f"{len({_batch_signature(b) for b in batches})} layouts in {len(batches)} micro-batches")
-        count, init_acc, accumulate, apply = self._jitted_pieces(batches[0], ref_params is not None)
+        if not batches:
+            raise ValueError("ShardedUpdate: an empty list of micro-batches")
+        if len({tuple(sorted(b)) for b in batches}) != 1:
+            raise ValueError(f"ShardedUpdate: micro-batches must have the same keys; got "
+                             f"{sorted({tuple(sorted(b)) for b in batches})}")
+        # micro-batches may differ in shape (train.short_row_lens): the pieces are jitted per layout
+        pieces = [self._jitted_pieces(b, ref_params is not None) for b in batches]
         if jax.process_count() > 1:
-            shard = batch_shardings(batches[0], self.mesh, self.rules)
-            batches = [place_host_leaves(b, shard) for b in batches]
+            batches = [place_host_leaves(b, batch_shardings(b, self.mesh, self.rules)) for b in batches]
         with jax.set_mesh(self.mesh):
             totals = put_on_mesh((np.zeros((), np.float32), np.zeros((), np.float32)), replicated(self.mesh))
-            for b in batches:  # the whole step's normalisers first
+            for (count, *_), b in zip(pieces, batches):  # the whole step's normalisers first
                 totals = count(b, totals)
+            _, init_acc, _, apply = pieces[0]
             acc = init_acc(params, batches[0])
-            for b in batches:
+            for (_, _, accumulate, _), b in zip(pieces, batches):
                 acc = accumulate(params, acc, b, ref_params, totals)
             return apply(params, opt_state, acc, totals)
 

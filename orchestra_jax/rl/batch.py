@@ -38,6 +38,7 @@ class StepConfig:
     row_bucket: int = 0  # > 0: pack into the fewest multiple of row_bucket rows that holds the step (step_rows)
     loss_positions: int = 0  # > 0: the update's output head runs at this many positions per row (its loss
     # tokens), not row_len; a step with a row holding more loss tokens uses row_len
+    short_row_lens: tuple[int, ...] = ()  # ascending, < row_len: lengths a bucket of rows is cut to (bucket_row_lens)
 
 
 def _pack_inputs(ro: Rollout, keep_N: np.ndarray, cfg: StepConfig, attention_backend: str, dtype: str,
@@ -162,11 +163,34 @@ def max_loss_tokens_per_row(loss_mask_RL: np.ndarray, segment_ids_RL: np.ndarray
 
 def agree_max(value: int) -> int:
     """The largest of every process's value (e.g. a row count: the global batch needs one shape)."""
+    return agree_max_each([value])[0]
+
+
+def agree_max_each(values: list[int]) -> list[int]:
+    """Element-wise, the largest of every process's values (each process passes as many)."""
     if jax.process_count() == 1:
-        return value
+        return [int(v) for v in values]
     from jax.experimental import multihost_utils
 
-    return int(np.max(np.asarray(multihost_utils.process_allgather(np.asarray([value], np.int64)))))
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64)))
+    return [int(v) for v in gathered.reshape(-1, len(values)).max(axis=0)]
+
+
+def bucket_row_lens(segment_ids_RL: np.ndarray, per: int, row_len: int, short_row_lens: tuple[int, ...] = ()
+                    ) -> tuple[np.ndarray, list[int]]:
+    """(row order, length of each bucket): the rows, fullest first, in buckets of ``per``; each bucket cut to
+    the shortest of ``short_row_lens`` + (row_len,) that holds its rows' tokens (a packed row's tokens start at
+    its first slot, padding after them), the same on every process. Without short lengths: the rows in order,
+    every bucket row_len."""
+    seg = np.asarray(segment_ids_RL)
+    rows = seg.shape[0]
+    if not short_row_lens:
+        return np.arange(rows), [row_len] * (-(-rows // per))
+    used = np.where(seg.any(axis=1), seg.shape[1] - np.argmax(seg[:, ::-1] != 0, axis=1), 0)
+    order = np.argsort(-used, kind="stable")
+    choices = sorted(set(short_row_lens)) + [row_len]
+    lens = [next(n for n in choices if n >= used[order[i:i + per]].max()) for i in range(0, rows, per)]
+    return order, agree_max_each(lens)
 
 
 def global_packing_metrics(m: dict[str, float]) -> dict[str, float]:

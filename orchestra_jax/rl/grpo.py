@@ -35,8 +35,8 @@ import numpy as np
 
 from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch
 from orchestra_jax.rl.advantages import group_advantages
-from orchestra_jax.rl.batch import (StepConfig, agree_max, build_batch, global_packing_metrics, loss_positions,
-                                    max_loss_tokens_per_row, step_rows)
+from orchestra_jax.rl.batch import (StepConfig, agree_max, bucket_row_lens, build_batch, global_packing_metrics,
+                                    loss_positions, max_loss_tokens_per_row, step_rows)
 from orchestra_jax.rl.rewards import RewardConfig, RunningMoments, compute_rewards, init_reward_state
 from orchestra_jax.rl.rollout import DONE_REASONS, Rollout, RolloutConfig, concatenate_rollouts, rollout
 from orchestra_jax.rl.step import AlgoConfig
@@ -144,17 +144,24 @@ def episode_metrics(t: dict[str, np.ndarray], tool_aliases: Sequence[str]) -> di
 def global_batch(setup: GRPOSetup, batch: PackedBatch | SharedPackedBatch) -> dict | list[dict]:
     """Every process's rows as one global batch on the mesh ([M, R/M, L] with micro-batches). With
     ``row_bucket`` the rows go as a list of buckets of row_bucket rows (each [M, row_bucket/M, L]): the
-    update accumulates over however many a step has with the same compiled programs."""
+    update accumulates over however many a step has with the same compiled programs; with ``short_row_lens``
+    the rows go fullest first and a bucket whose tokens fit a shorter length is cut to it (``bucket_row_lens``)."""
     from orchestra_jax.parallel.distributed import host_local_batch_to_global
 
     local = batch.as_dict()
+    rows, M, row_len = batch.num_rows, setup.algo.micro_batches, batch.row_len
+    per = setup.step.row_bucket or rows
+    order, lens = bucket_row_lens(local["segment_ids"], per, row_len, setup.step.short_row_lens)
+    width = 0
     if setup.step.loss_positions:  # one width on every process: the configured one unless a row needs more
         most = agree_max(max_loss_tokens_per_row(local["loss_mask"], local["segment_ids"]))
-        width = setup.step.loss_positions if most <= setup.step.loss_positions else local["tokens"].shape[1]
-        local["loss_index"] = loss_positions(local["loss_mask"], local["segment_ids"], width)
-    rows, M = batch.num_rows, setup.algo.micro_batches
-    per = setup.step.row_bucket or rows
-    parts = [{k: v[i:i + per] for k, v in local.items()} for i in range(0, rows, per)]
+        width = setup.step.loss_positions if most <= setup.step.loss_positions else row_len
+    parts = []
+    for b, n in enumerate(lens):
+        part = {k: v[order[b * per:(b + 1) * per], :n] for k, v in local.items()}
+        if width:
+            part["loss_index"] = loss_positions(part["loss_mask"], part["segment_ids"], min(width, n))
+        parts.append(part)
     if M > 1:
         parts = [{k: v.reshape((M, v.shape[0] // M) + v.shape[1:]) for k, v in p.items()} for p in parts]
     parts = [host_local_batch_to_global(p, setup.mesh, setup.update.rules) for p in parts]
@@ -207,6 +214,9 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
         batch = global_batch(setup, packed)
         buckets = batch if isinstance(batch, list) else [batch]
+        slots = sum(int(np.prod(b["tokens"].shape)) for b in buckets)  # global: every process's rows
+        metrics["packing/row_slots"] = float(slots)  # token slots the update computes (short rows: fewer)
+        metrics["packing/utilisation"] = metrics["packing/tokens_computed"] / slots
         if cfg.loss_positions:  # the output head's positions per row: loss_positions, or row_len when one overflowed
             metrics["packing/loss_positions"] = float(np.shape(buckets[0]["loss_index"])[-1])
         if algo.ppo_epochs > 1:  # fixed behaviour log-probs over the epochs (one extra forward)

@@ -55,15 +55,17 @@ def main(coordinator: str, num_processes: int, process_id: int, out_dir: str, st
                                             buckets if step == 2 else full if step % 2 else batch)
         history.append(pc.to_floats(metrics))
     # rl.batch.agree_max: each process proposes its own packed-row count, all take the largest
-    from orchestra_jax.rl.batch import agree_max
+    from orchestra_jax.rl.batch import agree_max, agree_max_each
     agreed_rows = [agree_max(3 + 4 * process_id), agree_max(9 - 4 * process_id)]
+    # rl.batch.bucket_row_lens: each process proposes a length per bucket, all take each bucket's largest
+    agreed_lens = agree_max_each([256 * (1 + process_id), 512 - 256 * process_id, 128])
     gathered = multihost_utils.process_allgather(params, tiled=True)
     logp, _ = make_sharded_logprob_fn(token_logprobs, pc.MODEL, mesh)(params, full)
     logp = multihost_utils.process_allgather(logp, tiled=True)
     if is_main_process():
         out = Path(out_dir)
         (out / "metrics.json").write_text(json.dumps({"history": history, "rows": [start, stop],
-                                                      "agreed_rows": agreed_rows}))
+                                                      "agreed_rows": agreed_rows, "agreed_lens": agreed_lens}))
         flat = {jax.tree_util.keystr(path): np.asarray(leaf)
                 for path, leaf in jax.tree_util.tree_flatten_with_path(gathered)[0]}
         np.savez(out / "params.npz", **flat)

@@ -66,6 +66,7 @@ def test_two_processes_match_one(tmp_path):
     assert result["rows"] == [0, pc.ROWS // 2]
     assert json.loads((tmp_path / "rows_1.json").read_text()) == [pc.ROWS // 2, pc.ROWS]
     assert result["agreed_rows"] == [7, 9]  # rl.batch.agree_max: every process packs the largest row count
+    assert result["agreed_lens"] == [512, 512, 128]  # rl.batch.agree_max_each: per bucket, the largest length
 
     want_history, want_params = single_process_run()
     assert len(result["history"]) == STEPS

@@ -171,10 +171,31 @@ def test_a_list_of_micro_batches_accumulates_like_one_batch_with_four_programs(s
     assert update.num_compiled == 4
 
 
-def test_a_list_of_micro_batches_must_share_one_layout():
-    mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 2, 2)])
+def test_micro_batches_of_different_lengths_accumulate_like_one_batch(shape):
+    """train.short_row_lens' path: a bucket whose rows hold tokens only in their first half goes cut to half the
+    row length; with a full-length bucket it gives the update of the whole batch, and the shorter layout adds
+    only its own count / accumulate programs."""
+    mesh = make_mesh(MeshConfig(*shape), jax.devices()[:math.prod(shape)])
     optimizer = pc.optimizer()
+    whole = {k: np.array(v) for k, v in pc.batch(seed=5, rows=16).items()}
+    half = pc.ROW_LEN // 2
+    for v in whole.values():  # rows 8..15: what lies past their first half becomes padding
+        v[8:, half:] = 0
+    host = jax.device_put(pc.params(), jax.devices()[0])
+    want_params, _, want = pc.single_device_update()(host, jax.jit(optimizer.init)(host), whole)
+
     update = make_sharded_update_fn(build_update(pc.MODEL, pc.ALGO, optimizer), pc.MODEL, optimizer, mesh)
     params = update.shard_params(pc.params())
-    with pytest.raises(ValueError, match="one layout"):
-        update(params, update.init_opt_state(params), [pc.batch(rows=8), pc.batch(rows=16)])
+    buckets = [{k: v[:8] for k, v in whole.items()}, {k: v[8:, :half] for k, v in whole.items()}]
+    got_params, _, got = update(params, update.init_opt_state(params), buckets)
+    got, want = pc.to_floats(got), pc.to_floats(want)
+    assert got["num_tokens"] == want["num_tokens"] > 0 and abs(want["loss"]) > 0
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], err_msg=key, **TOL)
+    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
+    assert update.num_compiled == 4 + 2
+    with pytest.raises(ValueError, match="the same keys"):
+        update(params, update.init_opt_state(params), [buckets[0], {k: v for k, v in buckets[1].items()
+                                                                    if k != "ref_logp"}])

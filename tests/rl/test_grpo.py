@@ -418,24 +418,32 @@ def test_row_buckets_with_micro_batches_and_ppo_epochs_update_like_fixed_rows(tm
     two micro-batches) through the bucketed update (row_bucket=2: the fewest pairs of rows that hold the step)
     gives the update of the same step packed into fixed rows (rows_per_step=8, row_bucket=0: one whole
     program; the extra rows are padding): same loss, gradient norm, KL and ratio statistics. The bucketed run
-    also runs the output head at 160 positions per row (train.loss_positions) instead of all 512."""
+    also runs the output head at 512 positions per row (train.loss_positions) instead of all 1,024. A third run
+    cuts the bucket whose rows hold fewer tokens to a shorter length (train.short_row_lens): fewer slots, the
+    same update."""
     from orchestra_jax.logging import read_metrics
     from orchestra_jax.train import run
 
     runs = {}
-    for name, bucket in (("bucketed", 2), ("fixed", 0)):
+    for name, bucket, short in (("bucketed", 2, []), ("fixed", 0, []), ("short", 2, [256, 512, 768])):
         run_dir = tmp_path / name
         # zscore rewards: cost and latency differ between the random policy's (all unsolved) episodes, so
         # the advantages, the loss and the gradient are not zero
         run(_micro(run_dir, mesh={"data": 1, "fsdp": 1, "tensor": 1}, reward={"kind": "zscore"},
                    algo={"micro_batches": 2, "ppo_epochs": 2, "optim": {"lr": 1e-3}, "loss": {"kl_coef": 0.01}},
                    train={"steps": 1, "tasks_per_step": 4, "rows_per_step": 8, "row_bucket": bucket, "seed": 0,
-                          "loss_positions": 160 if bucket else 0}))
+                          "row_len": 1024, "loss_positions": 512 if bucket else 0, "short_row_lens": short}))
         runs[name] = read_metrics(str(run_dir))[0]
-    b, f = runs["bucketed"], runs["fixed"]
+    b, f, s = runs["bucketed"], runs["fixed"], runs["short"]
     assert b["packing/rows"] < f["packing/rows"] == 8 and b["packing/episodes"] == f["packing/episodes"] == 8
     assert abs(b["loss"]) > 1e-3 and b["grad_norm"] > 1e-2
     assert b["compiles/update"] == 4 and f["compiles/update"] == 1
-    assert b["packing/loss_positions"] == 160 and "packing/loss_positions" not in f
+    assert b["packing/loss_positions"] == 512 and "packing/loss_positions" not in f
+    # short rows: the same rows in fewer slots (a bucket cut below 1024 compiles its own count / accumulate)
+    assert s["packing/rows"] == b["packing/rows"] and s["packing/tokens_computed"] == b["packing/tokens_computed"]
+    assert b["packing/row_slots"] == b["packing/rows"] * 1024 > s["packing/row_slots"]
+    assert s["packing/utilisation"] == s["packing/tokens_computed"] / s["packing/row_slots"] > b["packing/utilisation"]
+    assert s["compiles/update"] > 4
     for k in ("loss", "grad_norm", "kl_ref", "num_tokens", "num_sequences", "ratio/min", "ratio/max", "entropy"):
         np.testing.assert_allclose(b[k], f[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(s[k], f[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -220,3 +220,18 @@ def test_loss_positions_by_hand_and_too_many():
                                   [[1, 2, 4, -1], [-1, -1, -1, -1], [0, 1, 2, -1]])
     with pytest.raises(ValueError, match="3 loss tokens, more than the 2 loss positions"):
         loss_positions(mask, seg, 2)
+
+
+def test_bucket_row_lens_by_hand():
+    from orchestra_jax.rl.batch import bucket_row_lens
+
+    # tokens fill each row from its first slot: used lengths 3, 0, 7, 5, 2
+    seg = np.zeros((5, 8), np.int32)
+    for r, n in enumerate([3, 0, 7, 5, 2]):
+        seg[r, :n] = 1 + np.arange(n) // 2
+    order, lens = bucket_row_lens(seg, 2, 8, (2, 4, 6))
+    assert order.tolist() == [2, 3, 0, 4, 1]  # fullest first
+    assert lens == [8, 4, 2]                  # buckets (7, 5) -> 8, (3, 2) -> 4, (0) -> 2
+    order, lens = bucket_row_lens(seg, 2, 8)  # no short lengths: rows in order, every bucket whole
+    assert order.tolist() == [0, 1, 2, 3, 4] and lens == [8, 8, 8]
+    assert bucket_row_lens(seg, 1, 8, (5,))[1] == [8, 5, 5, 5, 5]
