@@ -40,7 +40,7 @@ def main(argv=None):
     from orchestra_jax.envs import make_env
     from orchestra_jax.prepare import Prepared, init_model
     from orchestra_jax.rl.batch import build_batch, step_rows
-    from orchestra_jax.rl.grpo import global_batch, init_state, rollout_tasks
+    from orchestra_jax.rl.grpo import global_batch, init_state, rollout_tasks, token_slots
     from orchestra_jax.text.chat import render_prompt
     from orchestra_jax.text.tokenizer import train_tokenizer
     from orchestra_jax.train import build_mesh, make_setup
@@ -97,7 +97,7 @@ def main(argv=None):
         totals["update_s"] += t4 - t3
         totals["update_steps_s"].append(t4 - t3)
         totals["tokens"] += packed.num_tokens
-        slots = sum(int(np.prod(b["tokens"].shape)) for b in buckets)  # train.short_row_lens: fewer than rows x len
+        slots = token_slots(buckets)  # train.short_row_lens: fewer than rows x row_len
         totals["util"].append(packed.num_tokens / slots)
         totals["rows"].append(packed.num_rows)
         totals["slots"] += slots

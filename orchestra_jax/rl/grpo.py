@@ -168,6 +168,12 @@ def global_batch(setup: GRPOSetup, batch: PackedBatch | SharedPackedBatch) -> di
     return parts if setup.step.row_bucket else parts[0]
 
 
+def token_slots(buckets: list[dict]) -> int:
+    """Token slots the update computes over ``global_batch``'s buckets: every process's rows, short rows
+    (train.short_row_lens) counted at their cut length."""
+    return sum(int(np.prod(np.shape(b["tokens"]))) for b in buckets)
+
+
 # ---------------------------------------------------------------------------------------------- step
 def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local=None
               ) -> tuple[TrainState, dict[str, float], dict]:
@@ -214,8 +220,8 @@ def grpo_step(setup: GRPOSetup, state: TrainState, tasks: Sequence, params_local
     if np.any(np.asarray(keep)):  # a global decision: every process updates or none does
         batch = global_batch(setup, packed)
         buckets = batch if isinstance(batch, list) else [batch]
-        slots = sum(int(np.prod(b["tokens"].shape)) for b in buckets)  # global: every process's rows
-        metrics["packing/row_slots"] = float(slots)  # token slots the update computes (short rows: fewer)
+        slots = token_slots(buckets)
+        metrics["packing/row_slots"] = float(slots)
         metrics["packing/utilisation"] = metrics["packing/tokens_computed"] / slots
         if cfg.loss_positions:  # the output head's positions per row: loss_positions, or row_len when one overflowed
             metrics["packing/loss_positions"] = float(np.shape(buckets[0]["loss_index"])[-1])
