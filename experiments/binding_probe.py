@@ -5,7 +5,8 @@
 
 A synthetic menu with the QA prompt's structure and none of its noise: five lines ``M <digit> : <attrs> NL``
 (``--layout last``: ``<attrs> : M <digit> NL``; ``--layout each``: ``M <digit> : <digit> <attr> <digit> <attr> ... NL``,
-the digit repeated before every attribute), each holding one key token no other line has among ``--extra``
+the digit repeated before every attribute; ``--layout after``: ``M <digit> : <attr> <digit> <attr> <digit> ... NL`` and the
+query ``Q -> <key>``, so the answer is the token that followed the key in the menu: an induction lookup), each holding one key token no other line has among ``--extra``
 random other attributes, then ``Q <key> ->`` and the target: that line's digit. Behaviour cloning with the
 quickstart's SFT (orchestra_jax.sft.train_sft, the quickstart model shape, 16 rows of 8 examples per step);
 prints one JSON line per log step with the held-out (256 fresh menus) ``sft/val_action_match``: 0.2 is
@@ -48,20 +49,23 @@ def menu_example(rng: np.random.Generator, layout: str, extra: int, copy: bool =
             tokens += [M, DIGIT + k, COLON] + attrs + [NL]
         elif layout == "last":
             tokens += attrs + [COLON, M, DIGIT + k, NL]
-        else:  # each: the digit before every attribute, so a key's label is the token right before it
+        elif layout == "each":  # the digit before every attribute, so a key's label is the token right before it
             tokens += [M, DIGIT + k, COLON] + [t for a in attrs for t in (DIGIT + k, a)] + [NL]
+        else:  # after: the digit after every attribute; the query ends with the key (an induction lookup)
+            tokens += [M, DIGIT + k, COLON] + [t for a in attrs for t in (a, DIGIT + k)] + [NL]
     j = int(rng.integers(0, 5))
     if copy:
         tokens += [Q_LINE, DIGIT + j, ARROW]
         return (np.asarray(tokens + lines[j], np.int32),
                 np.asarray([0] * len(tokens) + [1] * len(lines[j]), np.int32))
-    tokens += [Q, keys[j], ARROW, DIGIT + j]
+    query = [Q, ARROW, keys[j]] if layout == "after" else [Q, keys[j], ARROW]
+    tokens += query + [DIGIT + j]
     return np.asarray(tokens, np.int32), np.asarray([0] * (len(tokens) - 1) + [1], np.int32)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layout", choices=("first", "last", "each"), default="first")
+    ap.add_argument("--layout", choices=("first", "last", "each", "after"), default="first")
     ap.add_argument("--extra", type=int, default=0, help="other attributes per line")
     ap.add_argument("--examples", type=int, default=4000, help="training menus")
     ap.add_argument("--steps", type=int, default=1000)
