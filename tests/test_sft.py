@@ -157,3 +157,25 @@ def test_sft_imitation_by_tool_keeps_only_that_tools_actions():
     assert script.only_tool([(tokens, mask)], [tr], "respond") == []  # no such action: the sequence is dropped
     with pytest.raises(ValueError, match="4 loss-token runs for 3 actions"):
         script.only_tool([(tokens, mask)], [SimpleNamespace(actions=tr.actions[:3], task={"task_id": "t"})], "search")
+
+
+@pytest.mark.parametrize("layout", ["first", "last", "each", "after"])
+def test_binding_probe_menus_target_the_key_lines_digit(layout):
+    """Every probe layout asks for the digit of the one line holding the queried key; with ``after`` that
+    digit is the token right after the key in the menu (the induction lookup), with ``each`` right before."""
+    probe = _load_experiment("binding_probe")
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        tokens, mask = probe.menu_example(rng, layout, extra=3)
+        assert mask.sum() == 1 and mask[-1] == 1
+        target = int(tokens[-1])
+        key = int(tokens[-2] if layout == "after" else tokens[-3])
+        lines = np.split(tokens[:-4], np.flatnonzero(tokens[:-4] == probe.NL) + 1)[:5]
+        holding = [line for line in lines if key in line]
+        assert len(holding) == 1 and probe.DIGIT <= target < probe.DIGIT + 5
+        assert list(holding[0]).count(target) == {"first": 1, "last": 1, "each": 5, "after": 5}[layout]
+        at = list(tokens[:-4]).index(key)
+        if layout == "after":
+            assert tokens[at + 1] == target
+        elif layout == "each":
+            assert tokens[at - 1] == target
