@@ -5,9 +5,10 @@
 
 A synthetic menu with the QA prompt's structure and none of its noise: five lines ``M <digit> : <attrs> NL``
 (``--layout last``: ``<attrs> : M <digit> NL``; ``--layout each``: ``M <digit> : <digit> <attr> <digit> <attr> ... NL``,
-the digit repeated before every attribute; ``--layout after``: ``M <digit> : <attr> <digit> <attr> <digit> ... NL`` and the
-query ``Q -> <key>``, so the answer is the token that followed the key in the menu: an induction lookup), each holding one key token no other line has among ``--extra``
-random other attributes, then ``Q <key> ->`` and the target: that line's digit. Behaviour cloning with the
+the digit repeated before every attribute; ``--layout after``: ``M <digit> : <attr> <digit> <attr> <digit> ... NL``),
+each holding one key token no other line has among ``--extra`` random other attributes, then ``Q <key> ->``
+(``after``: ``Q -> <key>``, so the answer is the token that followed the key: an induction lookup) and the
+target: that line's digit. Behaviour cloning with the
 quickstart's SFT (orchestra_jax.sft.train_sft, the quickstart model shape, 16 rows of 8 examples per step);
 prints one JSON line per log step with the held-out (256 fresh menus) ``sft/val_action_match``: 0.2 is
 chance, 1 is binding learned. ``--warm-steps N`` is a curriculum: N steps on one-attribute lines
@@ -49,10 +50,9 @@ def menu_example(rng: np.random.Generator, layout: str, extra: int, copy: bool =
             tokens += [M, DIGIT + k, COLON] + attrs + [NL]
         elif layout == "last":
             tokens += attrs + [COLON, M, DIGIT + k, NL]
-        elif layout == "each":  # the digit before every attribute, so a key's label is the token right before it
-            tokens += [M, DIGIT + k, COLON] + [t for a in attrs for t in (DIGIT + k, a)] + [NL]
-        else:  # after: the digit after every attribute; the query ends with the key (an induction lookup)
-            tokens += [M, DIGIT + k, COLON] + [t for a in attrs for t in (a, DIGIT + k)] + [NL]
+        else:  # each / after: the digit right before / after every attribute
+            pairs = [(DIGIT + k, a) if layout == "each" else (a, DIGIT + k) for a in attrs]
+            tokens += [M, DIGIT + k, COLON] + [t for pair in pairs for t in pair] + [NL]
     j = int(rng.integers(0, 5))
     if copy:
         tokens += [Q_LINE, DIGIT + j, ARROW]
