@@ -1,13 +1,15 @@
 """Packed-row attention, forward + backward: the dense xla path vs block_sparse (skips masked blocks).
 
     python benchmarks/attention.py [--rows 8 --row-len 1536 --prompt 300 --group 8 --continuation 100 --reps 5]
+                                   [--blocks 64,128]
 
 Two layouts of the quickstart's head shape (4 query heads, 2 key/value heads of 32): `shared`, rows of
 prefix-shared groups as GRPO packs them (a prompt segment, `group` continuations that see it, then
 padding), and `causal`, one segment filling each row (the worst case for skipping: only the upper
 triangle goes). Prints per layout the seconds per jitted grad of sum(out * w) for each backend, the
 speed-up, the share of (query block, key block) pairs block_sparse computes, and the largest difference
-of the outputs and gradients (float32).
+of the outputs and gradients (float32). --blocks also times block_sparse at each of these block sizes,
+alternated in the same process (`block_sparse_s_by_block`; the block-size choice of BLOCK).
 """
 import argparse
 
@@ -22,6 +24,7 @@ def main(argv=None):
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--continuation", type=int, default=100)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--blocks", default="", help="comma-separated block sizes to time block_sparse at as well")
     args = ap.parse_args(argv)
 
     import jax
@@ -29,11 +32,13 @@ def main(argv=None):
     import numpy as np
 
     from orchestra_jax.model.attention import packed_attention
-    from orchestra_jax.model.block_sparse_attention import BLOCK, block_flags
+    from orchestra_jax.model.block_sparse_attention import BLOCK, block_flags, block_sparse_attention
 
     length = args.row_len
-    if length % BLOCK:
-        raise SystemExit(f"--row-len must be a multiple of block_sparse's block ({BLOCK}); got {length}")
+    blocks = [int(b) for b in args.blocks.split(",") if b]
+    for block in [BLOCK] + blocks:
+        if block <= 0 or length % block:
+            raise SystemExit(f"--row-len {length} must be a multiple of every block size; got block {block}")
     seg = np.zeros((args.rows, length), np.int32)
     pre = np.zeros((args.rows, length), np.int32)
     group_len = min(args.prompt + args.group * args.continuation, length)
@@ -69,6 +74,18 @@ def main(argv=None):
                      "pairs_computed": float(flags.sum()) / (args.rows * n * n),
                      "max_out_diff": float(jnp.max(jnp.abs(o_x - o_s))),
                      "max_grad_diff": max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(g_x, g_s))}
+        if blocks:
+            steps = {}
+            for block in blocks:
+                def loss_b(q, k, v, block=block):
+                    return jnp.sum(block_sparse_attention(q, k, v, seg_BT, pre_BT, block=block) * w)
+                steps[block] = jax.jit(jax.grad(loss_b, argnums=(0, 1, 2)))
+                jax.block_until_ready(steps[block](q, k, v))
+            times = {block: [] for block in blocks}
+            for _ in range(args.reps):  # alternated: each block size sees the same machine load
+                for block, step_b in steps.items():
+                    times[block].append(timed(lambda: jax.block_until_ready(step_b(q, k, v)), 1))
+            out[name]["block_sparse_s_by_block"] = {str(b): float(np.median(t)) for b, t in times.items()}
     emit(out)
 
 

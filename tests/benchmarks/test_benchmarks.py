@@ -51,14 +51,16 @@ def test_update_step_tiny_mode(capsys):
 
 def test_attention_tiny_mode(capsys):
     out = _run("attention", ["--rows", "2", "--row-len", "384", "--prompt", "40", "--group", "3",
-                             "--continuation", "30", "--reps", "1"], capsys)
+                             "--continuation", "30", "--reps", "1", "--blocks", "64,128"], capsys)
     for layout in ("shared", "causal"):
         r = out[layout]
         assert r["xla_s"] > 0 and r["block_sparse_s"] > 0 and r["max_out_diff"] < 1e-5 and r["max_grad_diff"] < 1e-4
-    # 3 x 3 blocks per row: causal computes 6 of 9 pairs; shared (group in tokens 0-129, then padding) also
-    # skips the all-padding block's view of block 0
-    assert out["causal"]["pairs_computed"] == pytest.approx(6 / 9)
-    assert out["shared"]["pairs_computed"] == pytest.approx(5 / 9)
+        assert set(r["block_sparse_s_by_block"]) == {"64", "128"} and min(r["block_sparse_s_by_block"].values()) > 0
+    # 6 x 6 blocks of 64 per row: causal computes 21 of 36 pairs; shared (prompt 0-39, continuations 40-129,
+    # then padding): the padding blocks 3-5 skip the query-free blocks 0-1, and block 0 sees only itself
+    assert out["block"] == 64
+    assert out["causal"]["pairs_computed"] == pytest.approx(21 / 36)
+    assert out["shared"]["pairs_computed"] == pytest.approx(15 / 36)
 
 
 def test_episode_vs_turn_counts(capsys):
