@@ -57,7 +57,7 @@ def test_attention_tiny_mode(capsys):
         assert r["xla_s"] > 0 and r["block_sparse_s"] > 0 and r["max_out_diff"] < 1e-5 and r["max_grad_diff"] < 1e-4
         assert set(r["block_sparse_s_by_block"]) == {"64", "128"} and min(r["block_sparse_s_by_block"].values()) > 0
     # 6 x 6 blocks of 64 per row: causal computes 21 of 36 pairs; shared (prompt 0-39, continuations 40-129,
-    # then padding): the padding blocks 3-5 skip the query-free blocks 0-1, and block 0 sees only itself
+    # then padding): the padding query blocks 3-5 skip key blocks 0-1 (no padding key in them), 15 pairs remain
     assert out["block"] == 64
     assert out["causal"]["pairs_computed"] == pytest.approx(21 / 36)
     assert out["shared"]["pairs_computed"] == pytest.approx(15 / 36)
