@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 # Query and key block (rows are padded to a multiple of it). 64 rather than 128 on CPU (benchmarks/attention.py
-# --blocks 64,128, 2026-12-05, alternated): prefix-shared GRPO rows 10-18% faster forward + backward, rows of
-# two or three packed episodes (SFT) about 12% faster; a row that is one causal segment is 4-11% slower.
+# --blocks 64,128, 2026-12-05, alternated): prefix-shared GRPO rows 10-18% faster forward + backward, a row
+# that is one causal segment 4-11% slower; rows of two packed episodes (SFT) were about 12% faster in an
+# ad-hoc timing.
 BLOCK = 64
 
 
