@@ -49,7 +49,8 @@ def main(argv=None):
     import numpy as np
 
     from _common import hf_qwen3, ours_from_hf
-    from orchestra_jax.data.packing import pack, pack_shared
+    from orchestra_jax.data.packing import pack
+    from orchestra_jax.data.shared_packing import pack_shared
     from orchestra_jax.model import token_logprobs
 
     rng = np.random.default_rng(0)

@@ -44,7 +44,7 @@ def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
     import jax.numpy as jnp
     import numpy as np
 
-    from orchestra_jax.data.packing import pack_groups
+    from orchestra_jax.data.shared_packing import pack_groups
     from orchestra_jax.model import init_cache
     from orchestra_jax.model.sampling import SamplingConfig, decode, prefill_groups
     from orchestra_jax.rl.batch import loss_positions, max_loss_tokens_per_row

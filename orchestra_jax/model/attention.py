@@ -195,6 +195,6 @@ def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefi
     if backend == "splash":
         if prefix_segment_ids_BT is not None:
             raise ValueError("attention_backend 'splash' cannot express prefix_segment_ids (shared prompts); "
-                             "pack unshared rows (data.packing.pack_groups does so with a warning)")
+                             "pack unshared rows (data.shared_packing.pack_groups does so with a warning)")
         return splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
     raise ValueError(f"unresolved attention backend {backend!r}")

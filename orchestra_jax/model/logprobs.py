@@ -3,7 +3,7 @@
 Convention (docs/ARCHITECTURE.md): logp_BT[b, t] = log p(tokens[b, t] | what precedes it in its segment), read
 from the logits at the previous token. The previous token is given explicitly as prev_index_BT[b, t] (a row
 index, -1 for none), so prefix-shared packing (a continuation's first token is predicted by its prompt's last
-token; see data.packing.pack_shared) uses the same code; for ordinary packed rows it is
+token; see data.shared_packing.pack_shared) uses the same code; for ordinary packed rows it is
 previous_token_index(segment_ids). Tokens with prev_index -1 (first token of a segment, padding) get 0.
 """
 from __future__ import annotations

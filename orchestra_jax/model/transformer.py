@@ -193,7 +193,7 @@ class Policy(nn.Module):
 
     tokens / positions / segment_ids: int32 [B, T]; positions restart at 0 in each segment; attention is
     causal within a segment and never crosses segments; segment 0 is padding (its logits are garbage).
-    prefix_segment_ids (optional, prefix-shared groups, see data.packing.pack_shared): token t also attends
+    prefix_segment_ids (optional, prefix-shared groups, see data.shared_packing.pack_shared): token t also attends
     causally to the segment prefix_segment_ids[t]. With cfg.scan_layers the layers run under nn.scan and
     their parameters are stacked under "layers" (see stack_layer_params / unstack_layer_params).
     """

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from orchestra_jax.data.bins import ffd_assign
-from orchestra_jax.data.packing import pack_groups, pack_shared
+from orchestra_jax.data.shared_packing import pack_groups, pack_shared
 from orchestra_jax.model.attention import supports_shared_prefix
 from orchestra_jax.rl.rollout import Rollout, invalid_turn_tokens
 
@@ -109,7 +109,7 @@ def build_batch(ro: Rollout, advantages_N: np.ndarray, keep_N: np.ndarray, cfg: 
     left out (the latest first) and counted in ``packing/dropped_episodes``; with truncate, episodes longer
     than a row are cut and counted in ``packing/truncated_*``.
 
-    cfg.share_prefix (and a backend that can express the mask, `data.packing.pack_groups`): each group's
+    cfg.share_prefix (and a backend that can express the mask, `data.shared_packing.pack_groups`): each group's
     common prompt is stored and computed once per unit (SharedPackedBatch: prefix_segment_ids, prev_index),
     with the same loss as unshared rows; the fit is then counted in shared units, so fewer rows hold the
     step (a unit is a prompt plus the continuations that fit one row: rows much longer than an episode are

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch
+from orchestra_jax.data.packing import PackedBatch
+from orchestra_jax.data.shared_packing import SharedPackedBatch
 from orchestra_jax.rl.advantages import group_advantages
 from orchestra_jax.rl.batch import (StepConfig, agree_max, bucket_row_lens, build_batch, global_packing_metrics,
                                     loss_positions, max_loss_tokens_per_row, step_rows)

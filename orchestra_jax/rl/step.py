@@ -76,7 +76,7 @@ def token_logprobs(model_cfg: ModelConfig, params, tokens, positions, segment_id
 
     The one call site of the model's log-probs for training: chunked log-softmax over the vocabulary
     (`model.token_logprobs`), never a float32 [rows, len, vocab] logits buffer. prefix_segment_ids /
-    prev_index come with prefix-shared rows (`data.packing.pack_shared`); both None for plain packed rows.
+    prev_index come with prefix-shared rows (`data.shared_packing.pack_shared`); both None for plain packed rows.
     loss_index [B, K] (`rl.batch.loss_positions`): the output head runs only at these positions (the loss
     tokens, -1 = none) and every other position gets logp = entropy = 0, which the loss masks anyway.
     """

@@ -178,7 +178,7 @@ def test_unpack_errors():
 
 # ---- prefix-shared packing ------------------------------------------------------------------------------
 from orchestra_jax.data.bins import ffd_assign  # noqa: E402
-from orchestra_jax.data.packing import pack_shared, shared_prefix_len  # noqa: E402
+from orchestra_jax.data.shared_packing import pack_shared, shared_prefix_len  # noqa: E402
 
 
 def test_pack_shared_hand_example():

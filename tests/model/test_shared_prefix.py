@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orchestra_jax.data.packing import PackedBatch, SharedPackedBatch, pack, pack_groups, pack_shared
+from orchestra_jax.data.packing import PackedBatch, pack
+from orchestra_jax.data.shared_packing import SharedPackedBatch, pack_groups, pack_shared
 from orchestra_jax.model import ModelConfig, Policy, init_params, logprobs_from_logits, token_logprobs
 from orchestra_jax.model.attention import (packed_attention, reference_attention, segment_mask,
                                            supports_shared_prefix)

@@ -174,7 +174,7 @@ def test_update_with_loss_positions_equals_every_position(share):
     """The output head at each row's loss tokens only (loss_index from rl.batch.loss_positions) gives the update
     of the head at every position: same loss, every metric (entropy, KL to a reference computed inside the step,
     ratio min/max) and parameters, on plain and prefix-shared rows, whole and as 2 micro-batches."""
-    from orchestra_jax.data.packing import pack_shared
+    from orchestra_jax.data.shared_packing import pack_shared
     from orchestra_jax.rl.batch import loss_positions
 
     seqs, fields = _sequences(3, n=8)
