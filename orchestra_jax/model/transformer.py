@@ -19,161 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from orchestra_jax.model.attention import packed_attention, resolve_backend
-from orchestra_jax.model.cached_attention import cached_attention
 from orchestra_jax.model.config import ModelConfig
 from orchestra_jax.model.kv_cache import KVCache
+from orchestra_jax.model.layers import DecoderLayer, EmbeddingTable, OutputHead, RMSNorm, constrain
 from orchestra_jax.model.logprobs import chunked_logprobs, previous_token_index
-
-KERNEL_INIT = nn.initializers.normal(stddev=0.02)
-
-
-def _param(module: nn.Module, name: str, init, shape, axes):
-    """A parameter of module.cfg.param_dtype carrying logical axis names."""
-    return module.param(name, nn.with_logical_partitioning(init, axes), shape, module.cfg.jnp_param_dtype)
-
-
-def _constrain(x, axes):
-    return nn.with_logical_constraint(x, axes)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm over the last axis: x / rms(x) * scale, statistics in float32."""
-
-    cfg: ModelConfig
-    axis_name: str = "embed"
-
-    @nn.compact
-    def __call__(self, x):
-        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,))
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
-        return normed.astype(self.cfg.jnp_dtype) * scale.astype(self.cfg.jnp_dtype)
-
-
-class Projection(nn.Module):
-    """y[..., out] = x[..., in] @ kernel (+ bias), kernel axes given; used for q/k/v/o/mlp."""
-
-    cfg: ModelConfig
-    in_shape: tuple
-    out_shape: tuple
-    kernel_axes: tuple
-    use_bias: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = _param(self, "kernel", KERNEL_INIT, self.in_shape + self.out_shape, self.kernel_axes)
-        dtype = self.cfg.jnp_dtype
-        n_in = len(self.in_shape)
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
-        if self.use_bias:
-            bias = _param(self, "bias", nn.initializers.zeros, self.out_shape,
-                          self.kernel_axes[n_in:])
-            y = y + bias.astype(dtype)
-        return y
-
-
-def rope(x_BTNH, positions_BT, theta: float):
-    """Rotary embedding, Hugging Face 'rotate_half' layout (first half / second half of head_dim)."""
-    head_dim = x_BTNH.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles_BTF = positions_BT.astype(jnp.float32)[..., None] * inv_freq
-    angles_BTH = jnp.concatenate([angles_BTF, angles_BTF], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles_BTH), jnp.sin(angles_BTH)
-    x32 = x_BTNH.astype(jnp.float32)
-    half = head_dim // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x_BTNH.dtype)
-
-
-class Attention(nn.Module):
-    """Grouped-query attention with RoPE, optional q/k RMSNorm (Qwen3) and q/k/v bias (Qwen2)."""
-
-    cfg: ModelConfig
-
-    def setup(self):
-        cfg = self.cfg
-        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_proj = Projection(cfg, (d,), (n, h), ("embed", "heads", "head_dim"), cfg.qkv_bias)
-        self.k_proj = Projection(cfg, (d,), (k, h), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias)
-        self.v_proj = Projection(cfg, (d,), (k, h), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias)
-        self.o_proj = Projection(cfg, (n, h), (d,), ("heads", "head_dim", "embed"))
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg, axis_name="head_dim")
-            self.k_norm = RMSNorm(cfg, axis_name="head_dim")
-
-    def _qkv(self, x_BTD, positions_BT):
-        q = self.q_proj(x_BTD)
-        k = self.k_proj(x_BTD)
-        v = self.v_proj(x_BTD)
-        if self.cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = rope(q, positions_BT, self.cfg.rope_theta)
-        k = rope(k, positions_BT, self.cfg.rope_theta)
-        q = _constrain(q, ("batch", "sequence", "heads", "head_dim"))
-        k = _constrain(k, ("batch", "sequence", "kv_heads", "head_dim"))
-        v = _constrain(v, ("batch", "sequence", "kv_heads", "head_dim"))
-        return q, k, v
-
-    def _out(self, attn_BTNH):
-        return _constrain(self.o_proj(attn_BTNH), ("batch", "sequence", "embed"))
-
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
-        q, k, v = self._qkv(x_BTD, positions_BT)
-        backend = resolve_backend(self.cfg.attention_backend, self.cfg.jnp_dtype)
-        return self._out(packed_attention(q, k, v, segment_ids_BT, backend, prefix_segment_ids_BT))
-
-    def extend(self, x_BTD, positions_BT, k_all_LBSKH, v_all_LBSKH, layer, write_slots_BT):
-        """Write this chunk's k/v into layer ``layer`` of the stacked cache at write_slots (out-of-range slots
-        are dropped) and attend that layer's cache. The stacked cache is written and read in place: a
-        per-layer slice of it would be a copy of the whole layer cache every decode step."""
-        q, k, v = self._qkv(x_BTD, positions_BT)
-        rows_B1 = jnp.arange(x_BTD.shape[0])[:, None]
-        k_all_LBSKH = k_all_LBSKH.at[layer, rows_B1, write_slots_BT].set(k.astype(k_all_LBSKH.dtype), mode="drop")
-        v_all_LBSKH = v_all_LBSKH.at[layer, rows_B1, write_slots_BT].set(v.astype(v_all_LBSKH.dtype), mode="drop")
-        backend = "reference" if self.cfg.attention_backend == "reference" else "xla"
-        out = cached_attention(q, k_all_LBSKH, v_all_LBSKH, positions_BT, backend, layer=layer)
-        return self._out(out), k_all_LBSKH, v_all_LBSKH
-
-
-class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
-
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, x_BTD):
-        cfg = self.cfg
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        gate = Projection(cfg, (d,), (f,), ("embed", "mlp"), name="gate_proj")(x_BTD)
-        up = Projection(cfg, (d,), (f,), ("embed", "mlp"), name="up_proj")(x_BTD)
-        hidden = _constrain(nn.silu(gate) * up, ("batch", "sequence", "mlp"))
-        return Projection(cfg, (f,), (d,), ("mlp", "embed"), name="down_proj")(hidden)
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
-
-    cfg: ModelConfig
-
-    def setup(self):
-        self.input_norm = RMSNorm(self.cfg)
-        self.attn = Attention(self.cfg)
-        self.post_attn_norm = RMSNorm(self.cfg)
-        self.mlp = MLP(self.cfg)
-
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
-        x_BTD = x_BTD + self.attn(self.input_norm(x_BTD), positions_BT, segment_ids_BT, prefix_segment_ids_BT)
-        x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
-        return _constrain(x_BTD, ("batch", "sequence", "embed"))
-
-    def extend(self, x_BTD, positions_BT, k_all, v_all, layer, write_slots_BT):
-        attn, k_all, v_all = self.attn.extend(self.input_norm(x_BTD), positions_BT, k_all, v_all, layer,
-                                              write_slots_BT)
-        x_BTD = x_BTD + attn
-        x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
-        return _constrain(x_BTD, ("batch", "sequence", "embed")), k_all, v_all
 
 
 class _ScanDecoderLayer(DecoderLayer):
@@ -202,7 +51,7 @@ class Policy(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        self.embed = _EmbeddingTable(cfg)
+        self.embed = EmbeddingTable(cfg)
         if cfg.scan_layers:
             block = nn.remat(_ScanDecoderLayer, prevent_cse=False) if cfg.remat else _ScanDecoderLayer
             self.scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -214,11 +63,11 @@ class Policy(nn.Module):
             self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.final_norm = RMSNorm(cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _OutputHead(cfg)
+            self.lm_head = OutputHead(cfg)
 
     def embed_tokens(self, tokens_BT):
         """Input embeddings [B, T, D] in the compute dtype."""
-        return _constrain(self.embed(tokens_BT), ("batch", "sequence", "embed"))
+        return constrain(self.embed(tokens_BT), ("batch", "sequence", "embed"))
 
     def logits_from_hidden(self, x_BTD):
         """Final norm + output head; float32 logits [B, T, V]."""
@@ -256,7 +105,7 @@ class Policy(nn.Module):
             logits = jnp.einsum("btd,vd->btv", h, table_VD, preferred_element_type=jnp.float32)
         else:
             logits = self.lm_head(h)
-        return _constrain(logits.astype(jnp.float32), ("batch", "sequence", "vocab"))
+        return constrain(logits.astype(jnp.float32), ("batch", "sequence", "vocab"))
 
     def token_logprobs(self, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None,
                        prev_index_BT=None, chunk_size: int = 128, with_entropy: bool = True, target_index_BK=None):
@@ -349,40 +198,6 @@ def token_logprobs(cfg: ModelConfig, params, tokens_BT, positions_BT, segment_id
     return Policy(cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT, prefix_segment_ids_BT,
                              prev_index_BT, chunk_size=chunk_size, with_entropy=with_entropy,
                              target_index_BK=target_index_BK, method=Policy.token_logprobs)
-
-
-class _EmbeddingTable(nn.Module):
-    """Token embedding table [V, D] (also the output head when tied)."""
-
-    cfg: ModelConfig
-
-    def setup(self):
-        cfg = self.cfg
-        self.embedding = _param(self, "embedding", KERNEL_INIT, (cfg.vocab_size, cfg.hidden_size),
-                                ("vocab", "embed"))
-
-    def table(self):
-        return self.embedding
-
-    def __call__(self, tokens_BT):
-        return jnp.take(self.embedding, tokens_BT, axis=0, mode="clip").astype(self.cfg.jnp_dtype)
-
-
-class _OutputHead(nn.Module):
-    """Untied output head kernel [D, V]; float32 accumulation."""
-
-    cfg: ModelConfig
-
-    def setup(self):
-        cfg = self.cfg
-        self.kernel = _param(self, "kernel", KERNEL_INIT, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
-
-    def kernel_DV(self):
-        return self.kernel
-
-    def __call__(self, h_BTD):
-        return jnp.einsum("btd,dv->btv", h_BTD, self.kernel.astype(self.cfg.jnp_dtype),
-                          preferred_element_type=jnp.float32)
 
 
 def _unbox(tree):
