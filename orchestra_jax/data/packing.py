@@ -26,15 +26,9 @@ RESERVED_FIELDS = ("tokens", "positions", "segment_ids")  # names a field cannot
 _INT32 = np.iinfo(np.int32)
 
 
-@dataclasses.dataclass(frozen=True)
-class PackedBatch:
-    """Packed rows plus where each original sequence went (see module docstring)."""
-
-    tokens: np.ndarray        # int32 [R, L]
-    positions: np.ndarray     # int32 [R, L]
-    segment_ids: np.ndarray   # int32 [R, L]
-    fields: dict              # name -> [R, L], padding 0
-    placements: np.ndarray    # int32 [N, 3] (row, start, length)
+class PackedRows:
+    """What every packed batch shares: ``tokens`` [R, L], ``num_tokens`` and ``as_dict``; rows, row length,
+    utilisation and the lookup of a per-token array to unpack."""
 
     @property
     def num_rows(self) -> int:
@@ -45,15 +39,40 @@ class PackedBatch:
         return int(self.tokens.shape[1])
 
     @property
+    def utilisation(self) -> float:
+        """num_tokens / (rows * row_len); 0.0 for an empty batch."""
+        size = self.tokens.size
+        return self.num_tokens / size if size else 0.0
+
+    def rows_array(self, name_or_array: str | Any) -> np.ndarray:
+        """A named array of this batch, or any array whose leading dims are [R, L] (e.g. per-token log-probs
+        computed on the packed batch); a ValueError naming the problem otherwise."""
+        if isinstance(name_or_array, str):
+            data = self.as_dict()
+            if name_or_array not in data:
+                raise ValueError(f"unknown packed array {name_or_array!r}; have {sorted(data)}")
+            return data[name_or_array]
+        arr = np.asarray(name_or_array)
+        if arr.shape[:2] != self.tokens.shape:
+            raise ValueError(f"array to unpack has shape {arr.shape}; expected leading dims "
+                             f"{self.tokens.shape} (rows, row_len)")
+        return arr
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBatch(PackedRows):
+    """Packed rows plus where each original sequence went (see module docstring)."""
+
+    tokens: np.ndarray        # int32 [R, L]
+    positions: np.ndarray     # int32 [R, L]
+    segment_ids: np.ndarray   # int32 [R, L]
+    fields: dict              # name -> [R, L], padding 0
+    placements: np.ndarray    # int32 [N, 3] (row, start, length)
+
+    @property
     def num_tokens(self) -> int:
         """Real (non-padding) tokens."""
         return int(self.placements[:, 2].sum()) if len(self.placements) else 0
-
-    @property
-    def utilisation(self) -> float:
-        """Real tokens / (rows * row_len); 0.0 for an empty batch."""
-        size = self.tokens.size
-        return self.num_tokens / size if size else 0.0
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """``{"tokens", "positions", "segment_ids", **fields}``."""
@@ -63,16 +82,7 @@ class PackedBatch:
     def unpack(self, name_or_array: str | Any) -> list[np.ndarray]:
         """Per-sequence arrays in original order, read from a named array of this batch or from any array
         whose leading dims are [R, L] (e.g. per-token log-probs computed on the packed batch)."""
-        if isinstance(name_or_array, str):
-            data = self.as_dict()
-            if name_or_array not in data:
-                raise ValueError(f"unknown packed array {name_or_array!r}; have {sorted(data)}")
-            arr = data[name_or_array]
-        else:
-            arr = np.asarray(name_or_array)
-            if arr.shape[:2] != self.tokens.shape:
-                raise ValueError(f"array to unpack has shape {arr.shape}; expected leading dims "
-                                 f"{self.tokens.shape} (rows, row_len)")
+        arr = self.rows_array(name_or_array)
         return [arr[r, s:s + n].copy() for r, s, n in self.placements.tolist()]
 
 
@@ -120,6 +130,15 @@ def validated_inputs(sequences: Sequence[Any], row_len: Any, fields: Mapping[str
     return row_len, seqs, field_arrays
 
 
+def row_count(needed: int, num_rows: int | None, row_len: int, what: str, how: str) -> int:
+    """The batch's row count: ``needed`` when num_rows is None, else num_rows if the placement fits in it."""
+    if num_rows is None:
+        return int(needed)
+    if needed > num_rows:
+        raise ValueError(f"{what} need {needed} rows of length {row_len} ({how}) but num_rows={num_rows}")
+    return int(num_rows)
+
+
 def pack(sequences: Sequence[Any], row_len: int, *, fields: Mapping[str, Sequence[Any]] | None = None,
          num_rows: int | None = None, truncate: bool = False) -> PackedBatch:
     """Pack ``sequences`` (list of 1-D int arrays) into rows of ``row_len`` tokens by first-fit-decreasing.
@@ -134,12 +153,7 @@ def pack(sequences: Sequence[Any], row_len: int, *, fields: Mapping[str, Sequenc
     lengths = np.fromiter((len(s) for s in seqs), np.int64, count=n)
 
     rows, needed = ffd_assign(lengths, row_len)
-    if num_rows is None:
-        num_rows = needed
-    elif needed > num_rows:
-        raise ValueError(f"sequences need {needed} rows of length {row_len} (first-fit-decreasing) "
-                         f"but num_rows={num_rows}")
-    num_rows = int(num_rows)
+    num_rows = row_count(needed, num_rows, row_len, "sequences", "first-fit-decreasing")
 
     if n == 0:
         zeros = np.zeros((num_rows, row_len), np.int32)

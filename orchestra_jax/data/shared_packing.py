@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from orchestra_jax.data.bins import place_units
-from orchestra_jax.data.packing import RESERVED_FIELDS, pack, validated_inputs
+from orchestra_jax.data.packing import RESERVED_FIELDS, PackedRows, pack, row_count, validated_inputs
 
 # ---------------------------------------------------------------------------------------------------------
 # Prefix-shared groups: one prompt segment plus G continuation segments per group.
@@ -32,7 +32,7 @@ from orchestra_jax.data.packing import RESERVED_FIELDS, pack, validated_inputs
 
 
 @dataclasses.dataclass(frozen=True)
-class SharedPackedBatch:
+class SharedPackedBatch(PackedRows):
     """Prefix-shared packed rows (see the section comment above) plus where each episode went."""
 
     tokens: np.ndarray              # int32 [R, L]
@@ -46,14 +46,6 @@ class SharedPackedBatch:
     prefix_lens: np.ndarray         # int32 [num_groups] shared prefix length of each group (by first appearance)
 
     @property
-    def num_rows(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def row_len(self) -> int:
-        return int(self.tokens.shape[1])
-
-    @property
     def num_tokens(self) -> int:
         """Tokens actually stored and computed (each unit's prompt once)."""
         return int((self.segment_ids != 0).sum())
@@ -63,12 +55,6 @@ class SharedPackedBatch:
         """Tokens the unshared packing would compute: the sum of the episodes' lengths."""
         return int(self.placements[:, 2].sum() + self.prefix_placements[:, 2].sum())
 
-    @property
-    def utilisation(self) -> float:
-        """Stored tokens / (rows * row_len); 0.0 for an empty batch."""
-        size = self.tokens.size
-        return self.num_tokens / size if size else 0.0
-
     def as_dict(self) -> dict[str, np.ndarray]:
         """``{"tokens", "positions", "segment_ids", "prefix_segment_ids", "prev_index", **fields}``."""
         return {"tokens": self.tokens, "positions": self.positions, "segment_ids": self.segment_ids,
@@ -77,16 +63,7 @@ class SharedPackedBatch:
     def unpack(self, name_or_array: str | Any) -> list[np.ndarray]:
         """Per-episode arrays in original order, each = its prompt's values then its continuation's: equal to
         ``PackedBatch.unpack`` of the unshared packing for any per-token quantity (tokens, log-probs, ...)."""
-        if isinstance(name_or_array, str):
-            data = self.as_dict()
-            if name_or_array not in data:
-                raise ValueError(f"unknown packed array {name_or_array!r}; have {sorted(data)}")
-            arr = data[name_or_array]
-        else:
-            arr = np.asarray(name_or_array)
-            if arr.shape[:2] != self.tokens.shape:
-                raise ValueError(f"array to unpack has shape {arr.shape}; expected leading dims "
-                                 f"{self.tokens.shape} (rows, row_len)")
+        arr = self.rows_array(name_or_array)
         return [np.concatenate([arr[pr, ps:ps + pn], arr[r, s:s + n]])
                 for (pr, ps, pn), (r, s, n) in zip(self.prefix_placements.tolist(), self.placements.tolist())]
 
@@ -145,12 +122,7 @@ def pack_shared(sequences: Sequence[Any], group_ids: Sequence[int], row_len: int
         prefix_lens.append(p)
         group_list.append((p, members, [len(seqs[i]) - p for i in members]))
     units, rows_of_unit, needed = place_units(group_list, row_len, fill_gaps)
-    if num_rows is None:
-        num_rows = needed
-    elif needed > num_rows:
-        raise ValueError(f"episodes need {needed} rows of length {row_len} (prefix-shared, first-fit-decreasing) "
-                         f"but num_rows={num_rows}")
-    num_rows = int(num_rows)
+    num_rows = row_count(needed, num_rows, row_len, "episodes", "prefix-shared, first-fit-decreasing")
 
     shape = (num_rows, row_len)
     tokens, positions, segs, prefix_segs = (np.zeros(shape, np.int32) for _ in range(4))
