@@ -2,6 +2,7 @@
 
     python experiments/binding_probe.py [--extra 0] [--lr 1e-3] [--steps 1000] [--examples 4000] [--layout first]
                                         [--warm-steps 0] [--layers 2] [--hidden 128] [--aux-copy 0]
+                                        [--induction-steps 0] [--induction-mix 0]
 
 A synthetic menu with the QA prompt's structure and none of its noise: five lines ``M <digit> : <attrs> NL``
 (``--layout last``: ``<attrs> : M <digit> NL``; ``--layout each``: ``M <digit> : <digit> <attr> <digit> <attr> ... NL``,
@@ -16,6 +17,11 @@ chance, 1 is binding learned. ``--warm-steps N`` is a curriculum: N steps on one
 optimiser starts afresh, with its own warm-up). ``--aux-copy F`` adds F x --examples auxiliary menus whose
 query is a digit and whose targets are that line's attributes (the reverse lookup, every token a target: a
 dense signal for the same line-to-digit binding; the held-out match still scores the digit task only).
+``--induction-steps N`` first trains N steps on a dense in-context copying task (``induction_example``: a
+random run of digits and attributes, random filler, a separator, the run again, every repeated token after
+the first a target; the repeat's offset varies, so only matching content solves it, not a fixed look-back),
+then the menus from those weights; ``--induction-mix F`` keeps F x --examples of those copying examples among
+the menus (the held-out match scores the menus only). Its stage line reports the copying task's own match.
 """
 import argparse
 import json
@@ -63,6 +69,15 @@ def menu_example(rng: np.random.Generator, layout: str, extra: int, copy: bool =
     return np.asarray(tokens, np.int32), np.asarray([0] * (len(tokens) - 1) + [1], np.int32)
 
 
+def induction_example(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A run of 8-24 digit / attribute tokens, 0-29 random ones, NL, the run again; targets: the repeat's
+    tokens after its first (which nothing predicts)."""
+    n, m = int(rng.integers(8, 25)), int(rng.integers(0, 30))
+    run, filler = rng.integers(DIGIT, VOCAB, n), rng.integers(DIGIT, VOCAB, m)
+    return (np.concatenate([run, filler, [NL], run]).astype(np.int32),
+            np.asarray([0] * (n + m + 2) + [1] * (n - 1), np.int32))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layout", choices=("first", "last", "each", "after"), default="first")
@@ -76,6 +91,9 @@ def main(argv=None) -> int:
                     help="add this fraction of auxiliary examples (a digit -> its line's attributes, all targets)")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers (the quickstart's: 2)")
     ap.add_argument("--hidden", type=int, default=128, help="model width (the quickstart's: 128); heads of 32")
+    ap.add_argument("--induction-steps", type=int, default=0, help="steps of the dense copying task first")
+    ap.add_argument("--induction-mix", type=float, default=0.0,
+                    help="this fraction of --examples copying examples kept among the menus")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     heads = args.hidden // 32  # the defaults are conf/model/quickstart.yaml's shape
@@ -83,16 +101,33 @@ def main(argv=None) -> int:
                       num_heads=heads, num_kv_heads=max(heads // 2, 1), head_dim=32, intermediate_size=3 * args.hidden)
     params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(args.seed)))
     t0 = time.perf_counter()
-    stages = [("warm", 0, args.warm_steps), ("main", args.extra, args.steps)]
+    stages = [("induction", None, args.induction_steps), ("warm", 0, args.warm_steps), ("main", args.extra, args.steps)]
     for stage, extra, steps in [s for s in stages if s[2] > 0]:
+        if stage == "induction":
+            irng = np.random.default_rng([args.seed, 1])  # its own stream: the menus stay those of the other commands
+            train = [induction_example(irng) for _ in range(args.examples)]
+            val = [induction_example(irng) for _ in range(256)]
+            params, history = train_sft(cfg, params, train, steps=steps, batch_rows=16, row_len=80 * 8,
+                                        learning_rate=args.lr, warmup_steps=20, weight_decay=0.01, grad_clip=1.0,
+                                        seed=args.seed, log_every=max(steps // 4, 1), val_sequences=val,
+                                        val_every=max(steps // 4, 1))
+            params = jax.tree_util.tree_map(np.asarray, params)
+            for h in history:
+                print(json.dumps({**vars(args), "stage": stage, "step": h["step"], "sft/loss": round(h["sft/loss"], 4),
+                                  "sft/val_action_match": round(h["sft/val_action_match"], 4)}), flush=True)
+            continue
         train = [menu_example(rng, args.layout, extra) for _ in range(args.examples)]
         if args.aux_copy > 0:  # (without it the rng stream, hence every earlier command's menus, is unchanged)
             train += [menu_example(rng, args.layout, extra, copy=True)
                       for _ in range(int(args.aux_copy * args.examples))]
             train = [train[i] for i in rng.permutation(len(train))]
+        if args.induction_mix > 0 and stage == "main":
+            mrng = np.random.default_rng([args.seed, 2])
+            train += [induction_example(mrng) for _ in range(int(args.induction_mix * args.examples))]
+            train = [train[i] for i in mrng.permutation(len(train))]
         val = [menu_example(rng, args.layout, extra) for _ in range(256)]
         every = max(steps // 8, 1)
-        row_len = max(len(t) for t, _ in train) * 8
+        row_len = max(max(len(t) for t, _ in train), 80 if args.induction_mix > 0 else 0) * 8
         params, history = train_sft(cfg, params, train, steps=steps, batch_rows=16, row_len=row_len,
                                     learning_rate=args.lr, warmup_steps=20, weight_decay=0.01, grad_clip=1.0,
                                     seed=args.seed, log_every=every, val_sequences=val, val_every=every)

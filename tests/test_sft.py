@@ -179,3 +179,21 @@ def test_binding_probe_menus_target_the_key_lines_digit(layout):
             assert tokens[at + 1] == target
         elif layout == "each":
             assert tokens[at - 1] == target
+
+
+def test_binding_probe_induction_examples_need_content_matching():
+    """The copying task's targets are exactly the repeat after its first token, each equal to the token that
+    followed the same token's first occurrence in the run, at offsets that vary (no fixed look-back solves it)."""
+    probe = _load_experiment("binding_probe")
+    rng = np.random.default_rng(0)
+    offsets = set()
+    for _ in range(200):
+        tokens, mask = probe.induction_example(rng)
+        sep = int(np.flatnonzero(tokens == probe.NL)[-1])
+        run = tokens[sep + 1:]
+        n = len(run)
+        np.testing.assert_array_equal(tokens[:n], run)
+        assert mask.tolist() == [0] * (sep + 2) + [1] * (n - 1)
+        assert np.delete(tokens, sep).min() >= probe.DIGIT and tokens.max() < probe.VOCAB
+        offsets.add(sep + 1)
+    assert len(offsets) > 20
