@@ -17,11 +17,10 @@ chance, 1 is binding learned. ``--warm-steps N`` is a curriculum: N steps on one
 optimiser starts afresh, with its own warm-up). ``--aux-copy F`` adds F x --examples auxiliary menus whose
 query is a digit and whose targets are that line's attributes (the reverse lookup, every token a target: a
 dense signal for the same line-to-digit binding; the held-out match still scores the digit task only).
-``--induction-steps N`` first trains N steps on a dense in-context copying task (``induction_example``: a
-random run of digits and attributes, random filler, a separator, the run again, every repeated token after
-the first a target; the repeat's offset varies, so only matching content solves it, not a fixed look-back),
-then the menus from those weights; ``--induction-mix F`` keeps F x --examples of those copying examples among
-the menus (the held-out match scores the menus only). Its stage line reports the copying task's own match.
+``--induction-steps N`` first trains N steps on a dense associative-recall task (``induction_example``: key
+value pairs, then every key again with its value as a target), then the menus from those weights;
+``--induction-mix F`` keeps F x --examples of those examples among the menus (the held-out match scores the
+menus only). Its stage line reports the recall task's own match (a whole example's values right).
 """
 import argparse
 import json
@@ -70,12 +69,17 @@ def menu_example(rng: np.random.Generator, layout: str, extra: int, copy: bool =
 
 
 def induction_example(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A run of 8-24 digit / attribute tokens, 0-29 random ones, NL, the run again; targets: the repeat's
-    tokens after its first (which nothing predicts)."""
-    n, m = int(rng.integers(8, 25)), int(rng.integers(0, 30))
-    run, filler = rng.integers(DIGIT, VOCAB, n), rng.integers(DIGIT, VOCAB, m)
-    return (np.concatenate([run, filler, [NL], run]).astype(np.int32),
-            np.asarray([0] * (n + m + 2) + [1] * (n - 1), np.int32))
+    """Associative recall with dense targets: 4-12 pairs ``key value`` (distinct attribute keys, digit or
+    attribute values), NL, then every key again in a random order, each followed by its value (the target).
+    A query's key generally follows another token than in the pairs, so matching the key itself finds it:
+    the lookup the ``after`` menus ask for, with a target per query instead of one per menu."""
+    n = int(rng.integers(4, 13))
+    keys = rng.choice(np.arange(FIRST_ATTR, VOCAB), n, replace=False)
+    values = rng.integers(DIGIT, VOCAB, n)
+    order = rng.permutation(n)
+    tokens = [t for k, v in zip(keys, values) for t in (k, v)] + [NL]
+    tokens += [t for i in order for t in (keys[i], values[i])]
+    return np.asarray(tokens, np.int32), np.asarray([0] * (2 * n + 1) + [0, 1] * n, np.int32)
 
 
 def main(argv=None) -> int:
@@ -91,9 +95,9 @@ def main(argv=None) -> int:
                     help="add this fraction of auxiliary examples (a digit -> its line's attributes, all targets)")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers (the quickstart's: 2)")
     ap.add_argument("--hidden", type=int, default=128, help="model width (the quickstart's: 128); heads of 32")
-    ap.add_argument("--induction-steps", type=int, default=0, help="steps of the dense copying task first")
+    ap.add_argument("--induction-steps", type=int, default=0, help="steps of the dense recall task first")
     ap.add_argument("--induction-mix", type=float, default=0.0,
-                    help="this fraction of --examples copying examples kept among the menus")
+                    help="this fraction of --examples recall examples kept among the menus")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     heads = args.hidden // 32  # the defaults are conf/model/quickstart.yaml's shape

@@ -181,19 +181,19 @@ def test_binding_probe_menus_target_the_key_lines_digit(layout):
             assert tokens[at - 1] == target
 
 
-def test_binding_probe_induction_examples_need_content_matching():
-    """The copying task's targets are exactly the repeat after its first token, each equal to the token that
-    followed the same token's first occurrence in the run, at offsets that vary (no fixed look-back solves it)."""
+def test_binding_probe_recall_examples_target_each_keys_value():
+    """The recall task's targets are the values, each the one paired with the key just before it; every key
+    is queried once, in a shuffled order, and the pair counts span 4..12."""
     probe = _load_experiment("binding_probe")
     rng = np.random.default_rng(0)
-    offsets = set()
+    sizes = set()
     for _ in range(200):
         tokens, mask = probe.induction_example(rng)
-        sep = int(np.flatnonzero(tokens == probe.NL)[-1])
-        run = tokens[sep + 1:]
-        n = len(run)
-        np.testing.assert_array_equal(tokens[:n], run)
-        assert mask.tolist() == [0] * (sep + 2) + [1] * (n - 1)
-        assert np.delete(tokens, sep).min() >= probe.DIGIT and tokens.max() < probe.VOCAB
-        offsets.add(sep + 1)
-    assert len(offsets) > 20
+        sep = int(np.flatnonzero(tokens == probe.NL)[0])
+        pairs = dict(zip(tokens[:sep:2].tolist(), tokens[1:sep:2].tolist()))
+        assert len(pairs) == sep // 2 and sorted(tokens[sep + 1::2].tolist()) == sorted(pairs)
+        assert mask[:sep + 1].sum() == 0 and mask[sep + 1::2].sum() == 0 and mask[sep + 2::2].all()
+        for q in range(sep + 1, len(tokens), 2):
+            assert tokens[q + 1] == pairs[int(tokens[q])]
+        sizes.add(sep // 2)
+    assert sizes == set(range(4, 13))
