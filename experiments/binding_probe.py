@@ -2,7 +2,7 @@
 
     python experiments/binding_probe.py [--extra 0] [--lr 1e-3] [--steps 1000] [--examples 4000] [--layout first]
                                         [--warm-steps 0] [--layers 2] [--hidden 128] [--aux-copy 0]
-                                        [--induction-steps 0] [--induction-mix 0]
+                                        [--induction-steps 0] [--induction-task recall] [--induction-mix 0]
 
 A synthetic menu with the QA prompt's structure and none of its noise: five lines ``M <digit> : <attrs> NL``
 (``--layout last``: ``<attrs> : M <digit> NL``; ``--layout each``: ``M <digit> : <digit> <attr> <digit> <attr> ... NL``,
@@ -21,6 +21,7 @@ dense signal for the same line-to-digit binding; the held-out match still scores
 value pairs, then every key again with its value as a target), then the menus from those weights;
 ``--induction-mix F`` keeps F x --examples of those examples among the menus (the held-out match scores the
 menus only). Its stage line reports the recall task's own match (a whole example's values right).
+``--induction-task repeat`` uses a run of 20 attributes repeated instead (``repeat_example``).
 """
 import argparse
 import json
@@ -82,6 +83,13 @@ def induction_example(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(tokens, np.int32), np.asarray([0] * (2 * n + 1) + [0, 1] * n, np.int32)
 
 
+def repeat_example(rng: np.random.Generator, n: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """``--induction-task repeat``: n random attributes, NL, the same n again, every repeated token a target
+    (a fixed look-back of n + 1 tokens solves it as well as matching content does)."""
+    run = rng.integers(FIRST_ATTR, VOCAB, n)
+    return np.concatenate([run, [NL], run]).astype(np.int32), np.asarray([0] * (n + 1) + [1] * n, np.int32)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layout", choices=("first", "last", "each", "after"), default="first")
@@ -96,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=2, help="decoder layers (the quickstart's: 2)")
     ap.add_argument("--hidden", type=int, default=128, help="model width (the quickstart's: 128); heads of 32")
     ap.add_argument("--induction-steps", type=int, default=0, help="steps of the dense recall task first")
+    ap.add_argument("--induction-task", choices=("recall", "repeat"), default="recall",
+                    help="the dense task: associative recall, or a run of attributes repeated")
     ap.add_argument("--induction-mix", type=float, default=0.0,
                     help="this fraction of --examples recall examples kept among the menus")
     args = ap.parse_args(argv)
@@ -109,8 +119,9 @@ def main(argv=None) -> int:
     for stage, extra, steps in [s for s in stages if s[2] > 0]:
         if stage == "induction":
             irng = np.random.default_rng([args.seed, 1])  # its own stream: the menus stay those of the other commands
-            train = [induction_example(irng) for _ in range(args.examples)]
-            val = [induction_example(irng) for _ in range(256)]
+            make = induction_example if args.induction_task == "recall" else repeat_example
+            train = [make(irng) for _ in range(args.examples)]
+            val = [make(irng) for _ in range(256)]
             params, history = train_sft(cfg, params, train, steps=steps, batch_rows=16, row_len=80 * 8,
                                         learning_rate=args.lr, warmup_steps=20, weight_decay=0.01, grad_clip=1.0,
                                         seed=args.seed, log_every=max(steps // 4, 1), val_sequences=val,
@@ -127,7 +138,8 @@ def main(argv=None) -> int:
             train = [train[i] for i in rng.permutation(len(train))]
         if args.induction_mix > 0 and stage == "main":
             mrng = np.random.default_rng([args.seed, 2])
-            train += [induction_example(mrng) for _ in range(int(args.induction_mix * args.examples))]
+            make = induction_example if args.induction_task == "recall" else repeat_example
+            train += [make(mrng) for _ in range(int(args.induction_mix * args.examples))]
             train = [train[i] for i in mrng.permutation(len(train))]
         val = [menu_example(rng, args.layout, extra) for _ in range(256)]
         every = max(steps // 8, 1)

@@ -197,3 +197,11 @@ def test_binding_probe_recall_examples_target_each_keys_value():
             assert tokens[q + 1] == pairs[int(tokens[q])]
         sizes.add(sep // 2)
     assert sizes == set(range(4, 13))
+
+
+def test_binding_probe_repeat_examples_target_the_repeat():
+    probe = _load_experiment("binding_probe")
+    tokens, mask = probe.repeat_example(np.random.default_rng(0))
+    np.testing.assert_array_equal(tokens[:20], tokens[21:])
+    assert tokens[20] == probe.NL and tokens[:20].min() >= probe.FIRST_ATTR
+    assert mask.tolist() == [0] * 21 + [1] * 20
