@@ -20,8 +20,9 @@ dense signal for the same line-to-digit binding; the held-out match still scores
 ``--induction-steps N`` first trains N steps on a dense associative-recall task (``induction_example``: key
 value pairs, then every key again with its value as a target), then the menus from those weights;
 ``--induction-mix F`` keeps F x --examples of those examples among the menus (the held-out match scores the
-menus only). Its stage line reports the recall task's own match (a whole example's values right).
-``--induction-task repeat`` uses a run of 20 attributes repeated instead (``repeat_example``).
+menus only). ``--induction-task repeat`` uses a run of 20 attributes repeated instead (``repeat_example``).
+The first stage's lines report that task's own held-out match (each recalled value, or each whole repeated
+run, counts as one action).
 """
 import argparse
 import json
