@@ -116,13 +116,13 @@ def main(argv=None) -> int:
                       num_heads=heads, num_kv_heads=max(heads // 2, 1), head_dim=32, intermediate_size=3 * args.hidden)
     params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(args.seed)))
     t0 = time.perf_counter()
+    dense_example = induction_example if args.induction_task == "recall" else repeat_example
     stages = [("induction", None, args.induction_steps), ("warm", 0, args.warm_steps), ("main", args.extra, args.steps)]
     for stage, extra, steps in [s for s in stages if s[2] > 0]:
         if stage == "induction":
             irng = np.random.default_rng([args.seed, 1])  # its own stream: the menus stay those of the other commands
-            make = induction_example if args.induction_task == "recall" else repeat_example
-            train = [make(irng) for _ in range(args.examples)]
-            val = [make(irng) for _ in range(256)]
+            train = [dense_example(irng) for _ in range(args.examples)]
+            val = [dense_example(irng) for _ in range(256)]
             params, history = train_sft(cfg, params, train, steps=steps, batch_rows=16, row_len=80 * 8,
                                         learning_rate=args.lr, warmup_steps=20, weight_decay=0.01, grad_clip=1.0,
                                         seed=args.seed, log_every=max(steps // 4, 1), val_sequences=val,
@@ -139,8 +139,7 @@ def main(argv=None) -> int:
             train = [train[i] for i in rng.permutation(len(train))]
         if args.induction_mix > 0 and stage == "main":
             mrng = np.random.default_rng([args.seed, 2])
-            make = induction_example if args.induction_task == "recall" else repeat_example
-            train += [make(mrng) for _ in range(int(args.induction_mix * args.examples))]
+            train += [dense_example(mrng) for _ in range(int(args.induction_mix * args.examples))]
             train = [train[i] for i in mrng.permutation(len(train))]
         val = [menu_example(rng, args.layout, extra) for _ in range(256)]
         every = max(steps // 8, 1)

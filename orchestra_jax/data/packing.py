@@ -86,7 +86,7 @@ class PackedBatch(PackedRows):
         return [arr[r, s:s + n].copy() for r, s, n in self.placements.tolist()]
 
 
-def as_token_sequence(seq: Any, index: int) -> np.ndarray:
+def _as_sequence(seq: Any, index: int) -> np.ndarray:
     """Sequence ``index`` as a 1-D integer array, or a ValueError naming it."""
     arr = np.asarray(seq)
     if arr.ndim != 1:
@@ -104,7 +104,7 @@ def validated_inputs(sequences: Sequence[Any], row_len: Any, fields: Mapping[str
     if not isinstance(row_len, (int, np.integer)) or row_len < 1:
         raise ValueError(f"row_len must be a positive int, got {row_len!r}")
     row_len = int(row_len)
-    seqs = [as_token_sequence(s, i) for i, s in enumerate(sequences)]
+    seqs = [_as_sequence(s, i) for i, s in enumerate(sequences)]
     for i, s in enumerate(seqs):
         if len(s) == 0:
             raise ValueError(f"sequence {i} is empty; every sequence needs >= 1 token")
