@@ -92,6 +92,10 @@ class SFTConfig:
     val_tasks: int = 128  # held-out (val split) tasks whose teacher trajectories measure imitation
                           # (sft/val_loss, sft/val_action_match); 0 = none
     val_every: int = 50  # imitation metrics every N steps (and at the last step)
+    copy_warmup_steps: int = 0  # steps of a dense copying task (orchestra_jax.copy_warmup) before behaviour
+                                # cloning, at the same lr and rows; 0 = none. Forms the induction circuit a
+                                # name_after_facts menu lookup uses (experiments/binding_probe.py)
+    copy_warmup_examples: int = 24000  # copying examples (20 tokens, separator, the 20 again) in the warm-up
     checkpoint_dir: str = ""  # SFT checkpoint folder; "" = <run_dir>/sft. Runs that share one (a sweep's points)
                               # skip SFT when it exists: create it first (experiments/sft.py) under parallel launchers
 
@@ -289,6 +293,9 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"config error at tokenizer: {cfg.tokenizer} has no tokenizer.json")
     if s.learning_rate <= 0:
         raise ValueError(f"config error at sft.learning_rate: must be > 0, got {s.learning_rate}")
+    if s.copy_warmup_steps < 0 or (s.copy_warmup_steps > 0 and s.copy_warmup_examples < 1):
+        raise ValueError(f"config error at sft.copy_warmup_steps / sft.copy_warmup_examples: need steps >= 0 and, "
+                         f"with steps, examples >= 1; got {s.copy_warmup_steps} / {s.copy_warmup_examples}")
     if not cfg.run_dir:
         raise ValueError("config error at run_dir: must be a non-empty path")
     if not cfg.tokenizer and not cfg.init.startswith("hf:") and cfg.tokenizer_vocab_size > cfg.model.vocab_size:

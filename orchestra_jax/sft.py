@@ -258,6 +258,33 @@ def sft_dir(cfg):
     return epath.Path(cfg.sft.checkpoint_dir) if cfg.sft.checkpoint_dir else epath.Path(cfg.run_dir) / "sft"
 
 
+def copy_warmup_stage(prep, s, seqs, log_fn, mesh, rules):
+    """``s.copy_warmup_steps`` steps of the copying task (``copy_warmup``) from ``prep.init_params``, on runs
+    of the tokens the teacher data uses; logs ``copy/loss`` and ``copy/val_match`` (256 held-out runs, each
+    whole run written right counting as one) through ``log_fn``. Returns the params (host arrays)."""
+    from orchestra_jax.copy_warmup import copying_examples, used_token_ids
+
+    rng = np.random.default_rng([s.seed, 7])  # its own stream: the SFT data and order stay as without it
+    separator = prep.tokenizer.encode("\n")[-1]
+    ids = used_token_ids(seqs, exclude=[separator])
+    train = copying_examples(rng, ids, separator, s.copy_warmup_examples)
+    val = copying_examples(rng, ids, separator, 256)
+
+    def log_copy(step, m):
+        if log_fn is not None:
+            log_fn(step, {"stage": "copy_warmup", "copy/loss": m["sft/loss"],
+                          **({"copy/val_match": m["sft/val_action_match"]} if "sft/val_action_match" in m else {})})
+
+    params, _ = train_sft(prep.model_cfg, prep.init_params, train, steps=s.copy_warmup_steps,
+                          batch_rows=s.batch_rows, row_len=s.row_len, learning_rate=s.learning_rate,
+                          warmup_steps=min(s.warmup_steps, s.copy_warmup_steps), weight_decay=s.weight_decay,
+                          grad_clip=s.grad_clip, seed=s.seed, log_fn=log_copy, log_every=s.log_every, mesh=mesh,
+                          rules=rules, val_sequences=val, val_every=max(s.copy_warmup_steps // 4, 1))
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)  # host arrays (the whole ones on every process)
+
+
 def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
     """The GRPO start and its honest name: behaviour cloning from ``prep.init_params`` (random or pretrained)
     on the factory's teacher data when ``cfg.sft.enabled`` ("sft"), restored from ``<run_dir>/sft`` if that
@@ -302,13 +329,16 @@ def sft_stage(cfg, prep, mesh, rules) -> tuple[Any, str]:
             return
         with path.open("a") as f:
             f.write(json.dumps({"step": step, **m}) + "\n")
-        if bar is not None:
+        if bar is not None and "sft/loss" in m:  # (the copying warm-up's lines have their own keys)
             bar.n = step
             extra = {"val_match": f"{m['sft/val_action_match']:.3f}"} if "sft/val_action_match" in m else {}
             bar.set_postfix(loss=f"{m['sft/loss']:.3f}", p=f"{m['sft/mean_token_prob']:.3f}", **extra)
             bar.refresh()
 
-    params, _ = train_sft(prep.model_cfg, prep.init_params, seqs, steps=s.steps, batch_rows=s.batch_rows, row_len=s.row_len,
+    params = prep.init_params
+    if s.copy_warmup_steps > 0:
+        params = copy_warmup_stage(prep, s, seqs, log_fn, mesh, rules)
+    params, _ = train_sft(prep.model_cfg, params, seqs, steps=s.steps, batch_rows=s.batch_rows, row_len=s.row_len,
                           learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
                           grad_clip=s.grad_clip, seed=s.seed, log_fn=log_fn, log_every=s.log_every,
                           mesh=mesh, rules=rules, val_sequences=val_seqs, val_every=s.val_every)

@@ -65,6 +65,7 @@ class FunctionsConfig:
 SETTINGS = ("qa", "functions")
 DESCRIPTION_STYLES = ("compact", "full")
 PREFERENCE_MODES = ("fixed", "random")
+MENU_LAYOUTS = ("name_first", "name_last", "name_after_facts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,9 @@ class QAConfig:
     #   copy for a tiny CPU policy, random ones need the policy to copy an arbitrary name from its prompt
     menu_layout: str = "name_first"        # name_first: "model-1: 3B, good math, ..." | name_last: "3B, good math,
     #   ... = model-1" (a causal policy reading the line reaches the name after its facts: the name's position can
-    #   gather them, so choosing a model is copying the name whose line matches)
+    #   gather them, so choosing a model is copying the name whose line matches) | name_after_facts: "model-1: 3B
+    #   model-1, good math model-1, ..." (the name right after every fact, so the token after any fact of a line
+    #   is its name: choosing a model by a fact is an induction lookup, see experiments/binding_probe.py --layout after)
     retrieval_bonus: float = 0.0            # search: P(find next needed doc) = sigmoid(base + bonus)
     reasoning_bonus: float = -1.0           # enhance_reasoning: P(correct candidate) = sigmoid(base + bonus)
     missing_doc_penalty: float = 4.0        # factual answer logit penalty x fraction of needed docs missing
@@ -118,8 +121,8 @@ class QAConfig:
                 raise ValueError(f"env.qa.{name} must be >= 0 with a positive sum, got {w}")
         if self.alias_style not in ("random", "slot"):
             raise ValueError(f"env.qa.alias_style must be one of ('random', 'slot'), got {self.alias_style!r}")
-        if self.menu_layout not in ("name_first", "name_last"):
-            raise ValueError(f"env.qa.menu_layout must be one of ('name_first', 'name_last'), got {self.menu_layout!r}")
+        if self.menu_layout not in MENU_LAYOUTS:
+            raise ValueError(f"env.qa.menu_layout must be one of {MENU_LAYOUTS}, got {self.menu_layout!r}")
         if not 2 <= self.menu_size <= 12:
             raise ValueError(f"env.qa.menu_size must be in [2, 12], got {self.menu_size}")
         for name in ("filler_prob", "crash_prob", "check_pass_if_right", "check_pass_if_wrong", "tool_prob"):

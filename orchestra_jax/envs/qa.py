@@ -205,6 +205,9 @@ class QAEnv(Env):
         lines = [(a, describe(self.pool[j], s, style)) for a, j, s in zip(task.aliases, task.profiles, task.price_scale)]
         if self.qa.menu_layout == "name_last":
             return [f"{d} = {a}" for a, d in lines]
+        if self.qa.menu_layout == "name_after_facts":
+            sep = ", " if style == "compact" else "; "  # describe()'s fact separator
+            return [f"{a}: " + sep.join(f"{fact} {a}" for fact in d.split(sep)) for a, d in lines]
         return [f"{a}: {d}" for a, d in lines]
 
     def prompt(self, task: QATask) -> dict[str, Any]:

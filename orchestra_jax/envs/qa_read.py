@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from orchestra_jax.envs.pool import Described, parse_description
 from orchestra_jax.envs.preferences import parse_stated_preference
 
-_MENU_LINE = re.compile(r"^([a-z]+-\d): (.+)$")  # env.qa.menu_layout name_first
+_MENU_LINE = re.compile(r"^([a-z]+-\d): (.+)$")  # env.qa.menu_layout name_first, name_after_facts
 _MENU_LINE_NAME_LAST = re.compile(r"^(.+) = ([a-z]+-\d)$")
 _BUDGET = re.compile(r"^Budget: \$([\d.e-]+)\.$")
 
@@ -35,6 +35,8 @@ def read_prompt(prompt: dict[str, Any]) -> Reading:
     for line in user.split("\n"):
         m, last = _MENU_LINE.match(line), _MENU_LINE_NAME_LAST.match(line)
         alias, text = (m.group(1), m.group(2)) if m else (last.group(2), last.group(1)) if last else (None, None)
+        if m and text.endswith(f" {alias}"):  # menu_layout name_after_facts: the name after every fact
+            text = text.replace(f" {alias}", "")
         d = parse_description(text) if text is not None else None
         if d is not None:
             aliases.append(alias)

@@ -265,15 +265,26 @@ def test_results_concatenate_keeps_call_logs(env):
     assert EpisodeResults.concatenate([a, nolog]).call_log == a.call_log + [[], []]
 
 
+@pytest.mark.parametrize("layout", ["name_last", "name_after_facts"])
+@pytest.mark.parametrize("style", ["compact", "full"])
 @pytest.mark.parametrize("alias_style", ["random", "slot"])
-def test_name_last_menu_reads_as_the_name_first_one(alias_style):
-    first = make_env(dataclasses.replace(CFG, qa=QAConfig(alias_style=alias_style)))
-    last = make_env(dataclasses.replace(CFG, qa=QAConfig(alias_style=alias_style, menu_layout="name_last")))
-    tasks_first, tasks_last = first.sample_tasks(0, 30), last.sample_tasks(0, 30)
-    assert [t.to_dict() for t in tasks_first] == [t.to_dict() for t in tasks_last]  # the layout is text only
-    for t in tasks_last:
-        lines = last.prompt(t)["messages"][-1]["content"].split("\n")[1:1 + len(t.aliases)]
-        assert [line.rsplit(" = ", 1)[1] for line in lines] == list(t.aliases)
-        assert read_prompt(last.prompt(t)) == read_prompt(first.prompt(t))
+def test_other_menu_layouts_read_as_the_name_first_one(alias_style, style, layout):
+    first = make_env(dataclasses.replace(CFG, description_style=style, qa=QAConfig(alias_style=alias_style)))
+    other = make_env(dataclasses.replace(CFG, description_style=style,
+                                         qa=QAConfig(alias_style=alias_style, menu_layout=layout)))
+    tasks_first, tasks_other = first.sample_tasks(0, 30), other.sample_tasks(0, 30)
+    assert [t.to_dict() for t in tasks_first] == [t.to_dict() for t in tasks_other]  # the layout is text only
+    for t in tasks_other:
+        lines = other.prompt(t)["messages"][-1]["content"].split("\n")[1:1 + len(t.aliases)]
+        first_lines = first.prompt(t)["messages"][-1]["content"].split("\n")[1:1 + len(t.aliases)]
+        if layout == "name_last":
+            assert [line.rsplit(" = ", 1)[1] for line in lines] == list(t.aliases)
+        else:  # every fact of the name_first line, each followed by the line's name
+            sep = ", " if style == "compact" else "; "
+            for line, first_line, alias in zip(lines, first_lines, t.aliases):
+                facts = first_line[len(alias) + 2:].split(sep)
+                assert len(facts) >= 3
+                assert line == f"{alias}: " + sep.join(f"{f} {alias}" for f in facts)
+        assert read_prompt(other.prompt(t)) == read_prompt(first.prompt(t))
     with pytest.raises(ValueError, match="env.qa.menu_layout must be one of"):
         QAConfig(menu_layout="middle")
