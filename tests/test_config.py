@@ -106,6 +106,9 @@ BAD_VALUES = [
     ("train.row_bucket=-2", r"config error at train.row_bucket: must be >= 0, got -2"),
     ("train.loss_positions=2000", r"config error at train.loss_positions: 2000 must be in \[0, train.row_len=1024\]"),
     ("train.short_row_lens=[512]", r"config error at train.short_row_lens: needs train.row_bucket > 0"),
+    ("sft.copy_warmup_steps=-1", r"config error at sft.copy_warmup_steps / sft.copy_warmup_examples: .*got -1 / "),
+    ("env.qa.menu_layout=middle", r"config error: env.qa.menu_layout must be one of \('name_first', 'name_last', "
+                                  r"'name_after_facts'\)"),
 ]
 
 
