@@ -1,6 +1,6 @@
 """Held-out imitation of a run's SFT checkpoint (for runs made before SFT logged it itself).
 
-    python experiments/sft_imitation.py RUN_DIR [--by-tool] [dotlist overrides of the run's config, e.g. sft.val_tasks=256]
+    python experiments/sft_imitation.py RUN_DIR [--by-tool] [--slots] [dotlist overrides of the run's config, e.g. sft.val_tasks=256]
 
 Makes (or reads) <run_dir>/data/sft_val_trajectories.jsonl: the run's teachers on sft.val_tasks val-split tasks,
 never trained on; prints ``sft/val_loss`` and ``sft/val_action_match`` of <run_dir>/sft, as SFT logs them
@@ -8,7 +8,10 @@ every sft.val_every steps (orchestra_jax.sft.imitation_metrics). ``--by-tool`` a
 per tool the teacher called (``by_tool``: each scored on only that tool's actions, with their count and
 ``majority_share``, the match of always writing that tool's most frequent action: the level a policy that
 does not read its context reaches), so a policy that learned which tool to call but not which menu entry
-shows as such.
+shows as such. ``--slots`` (slot aliases ``model-<k>``) adds ``slots``: the share of the teacher's calls whose
+model-slot digit is the greedy policy's (given the teacher's history up to it), next to ``best_constant_share``
+(always writing the teacher's most frequent slot) and the counts of the slots the policy writes: the binding of
+a slot to its menu line, without the tool name's noise.
 """
 import json
 import os
@@ -17,6 +20,7 @@ import sys
 from collections import Counter
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 
@@ -25,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from orchestra_jax.checkpoint import Checkpointer  # noqa: E402
 from orchestra_jax.config import to_config  # noqa: E402
 from orchestra_jax.envs import make_env  # noqa: E402
-from orchestra_jax.model import init_params  # noqa: E402
+from orchestra_jax.model import Policy, init_params  # noqa: E402
 from orchestra_jax.parallel import MeshConfig, make_mesh, make_rules  # noqa: E402
 from orchestra_jax.prepare import teacher_data  # noqa: E402
 from orchestra_jax.sft import encode_teacher_trajectories, imitation_metrics, pack_sft_dataset  # noqa: E402
@@ -64,11 +68,36 @@ def only_tool(seqs, trajectories, tool: str) -> list:
     return out
 
 
+def slot_choices(model_cfg, params, tok, seqs) -> dict:
+    """Per teacher action naming ``model-<k>``: the greedy (teacher-forced) slot digit vs the teacher's."""
+    digits = {tok.encode(str(k))[0]: k for k in range(1, 10)}
+    dash = tok.encode("-")[0]
+    logits_fn = jax.jit(lambda p, t: Policy(model_cfg).apply({"params": p}, t, jnp.arange(t.shape[1])[None],
+                                                             jnp.ones_like(t)))
+    teacher, greedy = [], []
+    for tokens, mask in seqs:
+        width = 64 * -(-len(tokens) // 64)  # few distinct shapes, few compiles
+        padded = np.zeros((1, width), np.int32)
+        padded[0, :len(tokens)] = tokens
+        pred = np.asarray(jnp.argmax(logits_fn(params, padded)[0], axis=-1))
+        for lo, hi in action_runs(mask):
+            at = [i for i in range(lo + 1, hi) if tokens[i] in digits and tokens[i - 1] == dash]
+            if at:
+                teacher.append(digits[int(tokens[at[-1]])])
+                greedy.append(digits.get(int(pred[at[-1] - 1]), 0))  # 0: not a slot digit
+    teacher, greedy = np.asarray(teacher), np.asarray(greedy)
+    counts = Counter(teacher.tolist())
+    return {"calls": len(teacher), "slot_match": float(np.mean(teacher == greedy)) if len(teacher) else 0.0,
+            "best_constant_share": max(counts.values()) / len(teacher) if len(teacher) else 0.0,
+            "teacher_slots": dict(sorted(counts.items())),
+            "greedy_slots": dict(sorted(Counter(greedy.tolist()).items()))}
+
+
 def main(argv) -> int:
     if not argv:
         sys.exit(__doc__)
-    by_tool = "--by-tool" in argv
-    argv = [a for a in argv if a != "--by-tool"]
+    by_tool, slots = "--by-tool" in argv, "--slots" in argv
+    argv = [a for a in argv if a not in ("--by-tool", "--slots")]
     run = argv[0]
     conf = OmegaConf.load(os.path.join(run, "config.yaml"))
     # runs made before sft.val_tasks existed: the defaults of conf/sft/default.yaml, then the overrides
@@ -94,6 +123,8 @@ def main(argv) -> int:
             m["by_tool"][tool] = {"actions": sum(written.values()),
                                   "majority_share": max(written.values()) / sum(written.values()),
                                   **imitation_metrics(cfg.model, state["params"], part, cfg.sft.batch_rows, mesh, rules)}
+    if slots:
+        m["slots"] = slot_choices(cfg.model, state["params"], tok, seqs)
     print(json.dumps({"run_dir": run, "val_trajectories": len(val), **m}))
     return 0
 
