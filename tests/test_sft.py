@@ -1,4 +1,6 @@
 """sft: behaviour cloning runs on the same sharded mesh path as GRPO; a mesh of 8 equals one device."""
+from collections import Counter
+
 import jax
 import numpy as np
 import pytest
@@ -205,3 +207,50 @@ def test_binding_probe_repeat_examples_target_the_repeat():
     np.testing.assert_array_equal(tokens[:20], tokens[21:])
     assert tokens[20] == probe.NL and tokens[:20].min() >= probe.FIRST_ATTR
     assert mask.tolist() == [0] * 21 + [1] * 20
+
+
+def test_sft_imitation_slots_score_the_slot_digit_against_a_naive_reference():
+    from orchestra_jax.model import Policy
+    from orchestra_jax.text.tokenizer import train_tokenizer
+
+    script = _load_experiment("sft_imitation")
+    call = '{{"name": "search", "arguments": {{"model": "model-{}"}}}}'
+    tok = train_tokenizer(["Models: model-1 model-2 model-3 model-4 model-5 3B 8B " + call.format(k) for k in range(1, 6)]
+                          * 10, vocab_size=300)
+    rng = np.random.default_rng(1)
+    seqs, teacher_digits = [], []
+    for _ in range(12):
+        prompt = tok.encode(f"Models: model-{rng.integers(1, 6)} 3B model-{rng.integers(1, 6)} 8B ")
+        tokens, mask = list(prompt), [0] * len(prompt)
+        for _ in range(int(rng.integers(1, 4))):
+            k = int(rng.integers(1, 6))
+            teacher_digits.append(k)
+            action = tok.encode(call.format(k))
+            tokens += action + tok.encode(" 8B ")
+            mask += [1] * len(action) + [0] * len(tok.encode(" 8B "))
+        seqs.append((np.asarray(tokens, np.int32), np.asarray(mask, np.int32)))
+    cfg = _tiny_cfg(vocab=320)
+    params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(2)))
+    # a little behaviour cloning on these sequences, so the greedy policy writes slot digits, not all the same
+    params, _ = train_sft(cfg, params, seqs, steps=150, batch_rows=4, row_len=256, learning_rate=1e-2,
+                          warmup_steps=5, weight_decay=0.0, grad_clip=1.0, seed=0)
+    got = script.slot_choices(cfg, params, tok, seqs)
+    assert len(got["greedy_slots"]) >= 2 and 0 < got["slot_match"] < 1  # the comparison below is not vacuous
+    # reference: one unpadded forward per sequence; the slot digit found in each action's decoded text
+    greedy = []
+    for tokens, mask in seqs:
+        logits = Policy(cfg).apply({"params": params}, tokens[None], np.arange(len(tokens))[None],
+                                   np.ones((1, len(tokens)), np.int32))[0]
+        for lo, hi in script.action_runs(mask):
+            text = ""
+            for i in range(lo, hi):
+                text += tok.decode([int(tokens[i])])
+                if text.endswith("model-"):  # '"model": "model-' -> the slot digit is next
+                    guess = tok.decode([int(np.argmax(logits[i]))])
+                    greedy.append(int(guess) if guess in "12345" and guess else 0)
+                    break
+    assert got["calls"] == len(teacher_digits) == len(greedy)
+    assert got["slot_match"] == pytest.approx(np.mean(np.asarray(teacher_digits) == np.asarray(greedy)))
+    assert got["teacher_slots"] == dict(sorted(Counter(teacher_digits).items()))
+    assert got["greedy_slots"] == dict(sorted(Counter(greedy).items()))
+    assert got["best_constant_share"] == max(Counter(teacher_digits).values()) / len(teacher_digits)
