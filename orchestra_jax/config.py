@@ -93,8 +93,8 @@ class SFTConfig:
                           # (sft/val_loss, sft/val_action_match); 0 = none
     val_every: int = 50  # imitation metrics every N steps (and at the last step)
     copy_warmup_steps: int = 0  # steps of a dense copying task (orchestra_jax.copy_warmup) before behaviour
-                                # cloning, at the same lr and rows; 0 = none. Forms the induction circuit a
-                                # name_after_facts menu lookup uses (experiments/binding_probe.py)
+                                # cloning, at the same lr and rows; 0 = none. Without it the quickstart's SFT
+                                # policy writes one fixed model slot (README, "The copying stage on the QA menus")
     copy_warmup_examples: int = 24000  # copying examples (20 tokens, separator, the 20 again) in the warm-up
     checkpoint_dir: str = ""  # SFT checkpoint folder; "" = <run_dir>/sft. Runs that share one (a sweep's points)
                               # skip SFT when it exists: create it first (experiments/sft.py) under parallel launchers

@@ -1,11 +1,11 @@
 """A dense copying task trained before behaviour cloning (``sft.copy_warmup_steps``).
 
 Each example is a run of random tokens, a separator, and the same run again with every repeated token a target.
-A small random policy learns it within tens of steps, and the circuit it forms (a previous-token head and an
-induction head: find where the current token occurred, copy what followed it) is the one a menu lookup needs
-when the model's name follows every fact (``env.qa.menu_layout=name_after_facts``). In the synthetic probe
-(``experiments/binding_probe.py --layout after --induction-task repeat``) the lookup stayed at chance without
-this stage and was learned after 200 steps of it.
+A small random policy learns it within tens of steps. In the synthetic binding probe
+(``experiments/binding_probe.py --layout after --induction-task repeat``) a menu lookup that stayed at chance
+without this stage was learned after 200 steps of it; on the QA quickstart's menus the SFT policy writes one
+fixed model slot without it and reads the menu in part after it, with either menu layout (README, "The copying
+stage on the QA menus").
 """
 from __future__ import annotations
 
