@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from orchestra_jax.copy_warmup import copying_examples  # noqa: E402
 from orchestra_jax.model import ModelConfig, init_params  # noqa: E402
 from orchestra_jax.sft import train_sft  # noqa: E402
 
@@ -87,8 +88,7 @@ def induction_example(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
 def repeat_example(rng: np.random.Generator, n: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """``--induction-task repeat``: n random attributes, NL, the same n again, every repeated token a target
     (a fixed look-back of n + 1 tokens solves it as well as matching content does)."""
-    run = rng.integers(FIRST_ATTR, VOCAB, n)
-    return np.concatenate([run, [NL], run]).astype(np.int32), np.asarray([0] * (n + 1) + [1] * n, np.int32)
+    return copying_examples(rng, range(FIRST_ATTR, VOCAB), NL, 1, run_len=n)[0]
 
 
 def main(argv=None) -> int:

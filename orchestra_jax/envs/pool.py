@@ -128,6 +128,16 @@ def price_text(x: float) -> str:
 
 def describe(p: Profile, price_scale: float, style: str = "compact") -> str:
     """The text a policy sees for one alias (without the alias): size, strengths, prices, speed."""
+    return fact_separator(style).join(describe_facts(p, price_scale, style))
+
+
+def fact_separator(style: str) -> str:
+    """What ``describe`` puts between the facts of a description style."""
+    return "; " if style == "full" else ", "
+
+
+def describe_facts(p: Profile, price_scale: float, style: str = "compact") -> list[str]:
+    """``describe``'s facts, one string each (menu_layout name_after_facts writes the name after each)."""
     size = "frontier-size" if p.size == "frontier" else p.size
     pin, pout = price_text(p.price_in * price_scale), price_text(p.price_out * price_scale)
     if style == "compact":
@@ -138,14 +148,14 @@ def describe(p: Profile, price_scale: float, style: str = "compact") -> str:
             parts.append("bad " + "+".join(p.weak))
         parts.append(f"${pin}/${pout}")
         parts.append(speed_word(p.tokens_per_s))
-        return ", ".join(parts)
+        return parts
     parts = [f"a {size} model" + (", served locally" if p.local else "")]
     parts.append("strong at " + " and ".join(p.strong) if p.strong else "an all-rounder")
     if p.weak:
         parts.append("weak at " + " and ".join(p.weak))
     parts.append(f"${pin} in / ${pout} out per 1M tokens")
     parts.append(speed_word(p.tokens_per_s) + (", latency spiky" if p.latency_sigma > 0.5 else ", latency steady"))
-    return "; ".join(parts)
+    return parts
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from orchestra_jax.envs.base import Env, EpisodeResults, StepOutput, episode_rng
 from orchestra_jax.envs.budget import Budget, Ledger, orchestrator_charge
 from orchestra_jax.envs.config import EnvConfig
 from orchestra_jax.envs.menu import alias_names, budget_text, log_uniform, pick_subset, sample_price_scales
-from orchestra_jax.envs.pool import DOMAINS, Profile, describe, make_pool, size_index
+from orchestra_jax.envs.pool import DOMAINS, Profile, describe, describe_facts, fact_separator, make_pool, size_index
 from orchestra_jax.envs.qa_model import (QATask, answer_logit, base_logit, best_candidate, difficulty,  # noqa: F401
                                          wrong_value)
 from orchestra_jax.envs.qa_problems import generate
@@ -202,12 +202,14 @@ class QAEnv(Env):
 
     def menu_lines(self, task: QATask) -> list[str]:
         style = self.cfg.description_style
-        lines = [(a, describe(self.pool[j], s, style)) for a, j, s in zip(task.aliases, task.profiles, task.price_scale)]
+        menu = list(zip(task.aliases, task.profiles, task.price_scale))
+        if self.qa.menu_layout == "name_after_facts":
+            sep = fact_separator(style)
+            return [f"{a}: " + sep.join(f"{fact} {a}" for fact in describe_facts(self.pool[j], s, style))
+                    for a, j, s in menu]
+        lines = [(a, describe(self.pool[j], s, style)) for a, j, s in menu]
         if self.qa.menu_layout == "name_last":
             return [f"{d} = {a}" for a, d in lines]
-        if self.qa.menu_layout == "name_after_facts":
-            sep = ", " if style == "compact" else "; "  # describe()'s fact separator
-            return [f"{a}: " + sep.join(f"{fact} {a}" for fact in d.split(sep)) for a, d in lines]
         return [f"{a}: {d}" for a, d in lines]
 
     def prompt(self, task: QATask) -> dict[str, Any]:
