@@ -1,12 +1,14 @@
-"""One decode step of the quickstart's sampler, by cache block size and sampling mode.
+"""One decode step of the quickstart's sampler, by the cache read's window step and sampling mode.
 
     python benchmarks/decode_step.py [--rows 64] [--cache 720] [--filled 64,300,600] [--new 40]
-                                     [--blocks 256,128,64,32] [--reps 3]
+                                     [--window-steps 720,256,128,64] [--reps 3]
 
 The quickstart's model shape (random weights, vocab 2048), --rows cache rows of --cache slots prefilled to
-each --filled length, then --new tokens decoded greedily; per block size of the cached attention (the
-sampler's `KV_BLOCKS` for this run) the median milliseconds per decode step; then at the platform's own
-block size, per step greedy vs temperature 1 (the rollout's sampling). Prints one JSON object.
+each --filled length, then --new tokens decoded greedily; per window step of the cached attention (the
+windows it chooses from are the multiples of the step, then the whole cache: `cached_attention.WINDOW_STEP`
+for this run; a step >= the cache reads the whole cache every time) the median milliseconds per decode step;
+then at the sampler's own windows, per step greedy vs temperature 1 (the rollout's sampling). Prints one
+JSON object.
 """
 import argparse
 
@@ -19,7 +21,7 @@ def main(argv=None):
     ap.add_argument("--cache", type=int, default=720)
     ap.add_argument("--filled", default="64,300,600")
     ap.add_argument("--new", type=int, default=40)
-    ap.add_argument("--blocks", default="256,128,64,32")
+    ap.add_argument("--window-steps", default="720,256,128,64")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--vocab", type=int, default=2048)
     args = ap.parse_args(argv)
@@ -36,7 +38,7 @@ def main(argv=None):
     params = init_params(cfg, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     filled = [int(f) for f in args.filled.split(",")]
-    blocks = [int(b) for b in args.blocks.split(",")]
+    steps = [int(b) for b in args.window_steps.split(",")]
 
     def ms_per_step(fill, scfg):
         prompts = rng.integers(1, cfg.vocab_size, (args.rows, fill)).astype(np.int32)
@@ -53,20 +55,20 @@ def main(argv=None):
 
     greedy = sampling.SamplingConfig(greedy=True, max_new_tokens=args.new)
     sampled = sampling.SamplingConfig(temperature=1.0, max_new_tokens=args.new)
-    by_block, platform_blocks = {}, (attention.KV_BLOCKS, attention.CPU_KV_BLOCKS)
+    by_step, platform = {}, (attention.WINDOW_STEP, attention.MAX_WINDOWS)
     try:
-        for block in blocks:
-            attention.KV_BLOCKS = attention.CPU_KV_BLOCKS = (block,)
+        for step in steps:
+            attention.WINDOW_STEP, attention.MAX_WINDOWS = step, 10**9  # exactly this step
             sampling.clear_compile_caches()
-            by_block[str(block)] = {str(f): ms_per_step(f, greedy) for f in filled}
+            by_step[str(step)] = {str(f): ms_per_step(f, greedy) for f in filled}
     finally:
-        attention.KV_BLOCKS, attention.CPU_KV_BLOCKS = platform_blocks
+        attention.WINDOW_STEP, attention.MAX_WINDOWS = platform
         sampling.clear_compile_caches()
     modes = {name: {str(f): ms_per_step(f, scfg) for f in filled} for name, scfg in (("greedy", greedy),
                                                                                        ("temperature_1", sampled))}
     emit({"benchmark": "decode_step", "rows": args.rows, "cache_slots": args.cache, "new_tokens": args.new,
-          "reps": args.reps, "platform_block": attention.kv_block_size(args.cache),
-          "ms_per_step_by_block": by_block, "ms_per_step_by_mode": modes})
+          "reps": args.reps, "windows": list(attention.cache_windows(args.cache)),
+          "ms_per_step_by_window_step": by_step, "ms_per_step_by_mode": modes})
 
 
 if __name__ == "__main__":

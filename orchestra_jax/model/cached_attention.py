@@ -1,114 +1,129 @@
-"""Attention of new queries over a KV cache (prefill and decode), read in blocks of the filled slots.
+"""Attention of new queries over a KV cache (prefill and decode), over a window of the filled slots.
 
-The cache of all layers is one stacked array [L, B, S, K, H] (slot index == position); a layer's queries
-read their layer's blocks from it directly, so a decode step never copies a layer's cache.
+Cache layout (kv_cache.py): a layer's keys are [B, K, H, S] and its values [B, K, S, H], so both products of
+the attention are plain batched matmuls over (B, K) that read the cache where it lies: no transpose, and
+with per-layer arrays no copy of a block or of the layer. (The earlier [B, S, K, H] blocks were transposed
+and copied before every product: on CPU those copies took more than half of a decode step.)
+
+The queries read the smallest of a few fixed windows (slots 0 .. W-1) that holds every query's slot: a
+lax.switch over `cache_windows(S)`, each branch one dense masked softmax over its window. Scores that would
+not fit DENSE_SCORES_BYTES (long prefills of large models) go through an online softmax over blocks instead.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
-from orchestra_jax.model.attention import dense_attention, reference_attention
+from orchestra_jax.model.attention import reference_attention
 
-# Cache block sizes tried (largest first); a cache needs >= 2 blocks to use them. On CPU a decode step is
-# bound by reading the cache, so small blocks (less read past the filled slots) win: the quickstart's decode
-# step at 300 filled slots of 720 takes 6.9 ms with 64-slot blocks vs 9.9 ms with 256 (benchmarks/decode_step.py);
-# on accelerators every block is a loop iteration of kernel launches, so they get larger ones.
-KV_BLOCKS = (256, 128, 64)
-CPU_KV_BLOCKS = (64,)
+WINDOW_STEP = 128      # the windows are multiples of this (or of a larger step, for at most MAX_WINDOWS)
+MAX_WINDOWS = 8
+DENSE_SCORES_BYTES = 256 * 2**20  # float32 scores [B, K, T * G, S] above this: the blocked path
 
 
-def kv_block_size(size: int, platform: str | None = None) -> int | None:
-    """The first of the platform's block sizes (CPU_KV_BLOCKS on "cpu", else KV_BLOCKS; default: jax's
-    default backend) that divides the cache into >= 2 blocks, else the first of them that fits twice (its
-    last block then ragged: S = 720 -> 256, blocks at 0, 256 and 464..719 of which 512.. counts)."""
-    blocks = CPU_KV_BLOCKS if (platform or jax.default_backend()) == "cpu" else KV_BLOCKS
-    for block in blocks:
-        if size % block == 0 and size // block >= 2:
-            return block
-    for block in blocks:
-        if size // block >= 2:
-            return block
-    return None
+def cache_windows(size: int) -> tuple[int, ...]:
+    """The slot windows a read chooses from: multiples of a step (WINDOW_STEP, or larger so that there are
+    at most MAX_WINDOWS) up to half the cache, then the whole cache. A window smaller than the cache is a
+    strided slice, i.e. a copy (XLA does not fuse it into the matmul), so one larger than half the cache
+    costs more than reading the whole cache in place (quickstart decode step at 600 filled slots of 720:
+    6.4 ms through the 640-slot window, 4.5 ms through the whole cache; benchmarks/decode_step.py).
+    S = 720 -> (128, 256, 720); S <= 255 -> (S,) or (128, S)."""
+    step = max(WINDOW_STEP, -(-size // (2 * MAX_WINDOWS * WINDOW_STEP)) * WINDOW_STEP)
+    return tuple(range(step, size // 2 + 1, step)) + (size,)
 
 
-def _layer_block(x_LBSKH, layer, start, size: int):
-    """Slots start .. start + size of one layer's cache from the stacked [L, B, S, K, H] cache (a read of
-    that block only; the layer's cache is never sliced out whole)."""
-    shape = (1, x_LBSKH.shape[1], size) + x_LBSKH.shape[3:]
-    return jax.lax.dynamic_slice(x_LBSKH, (layer, 0, start, 0, 0), shape)[0]
+def _window(x, layer, size: int, slot_axis: int):
+    """Slots 0 .. size-1 of one layer's cache: x is that layer's array (layer None; no copy for the whole
+    cache) or the stacked [L, ...] caches of all layers (layer: an index, maybe traced)."""
+    if layer is None:
+        return x if size == x.shape[slot_axis] else jax.lax.slice_in_dim(x, 0, size, axis=slot_axis % x.ndim)
+    shape = list(x.shape)
+    shape[0], shape[slot_axis] = 1, size
+    return jax.lax.dynamic_slice(x, (layer,) + (0,) * (x.ndim - 1), shape)[0]
 
 
-def _stacked(k, v, layer):
-    """(k, v, layer) with k, v stacked [L, B, S, K, H]: one layer's [B, S, K, H] cache is a stack of one."""
-    return (k[None], v[None], 0) if layer is None else (k, v, layer)
+def _block(x, layer, start, size: int, slot_axis: int):
+    """Slots start .. start+size-1 of one layer's cache (as _window, at a traced start)."""
+    if layer is not None:
+        x = jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False)
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=slot_axis % x.ndim)
 
 
-def blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block: int, layer=None):
-    """Cached attention that reads only the cache blocks holding filled slots.
+def _dense(q_BKQH, k_BKHW, v_BKWH, slots_BQ, dtype):
+    """Masked softmax attention over a window: query q sees slots 0 .. slots_BQ[b, q] of it."""
+    k_BKHW, v_BKWH = (x.astype(dtype).astype(jnp.float32) for x in (k_BKHW, v_BKWH))
+    scores = jnp.einsum("bkqh,bkhw->bkqw", q_BKQH, k_BKHW)
+    visible = jnp.arange(k_BKHW.shape[-1], dtype=jnp.int32)[None, None, None, :] <= slots_BQ[:, None, :, None]
+    probs = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)  # slot 0 is always visible
+    return jnp.einsum("bkqw,bkwh->bkqh", probs, v_BKWH)
 
-    A while loop over blocks 0 .. ceil((max query slot + 1) / block) - 1 with an online softmax (float32):
-    per step it touches the filled part of the cache only, never all S slots, and copies nothing. With
-    ``layer``, k and v are the stacked caches [L, B, S, K, H] of all layers and the blocks are read from
-    that layer.
-    """
-    k_LBSKH, v_LBSKH, layer = _stacked(k_BSKH, v_BSKH, layer)
-    batch, length, heads, dim = q_BTNH.shape
-    kv_heads = k_BSKH.shape[-2]
-    groups = heads // kv_heads
-    scale = 1.0 / jnp.sqrt(jnp.float32(dim))
-    q_BTKGH = q_BTNH.reshape(batch, length, kv_heads, groups, dim).astype(jnp.float32) * scale
-    num_blocks = (jnp.max(query_slots_BT) + block) // block
 
-    size = k_BSKH.shape[-3]
-
-    def read(x, start):  # the cache in the compute dtype, then float32 (as a compute-dtype cache would be)
-        return _layer_block(x, layer, start, block).astype(q_BTNH.dtype).astype(jnp.float32)
+def _blocked(q_BKQH, k, v, layer, slots_BQ, block: int, dtype):
+    """Online softmax over blocks 0 .. ceil((max slot + 1) / block) - 1 (float32): scores of one block at a
+    time. A ragged last block (S not a multiple of block) is read as the cache's last `block` slots; the slots
+    it shares with the block before are masked out, so each slot counts once."""
+    size = k.shape[-1]
 
     def body(i, carry):
         m, l, acc = carry
-        # A ragged last block (S not a multiple of block) is read as the cache's last `block` slots; the
-        # slots it shares with the block before are masked out, so each slot counts once.
         nominal = i * block
         start = jnp.minimum(nominal, size - block)
-        k_blk = read(k_LBSKH, start)
-        v_blk = read(v_LBSKH, start)
-        scores = jnp.einsum("btkgh,bckh->btkgc", q_BTKGH, k_blk)
+        k_blk = _block(k, layer, start, block, -1).astype(dtype).astype(jnp.float32)
+        v_blk = _block(v, layer, start, block, -2).astype(dtype).astype(jnp.float32)
+        scores = jnp.einsum("bkqh,bkhc->bkqc", q_BKQH, k_blk)
         slots_C = start + jnp.arange(block, dtype=jnp.int32)
-        valid_BTC = (slots_C[None, None, :] <= query_slots_BT[:, :, None]) & (slots_C >= nominal)[None, None, :]
-        scores = jnp.where(valid_BTC[:, :, None, None, :], scores, -jnp.inf)
+        valid = (slots_C[None, None, None, :] <= slots_BQ[:, None, :, None]) & (slots_C >= nominal)
+        scores = jnp.where(valid, scores, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(scores, axis=-1))  # finite after block 0 (slot 0 is always visible)
         p = jnp.exp(scores - m_new[..., None])
         corr = jnp.exp(m - m_new)
-        return (m_new, l * corr + jnp.sum(p, axis=-1),
-                acc * corr[..., None] + jnp.einsum("btkgc,bckh->btkgh", p, v_blk))
+        return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + jnp.einsum("bkqc,bkch->bkqh", p, v_blk)
 
-    stats = (batch, length, kv_heads, groups)
-    init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
-            jnp.zeros(stats + (dim,), jnp.float32))
+    stats = q_BKQH.shape[:3]
+    init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32), jnp.zeros(q_BKQH.shape, jnp.float32))
+    num_blocks = (jnp.max(slots_BQ) + block) // block
     _, l, acc = jax.lax.fori_loop(0, num_blocks, body, init)
-    return (acc / l[..., None]).reshape(batch, length, heads, dim).astype(q_BTNH.dtype)
+    return acc / l[..., None]
 
 
-def cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, backend: str, layer=None):
-    """Attention of new queries over a KV cache: query at cache slot p sees slots 0..p.
+def cached_attention(q_BTNH, k_BKHS, v_BKSH, query_slots_BT, backend: str, layer=None):
+    """Attention of new queries over a KV cache: the query at cache slot p sees slots 0..p of its row.
 
-    The cache row holds one sequence whose slot index equals its position. Every query sees at least
-    slot 0, so no row is fully masked. "reference" masks all S slots; every other backend reads only the
-    filled cache blocks (blocked_cached_attention) when S holds >= 2 blocks (`kv_block_size`), else
-    uses the dense XLA path over all S slots (decode steps are tiny; prefill is bounded by max_len).
-    ``layer``: k and v are the stacked caches [L, B, S, K, H] of all layers; attend that layer's. The
-    cache is read in the queries' (compute) dtype.
+    k_BKHS: keys [B, K, H, S]; v_BKSH: values [B, K, S, H] (one layer's); or, with ``layer``, the stacked
+    caches of all layers ([L, B, K, H, S], [L, B, K, S, H]) and the layer to attend. The row holds one
+    sequence whose slot index equals its position; every query sees slot 0, so no row is fully masked.
+    "reference" masks all S slots with the naive reference; any other backend reads the smallest window
+    of `cache_windows(S)` that holds the largest query slot. The cache is read in the queries' dtype.
     """
-    slots_S = jnp.arange(k_BSKH.shape[-3], dtype=jnp.int32)
-    if backend != "reference":
-        block = kv_block_size(k_BSKH.shape[-3])
-        if block is not None:
-            return blocked_cached_attention(q_BTNH, k_BSKH, v_BSKH, query_slots_BT, block, layer)
-    k_LBSKH, v_LBSKH, layer = _stacked(k_BSKH, v_BSKH, layer)
-    k_BSKH, v_BSKH = (jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False).astype(q_BTNH.dtype)
-                      for x in (k_LBSKH, v_LBSKH))
-    mask_BTS = slots_S[None, None, :] <= query_slots_BT[:, :, None]
+    batch, length, heads, dim = q_BTNH.shape
+    kv_heads, size = k_BKHS.shape[-3], k_BKHS.shape[-1]
+    groups = heads // kv_heads
     if backend == "reference":
+        k_BSKH = jnp.moveaxis(_window(k_BKHS, layer, size, -1), -1, 1).astype(q_BTNH.dtype)
+        v_BSKH = jnp.moveaxis(_window(v_BKSH, layer, size, -2), -2, 1).astype(q_BTNH.dtype)
+        mask_BTS = jnp.arange(size, dtype=jnp.int32)[None, None, :] <= query_slots_BT[:, :, None]
         return reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)
-    return dense_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, is_causal=False, implementation="xla")
+    # query index q = t * G + g of kv head k; float32 math as in the packed kernels
+    scale = 1.0 / jnp.sqrt(jnp.float32(dim))
+    q_BKQH = (q_BTNH.reshape(batch, length, kv_heads, groups, dim).transpose(0, 2, 1, 3, 4)
+              .reshape(batch, kv_heads, length * groups, dim).astype(jnp.float32) * scale)
+    slots_BQ = jnp.repeat(query_slots_BT.astype(jnp.int32), groups, axis=1)
+    windows = cache_windows(size)
+    if batch * heads * length * size * 4 > DENSE_SCORES_BYTES:
+        out_BKQH = _blocked(q_BKQH, k_BKHS, v_BKSH, layer, slots_BQ, min(windows[0], size), q_BTNH.dtype)
+    else:
+        def read(window):
+            return _dense(q_BKQH, _window(k_BKHS, layer, window, -1), _window(v_BKSH, layer, window, -2),
+                          slots_BQ, q_BTNH.dtype)
+
+        if len(windows) == 1:
+            out_BKQH = read(size)
+        else:
+            needed = jnp.max(slots_BQ) + 1
+            branch = jnp.searchsorted(jnp.asarray(windows, jnp.int32), needed)
+            out_BKQH = jax.lax.switch(jnp.minimum(branch, len(windows) - 1),
+                                      [functools.partial(read, w) for w in windows])
+    out = out_BKQH.reshape(batch, kv_heads, length, groups, dim).transpose(0, 2, 1, 3, 4)
+    return out.reshape(batch, length, heads, dim).astype(q_BTNH.dtype)

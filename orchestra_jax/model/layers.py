@@ -111,17 +111,20 @@ class Attention(nn.Module):
         backend = resolve_backend(self.cfg.attention_backend, self.cfg.jnp_dtype)
         return self._out(packed_attention(q, k, v, segment_ids_BT, backend, prefix_segment_ids_BT))
 
-    def extend(self, x_BTD, positions_BT, k_all_LBSKH, v_all_LBSKH, layer, write_slots_BT):
-        """Write this chunk's k/v into layer ``layer`` of the stacked cache at write_slots (out-of-range slots
-        are dropped) and attend that layer's cache. The stacked cache is written and read in place: a
-        per-layer slice of it would be a copy of the whole layer cache every decode step."""
+    def extend(self, x_BTD, positions_BT, k_cache, v_cache, layer, write_slots_BT):
+        """Write this chunk's k/v into the layer's cache at write_slots (out-of-range slots are dropped) and
+        attend it. k_cache [B, K, H, S] / v_cache [B, K, S, H] are this layer's (layer None), or the stacked
+        caches of all layers and ``layer`` the index of this one; either way written and read in place."""
         q, k, v = self._qkv(x_BTD, positions_BT)
         rows_B1 = jnp.arange(x_BTD.shape[0])[:, None]
-        k_all_LBSKH = k_all_LBSKH.at[layer, rows_B1, write_slots_BT].set(k.astype(k_all_LBSKH.dtype), mode="drop")
-        v_all_LBSKH = v_all_LBSKH.at[layer, rows_B1, write_slots_BT].set(v.astype(v_all_LBSKH.dtype), mode="drop")
+        at = () if layer is None else (layer,)
+        # the indexed entries are [B, T, K, H] (advanced indices around slices go first)
+        k_cache = k_cache.at[at + (rows_B1, slice(None), slice(None), write_slots_BT)].set(
+            k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[at + (rows_B1, slice(None), write_slots_BT)].set(v.astype(v_cache.dtype), mode="drop")
         backend = "reference" if self.cfg.attention_backend == "reference" else "xla"
-        out = cached_attention(q, k_all_LBSKH, v_all_LBSKH, positions_BT, backend, layer=layer)
-        return self._out(out), k_all_LBSKH, v_all_LBSKH
+        out = cached_attention(q, k_cache, v_cache, positions_BT, backend, layer=layer)
+        return self._out(out), k_cache, v_cache
 
 
 class MLP(nn.Module):
@@ -155,12 +158,12 @@ class DecoderLayer(nn.Module):
         x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
         return constrain(x_BTD, ("batch", "sequence", "embed"))
 
-    def extend(self, x_BTD, positions_BT, k_all, v_all, layer, write_slots_BT):
-        attn, k_all, v_all = self.attn.extend(self.input_norm(x_BTD), positions_BT, k_all, v_all, layer,
-                                              write_slots_BT)
+    def extend(self, x_BTD, positions_BT, k_cache, v_cache, layer, write_slots_BT):
+        attn, k_cache, v_cache = self.attn.extend(self.input_norm(x_BTD), positions_BT, k_cache, v_cache, layer,
+                                                  write_slots_BT)
         x_BTD = x_BTD + attn
         x_BTD = x_BTD + self.mlp(self.post_attn_norm(x_BTD))
-        return constrain(x_BTD, ("batch", "sequence", "embed")), k_all, v_all
+        return constrain(x_BTD, ("batch", "sequence", "embed")), k_cache, v_cache
 
 
 class EmbeddingTable(nn.Module):

@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from orchestra_jax.model.kv_cache import map_rows
 from orchestra_jax.model.transformer import Policy
+
 
 # Why a row stopped generating in `decode` (stop_reason_B).
 STOP_NONE = 0        # the row was not active (or did not stop: cannot happen after decode returns)
@@ -52,8 +54,8 @@ class SamplingConfig:
 
 
 def _cache_size(cache) -> int:
-    """S, the number of token slots per cache row (KVCache.k: [L, B, S, Hkv, D])."""
-    return cache.k.shape[2]
+    """S, the number of token slots per cache row."""
+    return cache.max_len
 
 
 def _extend(model_cfg, params, cache, tokens_BT, num_new_B, last_only=False):
@@ -168,14 +170,12 @@ def repeat_rows(cache, last_logits_BV, group_size: int):
     if int(group_size) < 1:
         raise ValueError(f"repeat_rows: group_size must be >= 1, got {group_size}")
     rep = lambda x, axis: jnp.repeat(x, int(group_size), axis=axis)  # noqa: E731
-    return (type(cache)(k=rep(cache.k, 1), v=rep(cache.v, 1), lengths=rep(cache.lengths, 0)),
-            rep(jnp.asarray(last_logits_BV), 0))
+    return map_rows(cache, rep), rep(jnp.asarray(last_logits_BV), 0)
 
 
 @jax.jit
 def _take_rows(cache, last_logits_BV, rows_R):
-    return (type(cache)(k=jnp.take(cache.k, rows_R, axis=1), v=jnp.take(cache.v, rows_R, axis=1),
-                        lengths=jnp.take(cache.lengths, rows_R, axis=0)),
+    return (map_rows(cache, lambda x, axis: jnp.take(x, rows_R, axis=axis)),
             jnp.take(last_logits_BV, rows_R, axis=0))
 
 

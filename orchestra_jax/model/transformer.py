@@ -152,8 +152,11 @@ class Policy(nn.Module):
         the output head over all T tokens would cost about as much as the layers of a small model.
         """
         batch, seq = tokens_BT.shape
-        if cache.k.shape[1] != batch:
-            raise ValueError(f"extend: tokens have batch {batch} but the cache has {cache.k.shape[1]} rows")
+        if cache.batch_size != batch:
+            raise ValueError(f"extend: tokens have batch {batch} but the cache has {cache.batch_size} rows")
+        if cache.stacked != self.cfg.scan_layers:
+            raise ValueError(f"extend: the cache is {'stacked' if cache.stacked else 'one array per layer'} but "
+                             f"scan_layers={self.cfg.scan_layers}; build it with init_cache(cfg, ...) of this cfg")
         num_new_B = jnp.clip(jnp.asarray(num_new_B, jnp.int32), 0, seq)
         t_T = jnp.arange(seq, dtype=jnp.int32)
         positions_BT = cache.lengths[:, None] + t_T[None, :]
@@ -164,9 +167,10 @@ class Policy(nn.Module):
             (x_BTD, k_all, v_all), _ = self.scanned((x_BTD, cache.k, cache.v), layers_L, positions_BT, None, None,
                                                     write_slots_BT)
         else:
-            k_all, v_all = cache.k, cache.v
+            k_all, v_all = list(cache.k), list(cache.v)
             for i, layer in enumerate(self.layers):
-                x_BTD, k_all, v_all = layer.extend(x_BTD, positions_BT, k_all, v_all, i, write_slots_BT)
+                x_BTD, k_all[i], v_all[i] = layer.extend(x_BTD, positions_BT, k_all[i], v_all[i], None, write_slots_BT)
+            k_all, v_all = tuple(k_all), tuple(v_all)
         if last_only:
             x_BTD = jnp.take_along_axis(x_BTD, jnp.maximum(num_new_B - 1, 0)[:, None, None], axis=1)
         logits = self.logits_from_hidden(x_BTD)

@@ -128,11 +128,12 @@ def test_vs_trl_both_sides_tiny_mode(capsys):
 
 def test_decode_step_tiny_mode(capsys):
     out = _run("decode_step", ["--rows", "2", "--cache", "64", "--filled", "8,40", "--new", "3",
-                               "--blocks", "32,16", "--reps", "1", "--vocab", "64"], capsys)
-    assert set(out["ms_per_step_by_block"]) == {"32", "16"} and set(out["ms_per_step_by_mode"]) == {
+                               "--window-steps", "32,16", "--reps", "1", "--vocab", "64"], capsys)
+    assert set(out["ms_per_step_by_window_step"]) == {"32", "16"} and set(out["ms_per_step_by_mode"]) == {
         "greedy", "temperature_1"}
-    assert all(v > 0 for d in out["ms_per_step_by_block"].values() for v in d.values())
+    assert all(v > 0 for d in out["ms_per_step_by_window_step"].values() for v in d.values())
     assert all(set(d) == {"8", "40"} for d in out["ms_per_step_by_mode"].values())
+    assert out["windows"] == [64]
     import orchestra_jax.model.cached_attention as attention
 
-    assert attention.KV_BLOCKS == (256, 128, 64) and attention.CPU_KV_BLOCKS == (64,)  # restored
+    assert attention.WINDOW_STEP == 128 and attention.MAX_WINDOWS == 8  # restored

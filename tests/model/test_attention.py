@@ -75,7 +75,8 @@ def test_cached_attention_sees_slots_up_to_its_position():
     q, k, v, _, _ = _inputs()
     slots = jnp.asarray([[3, 4], [0, 9]], jnp.int32)
     for backend in ("xla", "reference"):
-        out = np.asarray(jax.jit(cached_attention, static_argnums=4)(q[:, :2], k, v, slots, backend))
+        k_cache, v_cache = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))  # the cache's layout
+        out = np.asarray(jax.jit(cached_attention, static_argnums=4)(q[:, :2], k_cache, v_cache, slots, backend))
         mask = np.arange(T)[None, None] <= np.asarray(slots)[:, :, None]
         expected = np.asarray(jax.jit(reference_attention)(q[:, :2], k, v, jnp.asarray(mask)))
         assert np.abs(out - expected).max() <= 1e-5

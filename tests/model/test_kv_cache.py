@@ -56,7 +56,8 @@ def test_chunked_extend_matches_full_forward(backend):
             assert diff <= 1e-5, f"row {b} positions {done[b]}..{done[b] + n}: diff {diff}"
         done += np.asarray(num_new)
         assert np.array_equal(np.asarray(cache.lengths), done)
-    assert isinstance(cache, KVCache) and cache.k.shape == (cfg.num_layers, batch, MAX_LEN, 2, 16)
+    assert isinstance(cache, KVCache) and len(cache.k) == len(cache.v) == cfg.num_layers
+    assert all(k.shape == (batch, 2, 16, MAX_LEN) and v.shape == (batch, 2, MAX_LEN, 16) for k, v in zip(cache.k, cache.v))
 
 
 def test_extend_ignores_tokens_beyond_num_new():
@@ -69,13 +70,20 @@ def test_extend_ignores_tokens_beyond_num_new():
     for a, b in zip(jax.tree.leaves(cache_a), jax.tree.leaves(cache_b)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     # nothing was written past each row's new length
-    k = np.asarray(cache_a.k)
-    assert np.all(k[:, 0, 2:] == 0) and np.all(k[:, 1, 3:] == 0) and np.any(k[:, 1, 2] != 0)
+    k_LBKHS, v_LBKSH = np.stack(cache_a.k), np.stack(cache_a.v)
+    assert np.all(k_LBKHS[:, 0, ..., 2:] == 0) and np.all(k_LBKHS[:, 1, ..., 3:] == 0) and np.any(k_LBKHS[:, 1, ..., 2] != 0)
+    assert np.all(v_LBKSH[:, 0, :, 2:] == 0) and np.all(v_LBKSH[:, 1, :, 3:] == 0) and np.any(v_LBKSH[:, 1, :, 2] != 0)
 
 
 def test_init_cache_dtype_and_errors():
     cache = init_cache(CFG, 2, 4, dtype="bfloat16")
-    assert cache.k.dtype == jnp.bfloat16 and cache.lengths.dtype == jnp.int32 and cache.max_len == 4
+    assert all(x.dtype == jnp.bfloat16 for x in cache.k + cache.v) and cache.lengths.dtype == jnp.int32
+    assert cache.max_len == 4 and cache.batch_size == 2 and not cache.stacked
+    stacked = init_cache(CFG.replace(scan_layers=True), 2, 4)
+    assert stacked.stacked and stacked.k.shape == (CFG.num_layers, 2, CFG.num_kv_heads, CFG.head_dim, 4)
+    assert stacked.v.shape == (CFG.num_layers, 2, CFG.num_kv_heads, 4, CFG.head_dim) and stacked.max_len == 4
+    with pytest.raises(ValueError, match="scan_layers=False"):  # a cache of the other layout: named
+        _extend(CFG, _params(CFG), jnp.zeros((2, 1), jnp.int32), stacked, jnp.ones(2, jnp.int32))
     with pytest.raises(ValueError, match="dtype"):
         init_cache(CFG, 2, 4, dtype="int8")
     with pytest.raises(ValueError, match="batch"):

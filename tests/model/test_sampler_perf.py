@@ -7,7 +7,6 @@ import pytest
 from orchestra_jax.model import (ModelConfig, Policy, init_cache, init_params, stack_layer_params,
                                  unstack_layer_params)
 from orchestra_jax.model.attention import reference_attention
-from orchestra_jax.model.cached_attention import blocked_cached_attention, cached_attention
 from orchestra_jax.model.sampling import SamplingConfig, decode, prefill, prefill_groups
 
 CFG = ModelConfig(vocab_size=67, hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -20,52 +19,58 @@ def _params(cfg=CFG, seed=0):
     return jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + 0.2 * rng.standard_normal(x.shape), x.dtype), params)
 
 
-def test_blocked_cached_attention_matches_masked_reference():
-    keys = jax.random.split(jax.random.key(0), 3)
-    q = jax.random.normal(keys[0], (3, 2, 4, 8))
-    k = jax.random.normal(keys[1], (3, 256, 2, 8))
-    v = jax.random.normal(keys[2], (3, 256, 2, 8))
-    slots = jnp.asarray([[0, 1], [63, 64], [200, 255]], jnp.int32)  # block edges, last slot
-    mask = jnp.arange(256)[None, None] <= slots[:, :, None]
-    expected = np.asarray(reference_attention(q, k, v, mask))
-    np.testing.assert_allclose(np.asarray(jax.jit(blocked_cached_attention, static_argnums=4)(q, k, v, slots, 64)),
-                               expected, atol=1e-5)
-    # other values past a row's own slots do not change it
-    out = np.asarray(cached_attention(q, k.at[0, 2:].set(1e3), v.at[0, 2:].set(-1e3), slots, "xla"))
-    np.testing.assert_allclose(out, expected, atol=1e-5)
-    # blocks past the longest filled row are never read (S=256: 128-slot blocks): NaN there cannot leak
-    short = jnp.minimum(slots, 40)
-    out = np.asarray(cached_attention(q, k.at[:, 128:].set(jnp.nan), v.at[:, 128:].set(jnp.nan), short, "xla"))
-    mask = jnp.arange(256)[None, None] <= short[:, :, None]
-    np.testing.assert_allclose(out, np.asarray(reference_attention(q, k, v, mask)), atol=1e-5)
+def _cache_layout(k_BSKH, v_BSKH):
+    """[B, S, K, H] keys / values -> the cache's layout: keys [B, K, H, S], values [B, K, S, H]."""
+    return jnp.transpose(k_BSKH, (0, 2, 3, 1)), jnp.transpose(v_BSKH, (0, 2, 1, 3))
 
 
-def test_cache_block_sizes_per_platform():
-    from orchestra_jax.model.cached_attention import kv_block_size
-
-    assert [kv_block_size(s, "gpu") for s in (720, 512, 200, 130, 127)] == [256, 256, 64, 64, None]
-    assert [kv_block_size(s, "cpu") for s in (720, 512, 200, 130, 127)] == [64, 64, 64, 64, None]
-    assert kv_block_size(720) == kv_block_size(720, jax.default_backend())
+def _slots(size: int, block: int = 128):
+    return jnp.asarray([[0, 1, 2], [block - 1, block, block + 1], [min(2 * block - 1, size - 3), size - 3, size - 2],
+                        [size - 3, size - 2, size - 1]], jnp.int32)
 
 
-@pytest.mark.parametrize("size,block", [(720, 256), (720, 64), (200, 64), (130, 64)])
-def test_blocked_attention_with_a_ragged_last_block_matches_the_reference(size, block):
-    """S not a multiple of the block (the quickstart's 720-slot cache): the last block overlaps the one before
-    it; each slot still counts once, and slots past the longest query are never read."""
-    cached_attention = jax.jit(blocked_cached_attention, static_argnums=4)
+@pytest.mark.parametrize("size", [720, 256, 200, 100])
+@pytest.mark.parametrize("path", ["windows", "blocked", "stacked"])
+def test_cached_attention_matches_masked_reference(size, path, monkeypatch):
+    """Every read path (the windowed dense softmax, the online softmax over blocks with a ragged last block,
+    a layer of the stacked [L, ...] caches) equals the naive masked attention over all S slots."""
+    import orchestra_jax.model.cached_attention as ca
+
+    if path == "blocked":
+        monkeypatch.setattr(ca, "DENSE_SCORES_BYTES", 0)
     keys = jax.random.split(jax.random.key(1), 3)
     q = jax.random.normal(keys[0], (4, 3, 4, 8))
     k = jax.random.normal(keys[1], (4, size, 2, 8))
     v = jax.random.normal(keys[2], (4, size, 2, 8))
-    slots = jnp.asarray([[0, 1, 2], [block - 1, block, block + 1], [2 * block - 1, 2 * block, size - 2],
-                         [size - 3, size - 2, size - 1]], jnp.int32)
-    mask = jnp.arange(size)[None, None] <= slots[:, :, None]
-    expected = np.asarray(reference_attention(q, k, v, mask))
-    np.testing.assert_allclose(np.asarray(cached_attention(q, k, v, slots, block)), expected, atol=1e-5)
-    short = jnp.minimum(slots, block - 1)  # one block: NaN past it cannot leak
-    out = cached_attention(q, k.at[:, block:].set(jnp.nan), v.at[:, block:].set(jnp.nan), short, block)
+    slots = _slots(size)
+    expected = np.asarray(reference_attention(q, k, v, jnp.arange(size)[None, None] <= slots[:, :, None]))
+    k_c, v_c = _cache_layout(k, v)
+    if path == "stacked":
+        other_k, other_v = _cache_layout(v, k)
+        k_c, v_c, layer = jnp.stack([other_k, k_c]), jnp.stack([other_v, v_c]), jnp.int32(1)
+    else:
+        layer = None
+    read = jax.jit(lambda *a: ca.cached_attention(*a, "xla", layer=layer))
+    np.testing.assert_allclose(np.asarray(read(q, k_c, v_c, slots)), expected, atol=1e-5)
+    # slots past the smallest window (or block) that holds every query are never read: NaN there cannot leak
+    short = jnp.minimum(slots, 40)
+    first = ca.cache_windows(size)[0]
+    k_nan, v_nan = k.at[:, first:].set(jnp.nan), v.at[:, first:].set(jnp.nan)
+    k_nan, v_nan = _cache_layout(k_nan, v_nan)
+    if path == "stacked":
+        k_nan, v_nan = jnp.stack([other_k, k_nan]), jnp.stack([other_v, v_nan])
     mask = jnp.arange(size)[None, None] <= short[:, :, None]
-    np.testing.assert_allclose(np.asarray(out), np.asarray(reference_attention(q, k, v, mask)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(read(q, k_nan, v_nan, short)),
+                               np.asarray(reference_attention(q, k, v, mask)), atol=1e-5)
+
+
+def test_cache_windows():
+    from orchestra_jax.model.cached_attention import cache_windows
+
+    assert cache_windows(720) == (128, 256, 720)  # windows up to half the cache, then the whole
+    assert cache_windows(128) == (128,) and cache_windows(100) == (100,) and cache_windows(255) == (255,)
+    assert cache_windows(256) == (128, 256)
+    assert cache_windows(8192) == (512, 1024, 1536, 2048, 2560, 3072, 3584, 4096, 8192)  # at most 8 + whole
 
 
 def test_prefill_groups_equals_prefilling_every_row_and_greedy_ids_match():
@@ -80,12 +85,12 @@ def test_prefill_groups_equals_prefilling_every_row_and_greedy_ids_match():
     np.testing.assert_allclose(np.asarray(last_g), np.asarray(last_all), atol=1e-5)
     np.testing.assert_allclose(np.asarray(cache_g.k), np.asarray(cache_all.k), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(cache_g.lengths), np.repeat(num_new, group))
-    cfg = SamplingConfig(greedy=True, max_new_tokens=70)  # crosses the 64-slot block edge of the cache
+    cfg = SamplingConfig(greedy=True, max_new_tokens=70)  # crosses the 128-slot window edge of the cache
     active = np.ones(6, bool)
     out_g = decode(CFG, params, cache_g, last_g, jax.random.key(0), active, [], cfg)
     out_all = decode(CFG, params, cache_all, last_all, jax.random.key(0), active, [], cfg)
     np.testing.assert_array_equal(np.asarray(out_g.tokens_BN), np.asarray(out_all.tokens_BN))
-    # blocked decode (128-slot cache: two 64-slot blocks) == the reference backend's masked decode
+    # windowed decode (the 128-slot window, then the 137-slot whole) == the reference backend's masked decode
     ref_cfg = CFG.replace(attention_backend="reference")
     out_ref = decode(ref_cfg, params, cache_all, last_all, jax.random.key(0), active, [], cfg)
     np.testing.assert_array_equal(np.asarray(out_all.tokens_BN), np.asarray(out_ref.tokens_BN))
@@ -130,10 +135,11 @@ def test_stack_unstack_errors():
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
-def test_decode_step_writes_the_stacked_cache_in_place(scan_layers):
-    """No op of the compiled decode produces a whole layer's cache [B, S, Hkv, D]: the new token's k/v are
-    scattered into the stacked cache and attention reads blocks of it (a per-layer slice would copy the
-    layer's cache every step: 27 -> 17 ms per quickstart decode step when it went)."""
+def test_decode_step_writes_the_cache_in_place(scan_layers):
+    """Inside the decode loop no op but the in-place scatter produces a layer's cache ([B, K, H, S] keys,
+    [B, K, S, H] values) or the stacked caches: the new token's k/v are scattered into the cache and
+    attention reads it where it lies (a per-layer copy every step once cost 27 -> 17 ms per quickstart decode
+    step when it went). Under nn.scan the read of the whole-cache window slices the layer (a dynamic slice)."""
     import dataclasses
     import re
 
@@ -141,12 +147,21 @@ def test_decode_step_writes_the_stacked_cache_in_place(scan_layers):
 
     cfg = dataclasses.replace(CFG, scan_layers=scan_layers)
     params = init_params(cfg, jax.random.key(0))
-    batch, size = 8, 256  # two 128-slot blocks: the blocked path
+    batch, size = 8, 256  # two windows: 128 and 256 slots
     cache = init_cache(cfg, batch, size)
     hlo = _decode_jit.lower(cfg, SamplingConfig(greedy=True, max_new_tokens=4), params, cache,
                             jnp.zeros((batch, cfg.vocab_size), jnp.float32), jax.random.key(0),
                             jnp.ones(batch, bool), jnp.full((1,), -1, jnp.int32), None).compile().as_text()
-    stacked = f"f32[{cfg.num_layers},{batch},{size},{cfg.num_kv_heads},{cfg.head_dim}]"
-    layer = f"f32[{batch},{size},{cfg.num_kv_heads},{cfg.head_dim}]"
-    assert stacked in hlo  # the pattern is right for this XLA's text
-    assert not re.search(re.escape(layer) + r"\{", hlo), [l for l in hlo.splitlines() if layer in l][:3]
+    body = hlo[:hlo.index("\nENTRY")]  # every computation but the entry's (the loop, its branches, fusions)
+    kv, h, layers = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
+    shapes = [f"f32[{batch},{kv},{h},{size}]", f"f32[{batch},{kv},{size},{h}]"]
+    if scan_layers:
+        shapes = [f"f32[{layers},{batch},{kv},{h},{size}]", f"f32[{layers},{batch},{kv},{size},{h}]"]
+    allowed = {"parameter", "get-tuple-element", "tuple", "while", "bitcast", "conditional", "scatter"}
+    for shape in shapes:
+        ops = re.findall(r"%\S+ = " + re.escape(shape) + r"\{[\d,]+\} ([\w-]+)\(", body)
+        assert ops, f"{shape} not in the HLO text (the pattern is wrong for this XLA)"
+        made = {op for op in ops if op not in allowed}
+        names = set(re.findall(r"%(\S+) = " + re.escape(shape) + r"\{[\d,]+\} fusion\(", body))
+        assert made - {"fusion"} == set(), made
+        assert names and all("scatter" in n for n in names), names
