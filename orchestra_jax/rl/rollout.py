@@ -63,7 +63,8 @@ def _prefill_windows(model_cfg, params, cache, rows, num_new, last_logits, windo
     for start in range(0, int(np.max(num_new, initial=0)), window):
         n = np.clip(num_new - start, 0, window).astype(np.int32)
         chunk = _pad_rows([r[start:start + window] if k else [] for r, k in zip(rows, n)], window)
-        last_logits, cache = prefill(model_cfg, params, cache, chunk, n, last_logits, prompts=prompts)
+        last_logits, cache = prefill(model_cfg, params, cache, chunk, n, last_logits, prompts=prompts,
+                                     donate_cache=True)  # the rollout never reads a cache it passed on
     return last_logits, cache
 
 
@@ -190,7 +191,7 @@ def rollout(model_cfg, params, env, tokenizer, tasks: Sequence, key: jax.Array, 
         key, turn_key = jax.random.split(key)
         t0 = time.perf_counter()
         out = decode(model_cfg, params, cache, last_logits, turn_key, active, stop_ids, sampling_cfg,
-                     row_ids_B=np.maximum(row_episode, 0) if cfg.compact_rows else None)
+                     row_ids_B=np.maximum(row_episode, 0) if cfg.compact_rows else None, donate_cache=True)
         cache, last_logits = out.cache, out.last_logits_BV
         new_B = np.asarray(out.num_generated_B)
         ids_BN, logp_BN, slogp_BN = map(np.asarray, (out.tokens_BN, out.logp_BN, out.sample_logp_BN))

@@ -165,3 +165,40 @@ def test_decode_step_writes_the_cache_in_place(scan_layers):
         names = set(re.findall(r"%(\S+) = " + re.escape(shape) + r"\{[\d,]+\} fusion\(", body))
         assert made - {"fusion"} == set(), made
         assert names and all("scatter" in n for n in names), names
+
+
+def test_donated_cache_gives_the_same_results_without_copying_the_cache():
+    """prefill / decode with donate_cache=True (the rollout's calls): the same logits, tokens and cache as
+    without; the given cache's buffers are consumed (deleted), and the compiled programs copy no cache array
+    on entry (without donation every call copies the whole cache first)."""
+    import re
+
+    from orchestra_jax.model.sampling import _DECODE, _PREFILL
+
+    params = _params()
+    rng = np.random.default_rng(3)
+    prompts = rng.integers(1, CFG.vocab_size, (4, 9)).astype(np.int32)
+    num_new = np.array([9, 6, 1, 4], np.int32)
+    scfg = SamplingConfig(temperature=1.0, max_new_tokens=12)
+    results = []
+    for donate in (False, True):
+        cache = init_cache(CFG, 4, 160)
+        last, cache2 = prefill(CFG, params, cache, prompts, num_new, donate_cache=donate)
+        assert all(x.is_deleted() for x in jax.tree.leaves(cache)) == donate
+        out = decode(CFG, params, cache2, last, jax.random.key(5), np.ones(4, bool), [], scfg, donate_cache=donate)
+        assert all(x.is_deleted() for x in jax.tree.leaves(cache2)) == donate
+        results.append([np.asarray(x) for x in (last, out.tokens_BN, out.logp_BN, *jax.tree.leaves(out.cache))])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    cache = init_cache(CFG, 4, 160)
+    k_shape = re.escape(f"f32[4,{CFG.num_kv_heads},{CFG.head_dim},160]")
+    for donate in (False, True):
+        for program, args in ((_PREFILL[False, donate], (CFG, 9, params, cache, jnp.asarray(prompts), jnp.asarray(num_new),
+                                                         None)),
+                              (_DECODE[donate], (CFG, scfg, params, cache, jnp.zeros((4, CFG.vocab_size)),
+                                                 jax.random.key(0), jnp.ones(4, bool), jnp.full((1,), -1, jnp.int32),
+                                                 None))):
+            hlo = program.lower(*args).compile().as_text()
+            entry = hlo[hlo.index("\nENTRY"):]
+            copies = re.findall(r"%copy[\w.]* = " + k_shape, entry)
+            assert (len(copies) == 0) == donate, (donate, copies)
