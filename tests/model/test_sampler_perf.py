@@ -202,3 +202,25 @@ def test_donated_cache_gives_the_same_results_without_copying_the_cache():
             entry = hlo[hlo.index("\nENTRY"):]
             copies = re.findall(r"%copy[\w.]* = " + k_shape, entry)
             assert (len(copies) == 0) == donate, (donate, copies)
+
+
+def test_scan_layers_decode_equals_unrolled_across_a_window_edge():
+    """Greedy decode from a 100-token prefill on a 300-slot cache (windows 128 and 300) crosses the window
+    edge at slot 128: the stacked caches of nn.scan give the tokens, log-probs and cache of the unrolled
+    per-layer caches."""
+    params = _params()
+    scan_cfg = CFG.replace(scan_layers=True)
+    stacked = stack_layer_params(params, CFG.num_layers)
+    rng = np.random.default_rng(4)
+    prompts = rng.integers(1, CFG.vocab_size, (3, 100)).astype(np.int32)
+    num_new = np.array([100, 90, 120 - 30], np.int32)
+    scfg = SamplingConfig(greedy=True, max_new_tokens=60)
+    outs = []
+    for cfg, p in ((CFG, params), (scan_cfg, stacked)):
+        last, cache = prefill(cfg, p, init_cache(cfg, 3, 300), prompts, num_new)
+        outs.append(decode(cfg, p, cache, last, jax.random.key(0), np.ones(3, bool), [], scfg))
+    unrolled, scanned = outs
+    np.testing.assert_array_equal(np.asarray(scanned.tokens_BN), np.asarray(unrolled.tokens_BN))
+    np.testing.assert_allclose(np.asarray(scanned.logp_BN), np.asarray(unrolled.logp_BN), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(scanned.cache.k), np.stack(unrolled.cache.k), atol=1e-5)
+    assert int(np.max(np.asarray(unrolled.cache.lengths))) > 128  # the edge was crossed
