@@ -34,21 +34,19 @@ def cache_windows(size: int) -> tuple[int, ...]:
     return tuple(range(step, size // 2 + 1, step)) + (size,)
 
 
-def _window(x, layer, size: int, slot_axis: int):
-    """Slots 0 .. size-1 of one layer's cache: x is that layer's array (layer None; no copy for the whole
-    cache) or the stacked [L, ...] caches of all layers (layer: an index, maybe traced)."""
-    if layer is None:
-        return x if size == x.shape[slot_axis] else jax.lax.slice_in_dim(x, 0, size, axis=slot_axis % x.ndim)
-    shape = list(x.shape)
-    shape[0], shape[slot_axis] = 1, size
-    return jax.lax.dynamic_slice(x, (layer,) + (0,) * (x.ndim - 1), shape)[0]
-
-
 def _block(x, layer, start, size: int, slot_axis: int):
-    """Slots start .. start+size-1 of one layer's cache (as _window, at a traced start)."""
+    """Slots start .. start+size-1 of one layer's cache: x is that layer's array (layer None) or the stacked
+    [L, ...] caches of all layers (layer: an index, maybe traced); start may be traced."""
     if layer is not None:
         x = jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False)
     return jax.lax.dynamic_slice_in_dim(x, start, size, axis=slot_axis % x.ndim)
+
+
+def _window(x, layer, size: int, slot_axis: int):
+    """Slots 0 .. size-1 of one layer's cache (as _block); a layer's whole array is read as it is, no copy."""
+    if layer is None and size == x.shape[slot_axis]:
+        return x
+    return _block(x, layer, 0, size, slot_axis)
 
 
 def _dense(q_BKQH, k_BKHW, v_BKWH, slots_BQ, dtype):
@@ -112,7 +110,7 @@ def cached_attention(q_BTNH, k_BKHS, v_BKSH, query_slots_BT, backend: str, layer
     slots_BQ = jnp.repeat(query_slots_BT.astype(jnp.int32), groups, axis=1)
     windows = cache_windows(size)
     if batch * heads * length * size * 4 > DENSE_SCORES_BYTES:
-        out_BKQH = _blocked(q_BKQH, k_BKHS, v_BKSH, layer, slots_BQ, min(windows[0], size), q_BTNH.dtype)
+        out_BKQH = _blocked(q_BKQH, k_BKHS, v_BKSH, layer, slots_BQ, windows[0], q_BTNH.dtype)
     else:
         def read(window):
             return _dense(q_BKQH, _window(k_BKHS, layer, window, -1), _window(v_BKSH, layer, window, -2),

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from orchestra_jax.model.kv_cache import map_rows
 from orchestra_jax.model.transformer import Policy
 
-
 # Why a row stopped generating in `decode` (stop_reason_B).
 STOP_NONE = 0        # the row was not active (or did not stop: cannot happen after decode returns)
 STOP_TOKEN = 1       # sampled one of stop_ids (e.g. </tool_call>, <|im_end|>); the stop token is kept
@@ -51,11 +50,6 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
         if int(self.max_new_tokens) < 1:
             raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-
-def _cache_size(cache) -> int:
-    """S, the number of token slots per cache row."""
-    return cache.max_len
 
 
 def _extend(model_cfg, params, cache, tokens_BT, num_new_B, last_only=False):
@@ -239,7 +233,7 @@ class _Carry(NamedTuple):
 
 def _decode(model_cfg, cfg, params, cache, last_logits_BV, key, active_B, stop_ids_K, row_ids_B):
     batch = last_logits_BV.shape[0]
-    n_new, size = cfg.max_new_tokens, _cache_size(cache)
+    n_new, size = cfg.max_new_tokens, cache.max_len
     active_B = active_B.astype(bool)
     has_room_B = cache.lengths < size
     init = _Carry(
