@@ -5,6 +5,10 @@
 Both sides generate exactly --new tokens per row (no stop ids; transformers with min_new_tokens) from the
 same random prompts; the runs alternate (ours, theirs, ours, ...) after one untimed warm-up each. Prints
 one JSON object: tokens/s of each side, their ratio and whether the greedy ids are equal.
+
+--dtype bfloat16 runs both sides in bf16 (weights, activations and our KV cache); greedy ids then need not
+be equal (different kernels round differently and random weights give near-tied logits), so the share of
+equal ids is printed beside. --torch-device auto puts transformers on the GPU when torch sees one.
 """
 import argparse
 
@@ -19,19 +23,26 @@ def main(argv=None):
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--torch-device", default="auto", help="auto (cuda when torch sees a GPU) | cpu | cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--scan-layers", action="store_true", help="our layers under nn.scan (stacked KV cache)")
     args = ap.parse_args(argv)
 
     import jax
     import numpy as np
     import torch
 
-    from orchestra_jax.model import init_cache
+    from orchestra_jax.model import init_cache, stack_layer_params
     from orchestra_jax.model.sampling import SamplingConfig, decode, prefill
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    device = args.torch_device if args.torch_device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = hf_qwen3(args.size)
-    cfg, params = ours_from_hf(model)
+    cfg, params = ours_from_hf(model, dtype=args.dtype, param_dtype=args.dtype, scan_layers=args.scan_layers)
+    if args.scan_layers:
+        params = stack_layer_params(params, cfg.num_layers)
+    model = model.to(device=device, dtype=getattr(torch, args.dtype))
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, cfg.vocab_size, (args.batch, args.prompt)).astype(np.int32)
     scfg = SamplingConfig(greedy=True, max_new_tokens=args.new)
@@ -44,14 +55,14 @@ def main(argv=None):
         out = decode(cfg, params, cache, last, jax.random.key(0), active, [], scfg)
         return np.asarray(jax.block_until_ready(out.tokens_BN))
 
-    ids_t = torch.as_tensor(prompts, dtype=torch.long)
+    ids_t = torch.as_tensor(prompts, dtype=torch.long, device=device)
 
     def theirs():
         with torch.no_grad():
             out = model.generate(ids_t, attention_mask=torch.ones_like(ids_t), do_sample=False,
                                  max_new_tokens=args.new, min_new_tokens=args.new, eos_token_id=None,
                                  pad_token_id=0)
-        return out[:, args.prompt:].numpy()
+        return out[:, args.prompt:].cpu().numpy()  # .cpu() waits for the GPU
 
     ours_ids, their_ids = ours(), theirs()  # warm-up (compilation), and the ids to compare
     t_ours, t_theirs = [], []
@@ -62,9 +73,11 @@ def main(argv=None):
     s_ours, s_theirs = float(np.median(t_ours)), float(np.median(t_theirs))
     emit({"benchmark": "sampling", "size": args.size, "params": count_params(params), "batch": args.batch,
           "prompt": args.prompt, "new_tokens": args.new, "reps": args.reps,
-          "torch_threads": torch.get_num_threads(),
+          "torch_threads": torch.get_num_threads(), "torch_device": device, "dtype": args.dtype,
+          "scan_layers": args.scan_layers,
           "orchestra_jax_tokens_per_s": tokens / s_ours, "transformers_tokens_per_s": tokens / s_theirs,
           "speedup": s_theirs / s_ours, "ids_equal": bool(np.array_equal(ours_ids, their_ids)),
+          "ids_equal_share": float(np.mean(ours_ids == their_ids)),
           "target_speedup": 3.0 if args.size == "tiny" else 2.0})
 
 

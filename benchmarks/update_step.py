@@ -1,9 +1,12 @@
 """Utilisation of the jitted update (forward + backward + AdamW) against the matmul peak of the same run.
 
     python benchmarks/update_step.py [--sizes tiny,10m,29m --rows 8 --row-len 512 --reps 3 --attention auto]
+    python benchmarks/update_step.py --sizes 0.6b --dtype bfloat16 --init random --scan-layers \
+        --rows 4 --row-len 2048 --peak-n 8192     # the GPU figure: Qwen3-0.6B's shape, bf16 compute
 
-Peak: a jitted float32 jnp.dot of two --peak-n^2 matrices (2 n^3 FLOPs), timed in the same process before
-and after every size; the best of these is the peak.
+Peak: a jitted jnp.dot of two --peak-n^2 matrices in the compute dtype (2 n^3 FLOPs), timed in the same
+process before and after every size; the best of these is the peak. --dtype sets the compute dtype; the
+parameters and AdamW's moments stay float32 (mixed precision, as the trainer runs bf16).
 Model FLOPs per update: 6 * (non-embedding params + head V*D) * tokens + 12 * layers * row_len^2 * heads *
 head_dim * rows (the dense attention's QK^T and PV, forward and backward, over the full square as in PaLM's
 MFU count; block_sparse computes only the causal blocks, about half); the log-prob head's
@@ -13,7 +16,7 @@ chunked token_logprobs, a masked mean log-prob loss and optax.adamw (the shape o
 """
 import argparse
 
-from _common import emit, hf_qwen3, ours_from_hf, timed, count_params
+from _common import emit, hf_qwen3, ours_from_hf, random_ours, timed, count_params
 
 
 def main(argv=None):
@@ -24,6 +27,12 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--peak-n", type=int, default=2048)
     ap.add_argument("--attention", default="auto", help="model attention_backend: auto | xla | block_sparse | ...")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    ap.add_argument("--scan-layers", action="store_true", help="layers under nn.scan (compile time flat in depth)")
+    ap.add_argument("--remat", action="store_true", help="rematerialise each layer in the backward pass (its "
+                    "recomputed forward is not counted in the model FLOPs)")
+    ap.add_argument("--init", default="hf", choices=["hf", "random"],
+                    help="hf: a transformers Qwen3's weights (needs torch); random: orchestra_jax's own init")
     args = ap.parse_args(argv)
 
     import jax
@@ -31,11 +40,11 @@ def main(argv=None):
     import numpy as np
     import optax
 
-    from orchestra_jax.model import token_logprobs
+    from orchestra_jax.model import stack_layer_params, token_logprobs
     from orchestra_jax.model.attention import resolve_backend
 
     n = args.peak_n
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(args.dtype))
     dot = jax.jit(lambda x, y: x @ y)
     jax.block_until_ready(dot(a, a))
 
@@ -46,7 +55,14 @@ def main(argv=None):
 
     results = {}
     for size in args.sizes.split(","):
-        cfg, params = ours_from_hf(hf_qwen3(size), attention_backend=args.attention)
+        overrides = dict(attention_backend=args.attention, dtype=args.dtype, scan_layers=args.scan_layers,
+                         remat=args.remat)
+        if args.init == "random":
+            cfg, params = random_ours(size, **overrides)
+        else:
+            cfg, params = ours_from_hf(hf_qwen3(size), **overrides)
+            if args.scan_layers:
+                params = stack_layer_params(params, cfg.num_layers)
         rng = np.random.default_rng(0)
         shape = (args.rows, args.row_len)
         batch = {"tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, shape), jnp.int32),
@@ -65,8 +81,11 @@ def main(argv=None):
             return optax.apply_updates(p, updates), state, value
 
         state = opt.init(params)
-        jax.block_until_ready(update(params, state, batch))
-        seconds = timed(lambda: jax.block_until_ready(update(params, state, batch)), args.reps)
+        compiled = update.lower(params, state, batch).compile()
+        memory = compiled.memory_analysis()  # None where the backend does not report it
+        temp_bytes = None if memory is None else int(memory.temp_size_in_bytes)
+        jax.block_until_ready(compiled(params, state, batch))
+        seconds = timed(lambda: jax.block_until_ready(compiled(params, state, batch)), args.reps)
         peaks.append(measure_peak())
         total = count_params(params)
         head = cfg.vocab_size * cfg.hidden_size
@@ -74,13 +93,14 @@ def main(argv=None):
         tokens = args.rows * args.row_len
         flops = (6 * (non_embed + head) * tokens
                  + 12 * cfg.num_layers * args.row_len ** 2 * cfg.num_heads * cfg.head_dim * args.rows)
-        results[size] = {"params": total, "update_s": seconds, "tokens_per_s": tokens / seconds,
+        results[size] = {"params": total, "update_s": seconds, "compiled_temp_bytes": temp_bytes, "tokens_per_s": tokens / seconds,
                          "model_flops": flops, "achieved_flops_per_s": flops / seconds,
                          "flops_per_s_vs_neighbouring_peak": flops / seconds / max(peaks[-2:])}
     peak = max(peaks)
     for r in results.values():
         r["utilisation"] = r["achieved_flops_per_s"] / peak
-    emit({"benchmark": "update_step", "attention_backend": resolve_backend(args.attention, jnp.float32),
+    emit({"benchmark": "update_step", "attention_backend": resolve_backend(args.attention, jnp.dtype(args.dtype)),
+          "dtype": args.dtype, "param_dtype": "float32", "scan_layers": args.scan_layers, "remat": args.remat,
           "rows": args.rows, "row_len": args.row_len, "peak_matmul_flops_per_s": peak,
           "peak_measurements": peaks,
           "peak_n": n, "sizes": results, "target_utilisation_29m": 0.5})
