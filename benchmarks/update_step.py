@@ -31,6 +31,9 @@ def main(argv=None):
     ap.add_argument("--scan-layers", action="store_true", help="layers under nn.scan (compile time flat in depth)")
     ap.add_argument("--remat", action="store_true", help="rematerialise each layer in the backward pass (its "
                     "recomputed forward is not counted in the model FLOPs)")
+    ap.add_argument("--chunk-size", type=int, default=128, help="token_logprobs' tokens per log-softmax chunk")
+    ap.add_argument("--torch-peak", action="store_true",
+                    help="also time torch's --peak-n matmul on the GPU (a reference peak beside XLA's)")
     ap.add_argument("--init", default="hf", choices=["hf", "random"],
                     help="hf: a transformers Qwen3's weights (needs torch); random: orchestra_jax's own init")
     args = ap.parse_args(argv)
@@ -74,7 +77,8 @@ def main(argv=None):
         @jax.jit
         def update(p, state, b):
             def loss(p):
-                logp, _ = token_logprobs(cfg, p, b["tokens"], b["positions"], b["segment_ids"], with_entropy=False)
+                logp, _ = token_logprobs(cfg, p, b["tokens"], b["positions"], b["segment_ids"], with_entropy=False,
+                                          chunk_size=args.chunk_size)
                 return jnp.mean(logp * b["weights"])
             value, grads = jax.value_and_grad(loss)(p)
             updates, state = opt.update(grads, state, p)
@@ -97,13 +101,28 @@ def main(argv=None):
                          "model_flops": flops, "achieved_flops_per_s": flops / seconds,
                          "flops_per_s_vs_neighbouring_peak": flops / seconds / max(peaks[-2:])}
     peak = max(peaks)
+    torch_peak = _torch_peak(n, args.dtype, max(args.reps, 3)) if args.torch_peak else None
     for r in results.values():
         r["utilisation"] = r["achieved_flops_per_s"] / peak
     emit({"benchmark": "update_step", "attention_backend": resolve_backend(args.attention, jnp.dtype(args.dtype)),
           "dtype": args.dtype, "param_dtype": "float32", "scan_layers": args.scan_layers, "remat": args.remat,
           "rows": args.rows, "row_len": args.row_len, "peak_matmul_flops_per_s": peak,
           "peak_measurements": peaks,
-          "peak_n": n, "sizes": results, "target_utilisation_29m": 0.5})
+          "peak_n": n, "torch_peak_matmul_flops_per_s": torch_peak, "chunk_size": args.chunk_size,
+          "sizes": results, "target_utilisation_29m": 0.5})
+
+
+def _torch_peak(n: int, dtype: str, reps: int):
+    """FLOP/s of torch's n^3 matmul on the GPU (cuBLAS), after a warm-up; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    a = torch.randn(n, n, device="cuda", dtype=getattr(torch, dtype))
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    return 2 * n ** 3 / timed(lambda: (a @ a, torch.cuda.synchronize()), reps)
 
 
 if __name__ == "__main__":
