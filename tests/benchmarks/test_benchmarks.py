@@ -44,9 +44,33 @@ def test_update_step_tiny_mode(capsys):
     r = out["sizes"]["nano"]
     assert out["peak_matmul_flops_per_s"] > 0 and r["model_flops"] > 0 and 0 < r["utilisation"]
     assert set(r) == {"params", "update_s", "tokens_per_s", "model_flops", "achieved_flops_per_s", "utilisation",
-                      "flops_per_s_vs_neighbouring_peak"}
+                      "flops_per_s_vs_neighbouring_peak", "compiled_temp_bytes"}
     assert len(out["peak_measurements"]) == 2 and out["peak_matmul_flops_per_s"] == max(out["peak_measurements"])
     assert out["attention_backend"] in ("block_sparse", "xla")  # auto on one CPU device / on a CPU mesh
+
+
+def test_update_step_gpu_options_on_cpu(capsys):
+    """The GPU figure's options: orchestra_jax's own init builds the transformers model's shape (same param
+    count), bf16 compute keeps float32 params, and remat holds fewer temporaries (XLA's memory analysis)."""
+    args = ["--sizes", "tiny", "--rows", "2", "--row-len", "128", "--reps", "1", "--peak-n", "128"]
+    hf = _run("update_step", args, capsys)
+    plain = _run("update_step", args + ["--init", "random", "--dtype", "bfloat16", "--scan-layers"], capsys)
+    remat = _run("update_step", args + ["--init", "random", "--dtype", "bfloat16", "--scan-layers", "--remat"],
+                 capsys)
+    assert plain["sizes"]["tiny"]["params"] == hf["sizes"]["tiny"]["params"]
+    assert plain["sizes"]["tiny"]["model_flops"] == hf["sizes"]["tiny"]["model_flops"]
+    assert (plain["dtype"], plain["param_dtype"], plain["scan_layers"], remat["remat"]) == (
+        "bfloat16", "float32", True, True)
+    assert 0 < remat["sizes"]["tiny"]["compiled_temp_bytes"] < plain["sizes"]["tiny"]["compiled_temp_bytes"]
+    assert hf["torch_peak_matmul_flops_per_s"] is None  # only with --torch-peak on a GPU
+
+
+def test_sampling_scan_layers_and_bf16(capsys):
+    args = ["--size", "nano", "--batch", "2", "--prompt", "8", "--new", "8", "--reps", "1"]
+    scanned = _run("sampling", args + ["--scan-layers"], capsys)
+    assert scanned["ids_equal"] is True and scanned["ids_equal_share"] == 1.0 and scanned["torch_device"] == "cpu"
+    bf16 = _run("sampling", args + ["--dtype", "bfloat16"], capsys)
+    assert bf16["dtype"] == "bfloat16" and 0.0 <= bf16["ids_equal_share"] <= 1.0
 
 
 def test_attention_tiny_mode(capsys):
