@@ -2,14 +2,21 @@
 
 Packed training rows are mostly masked: a continuation sees its prompt and itself, never the other episodes
 in its row, and no query sees the future. The dense XLA path still computes (and, on CPU, streams through
-memory) every [T, T] score. This kernel walks the causal (query block, key block) pairs of each row in a
-`lax.scan` and, per pair, `lax.cond`s away the block when no query of it can see a key of it, keeping a
-running max and sum per query (online softmax) so only one [block, block] score block exists at a time.
-The backward pass (custom_vjp) walks the same pairs and recomputes each block's probabilities from the
-saved log-sum-exp, as FlashAttention does.
+memory) every [T, T] score. This kernel walks the causal (query block, key block) pairs in a `lax.scan`,
+all rows at once, and per pair `lax.cond`s the block away when no query of it in any row can see a key of
+it, keeping a running max and sum per query (online softmax) so only one [rows, block, block] score block
+exists at a time. Each pair's exact mask (segment, prefix segment, causal) is applied per row, so a row
+whose queries see none of the pair's keys adds nothing. The backward pass (custom_vjp) walks the same pairs
+and recomputes each block's probabilities from the saved log-sum-exp, as FlashAttention does.
 
-The walk is sequential over rows, so it suits one device: under a mesh that shards the rows the partitioner
-would gather them (correct, slow); `attention.resolve_backend` picks it only for a single CPU device.
+Why all rows per pair: on a CPU each small op costs a few microseconds of dispatch whatever its size, and
+a pair of [block, block] scores is a handful of such ops, so walking pairs row by row was dispatch-bound
+(most of the quickstart update's attention time in a profile); rows per op amortise that, at the price of
+computing a pair for every row when any row needs it.
+
+The walk slices every row of a block, so it suits one device: under a mesh that shards the rows the
+partitioner would gather them (correct, slow); `attention.resolve_backend` picks it only for a single CPU
+device.
 """
 from __future__ import annotations
 
@@ -48,15 +55,14 @@ def block_flags(segment_ids_BT, prefix_segment_ids_BT, block: int):
     return flags_Bnn & jnp.tril(jnp.ones((n, n), bool))[None]
 
 
-def _causal_pairs(batch: int, n: int):
-    """(row, query block, key block) int32 arrays over every row's causal block pairs, key blocks inner."""
+def _causal_pairs(n: int):
+    """(query block, key block) int32 arrays over the causal block pairs, key blocks inner."""
     qi, kj = np.tril_indices(n)
-    rows = np.repeat(np.arange(batch), qi.size)
-    return tuple(jnp.asarray(a, jnp.int32) for a in (rows, np.tile(qi, batch), np.tile(kj, batch)))
+    return jnp.asarray(qi, jnp.int32), jnp.asarray(kj, jnp.int32)
 
 
 class _Blocks:
-    """Slices one (row, query block, key block) pair out of the [B, T, ...] operands."""
+    """Slices one (query block, key block) pair, every row, out of the [B, T, ...] operands."""
 
     def __init__(self, block: int, segment_ids_BT, prefix_segment_ids_BT):
         self.block = block
@@ -64,27 +70,26 @@ class _Blocks:
         self.pre = prefix_segment_ids_BT
         self.offsets = jnp.arange(block, dtype=jnp.int32)
 
-    def take(self, x, row, start):
-        """x[row, start:start + block] for x [B, T, ...]."""
-        idx = (row, start) + (0,) * (x.ndim - 2)
-        return jax.lax.dynamic_slice(x, idx, (1, self.block) + x.shape[2:])[0]
+    def take(self, x, start):
+        """x[:, start:start + block] for x [B, T, ...]."""
+        return jax.lax.dynamic_slice_in_dim(x, start, self.block, axis=1)
 
-    def put(self, x, row, start, value):
-        return jax.lax.dynamic_update_slice(x, value[None].astype(x.dtype), (row, start) + (0,) * (x.ndim - 2))
+    def put(self, x, start, value):
+        return jax.lax.dynamic_update_slice_in_dim(x, value.astype(x.dtype), start, axis=1)
 
-    def visible(self, row, q_start, k_start):
-        """bool [block(query), block(key)]: the exact mask of this pair (segment or prefix segment, causal)."""
-        key_seg = self.take(self.seg, row, k_start)
-        vis = self.take(self.seg, row, q_start)[:, None] == key_seg[None, :]
+    def visible(self, q_start, k_start):
+        """bool [B, block(query), block(key)]: the exact mask of this pair (segment or prefix segment, causal)."""
+        key_seg = self.take(self.seg, k_start)[:, None, :]
+        vis = self.take(self.seg, q_start)[:, :, None] == key_seg
         if self.pre is not None:
-            vis = vis | (self.take(self.pre, row, q_start)[:, None] == key_seg[None, :])
-        return vis & ((q_start + self.offsets)[:, None] >= (k_start + self.offsets)[None, :])
+            vis = vis | (self.take(self.pre, q_start)[:, :, None] == key_seg)
+        return vis & ((q_start + self.offsets)[:, None] >= (k_start + self.offsets)[None, :])[None]
 
 
-def _scores(q_bKGH, k_bKH, vis_bb, scale):
-    """Float32 [query, K, G, key] scores with masked entries at -inf."""
-    s = jnp.einsum("tkgh,skh->tkgs", q_bKGH, k_bKH, preferred_element_type=jnp.float32) * scale
-    return jnp.where(vis_bb[:, None, None, :], s, -jnp.inf)
+def _scores(q_BbKGH, k_BbKH, vis_Bbb, scale):
+    """Float32 [B, query, K, G, key] scores with masked entries at -inf."""
+    s = jnp.einsum("btkgh,bskh->btkgs", q_BbKGH, k_BbKH, preferred_element_type=jnp.float32) * scale
+    return jnp.where(vis_Bbb[:, :, None, None, :], s, -jnp.inf)
 
 
 def _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
@@ -93,31 +98,29 @@ def _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, blo
     blocks = _Blocks(block, segment_ids_BT, prefix_segment_ids_BT)
     flags = block_flags(segment_ids_BT, prefix_segment_ids_BT, block)
 
-    def pair(carry, rij):
-        row, i, j = rij
+    def pair(carry, ij):
+        i, j = ij
 
         def attend(carry):
             acc, run_max, run_sum = carry
             qs, ks = i * block, j * block
-            s = _scores(blocks.take(q_BTKGH, row, qs), blocks.take(k_BTKH, row, ks), blocks.visible(row, qs, ks),
-                        scale)
-            old_max = blocks.take(run_max, row, qs)
+            s = _scores(blocks.take(q_BTKGH, qs), blocks.take(k_BTKH, ks), blocks.visible(qs, ks), scale)
+            old_max = blocks.take(run_max, qs)
             new_max = jnp.maximum(old_max, s.max(-1))
             safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # no key seen yet: keep exp() finite
             p = jnp.exp(s - safe_max[..., None])
             rescale = jnp.exp(old_max - safe_max)  # 0 when old_max is -inf
-            new_sum = blocks.take(run_sum, row, qs) * rescale + p.sum(-1)
-            pv = jnp.einsum("tkgs,skh->tkgh", p.astype(v_BTKH.dtype), blocks.take(v_BTKH, row, ks),
+            new_sum = blocks.take(run_sum, qs) * rescale + p.sum(-1)
+            pv = jnp.einsum("btkgs,bskh->btkgh", p.astype(v_BTKH.dtype), blocks.take(v_BTKH, ks),
                             preferred_element_type=jnp.float32)
-            new_acc = blocks.take(acc, row, qs) * rescale[..., None] + pv
-            return (blocks.put(acc, row, qs, new_acc), blocks.put(run_max, row, qs, new_max),
-                    blocks.put(run_sum, row, qs, new_sum))
+            new_acc = blocks.take(acc, qs) * rescale[..., None] + pv
+            return (blocks.put(acc, qs, new_acc), blocks.put(run_max, qs, new_max), blocks.put(run_sum, qs, new_sum))
 
-        return jax.lax.cond(flags[row, i, j], attend, lambda c: c, carry), None
+        return jax.lax.cond(jnp.any(flags[:, i, j]), attend, lambda c: c, carry), None
 
     init = (jnp.zeros(q_BTKGH.shape, jnp.float32), jnp.full(q_BTKGH.shape[:-1], -jnp.inf, jnp.float32),
             jnp.zeros(q_BTKGH.shape[:-1], jnp.float32))
-    (acc, run_max, run_sum), _ = jax.lax.scan(pair, init, _causal_pairs(batch, length // block))
+    (acc, run_max, run_sum), _ = jax.lax.scan(pair, init, _causal_pairs(length // block))
     # Every query sees itself (same segment, diagonal block), so run_sum > 0.
     out = (acc / run_sum[..., None]).astype(q_BTKGH.dtype)
     return out, run_max + jnp.log(run_sum), flags
@@ -130,30 +133,29 @@ def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, ou
     # D_t = sum_h dO * O: the softmax backward's row term, once for all pairs.
     delta_BTKG = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
 
-    def pair(carry, rij):
-        row, i, j = rij
+    def pair(carry, ij):
+        i, j = ij
 
         def attend(carry):
             dq, dk, dv = carry
             qs, ks = i * block, j * block
-            q_b, k_b, v_b = blocks.take(q_BTKGH, row, qs), blocks.take(k_BTKH, row, ks), blocks.take(v_BTKH, row, ks)
-            do_b = blocks.take(dout, row, qs)
-            s = _scores(q_b, k_b, blocks.visible(row, qs, ks), scale)
-            p = jnp.exp(s - blocks.take(lse_BTKG, row, qs)[..., None])  # masked: exp(-inf) = 0
-            dv_b = jnp.einsum("tkgs,tkgh->skh", p.astype(do_b.dtype), do_b, preferred_element_type=jnp.float32)
-            dp = jnp.einsum("tkgh,skh->tkgs", do_b, v_b, preferred_element_type=jnp.float32)
-            ds = p * (dp - blocks.take(delta_BTKG, row, qs)[..., None]) * scale
-            dq_b = jnp.einsum("tkgs,skh->tkgh", ds.astype(k_b.dtype), k_b, preferred_element_type=jnp.float32)
-            dk_b = jnp.einsum("tkgs,tkgh->skh", ds.astype(q_b.dtype), q_b, preferred_element_type=jnp.float32)
-            return (blocks.put(dq, row, qs, blocks.take(dq, row, qs) + dq_b),
-                    blocks.put(dk, row, ks, blocks.take(dk, row, ks) + dk_b),
-                    blocks.put(dv, row, ks, blocks.take(dv, row, ks) + dv_b))
+            q_b, k_b, v_b = blocks.take(q_BTKGH, qs), blocks.take(k_BTKH, ks), blocks.take(v_BTKH, ks)
+            do_b = blocks.take(dout, qs)
+            s = _scores(q_b, k_b, blocks.visible(qs, ks), scale)
+            p = jnp.exp(s - blocks.take(lse_BTKG, qs)[..., None])  # masked: exp(-inf) = 0
+            dv_b = jnp.einsum("btkgs,btkgh->bskh", p.astype(do_b.dtype), do_b, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("btkgh,bskh->btkgs", do_b, v_b, preferred_element_type=jnp.float32)
+            ds = p * (dp - blocks.take(delta_BTKG, qs)[..., None]) * scale
+            dq_b = jnp.einsum("btkgs,bskh->btkgh", ds.astype(k_b.dtype), k_b, preferred_element_type=jnp.float32)
+            dk_b = jnp.einsum("btkgs,btkgh->bskh", ds.astype(q_b.dtype), q_b, preferred_element_type=jnp.float32)
+            return (blocks.put(dq, qs, blocks.take(dq, qs) + dq_b), blocks.put(dk, ks, blocks.take(dk, ks) + dk_b),
+                    blocks.put(dv, ks, blocks.take(dv, ks) + dv_b))
 
-        return jax.lax.cond(flags[row, i, j], attend, lambda c: c, carry), None
+        return jax.lax.cond(jnp.any(flags[:, i, j]), attend, lambda c: c, carry), None
 
     init = (jnp.zeros(q_BTKGH.shape, jnp.float32), jnp.zeros(k_BTKH.shape, jnp.float32),
             jnp.zeros(v_BTKH.shape, jnp.float32))
-    (dq, dk, dv), _ = jax.lax.scan(pair, init, _causal_pairs(batch, length // block))
+    (dq, dk, dv), _ = jax.lax.scan(pair, init, _causal_pairs(length // block))
     return dq.astype(q_BTKGH.dtype), dk.astype(k_BTKH.dtype), dv.astype(v_BTKH.dtype)
 
 

@@ -10,6 +10,7 @@ from flax import linen as nn
 from orchestra_jax.model.attention import packed_attention, resolve_backend
 from orchestra_jax.model.cached_attention import cached_attention
 from orchestra_jax.model.config import ModelConfig
+from orchestra_jax.model.projection import project
 
 KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -52,11 +53,9 @@ class Projection(nn.Module):
         kernel = logical_param(self, "kernel", KERNEL_INIT, self.in_shape + self.out_shape, self.kernel_axes)
         dtype = self.cfg.jnp_dtype
         n_in = len(self.in_shape)
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        y = project(x.astype(dtype), kernel.astype(dtype), n_in)
         if self.use_bias:
-            bias = logical_param(self, "bias", nn.initializers.zeros, self.out_shape,
-                          self.kernel_axes[n_in:])
+            bias = logical_param(self, "bias", nn.initializers.zeros, self.out_shape, self.kernel_axes[n_in:])
             y = y + bias.astype(dtype)
         return y
 
