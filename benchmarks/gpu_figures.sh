@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks and figures of benchmarks/README.md in one run (about 6 minutes on one H100), most important
+# The GPU checks and figures of benchmarks/README.md in one run (about 5 minutes on one H100), most important
 # first: the GPU tests, the update's bf16 utilisation at Qwen3-0.6B's shape (cuDNN, then XLA attention), the
 # sampler vs transformers.generate on the GPU (0.6B bf16, then 29M float32).
 #
@@ -37,6 +37,9 @@ step gpu_tests 150 env JAX_PLATFORMS=cuda,cpu $py -m pytest -q -rs tests/model/t
 # 4 x 2048 tokens: without remat the update's activations take about 33 GB (XLA's memory analysis on the CPU)
 upd="benchmarks/update_step.py --sizes 0.6b --dtype bfloat16 --init random --scan-layers --row-len 2048 --peak-n 8192"
 step update_0.6b_cudnn 150 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 $py $upd --rows 4 --attention auto --reps 5
+# the best of the 2026-12-05 H100 runs: layers unrolled, 8 x 2,048 tokens (23 GB of temporaries there)
+step update_0.6b_cudnn_unrolled 150 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 $py benchmarks/update_step.py \
+  --sizes 0.6b --dtype bfloat16 --init random --row-len 2048 --peak-n 8192 --rows 8 --reps 5 --torch-peak
 step sampling_0.6b_bf16 150 $py benchmarks/sampling.py --size 0.6b --dtype bfloat16 --batch 64 --prompt 128 \
   --new 256 --reps 3
 step update_0.6b_xla 120 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 $py $upd --rows 4 --attention xla --reps 5

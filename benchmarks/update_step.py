@@ -97,7 +97,8 @@ def main(argv=None):
         tokens = args.rows * args.row_len
         flops = (6 * (non_embed + head) * tokens
                  + 12 * cfg.num_layers * args.row_len ** 2 * cfg.num_heads * cfg.head_dim * args.rows)
-        results[size] = {"params": total, "update_s": seconds, "compiled_temp_bytes": temp_bytes, "tokens_per_s": tokens / seconds,
+        results[size] = {"params": total, "update_s": seconds, "compiled_temp_bytes": temp_bytes,
+                         "tokens_per_s": tokens / seconds,
                          "model_flops": flops, "achieved_flops_per_s": flops / seconds,
                          "flops_per_s_vs_neighbouring_peak": flops / seconds / max(peaks[-2:])}
     peak = max(peaks)
