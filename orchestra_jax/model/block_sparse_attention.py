@@ -62,7 +62,8 @@ def _causal_pairs(n: int):
 
 
 class _Blocks:
-    """Slices one (query block, key block) pair, every row, out of the [B, T, ...] operands."""
+    """Slices one (query block, key block) pair, every row, out of the operands: segment ids [B, T] and the
+    head-major tensors [B, K, T, ...] the walk works in."""
 
     def __init__(self, block: int, segment_ids_BT, prefix_segment_ids_BT):
         self.block = block
@@ -70,33 +71,41 @@ class _Blocks:
         self.pre = prefix_segment_ids_BT
         self.offsets = jnp.arange(block, dtype=jnp.int32)
 
-    def take(self, x, start):
-        """x[:, start:start + block] for x [B, T, ...]."""
-        return jax.lax.dynamic_slice_in_dim(x, start, self.block, axis=1)
+    def take(self, x, start, axis=2):
+        """x[:, :, start:start + block] (axis 2, head-major tensors) or x[:, start:start + block] (axis 1)."""
+        return jax.lax.dynamic_slice_in_dim(x, start, self.block, axis=axis)
 
     def put(self, x, start, value):
-        return jax.lax.dynamic_update_slice_in_dim(x, value.astype(x.dtype), start, axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(x, value.astype(x.dtype), start, axis=2)
 
     def visible(self, q_start, k_start):
         """bool [B, block(query), block(key)]: the exact mask of this pair (segment or prefix segment, causal)."""
-        key_seg = self.take(self.seg, k_start)[:, None, :]
-        vis = self.take(self.seg, q_start)[:, :, None] == key_seg
+        key_seg = self.take(self.seg, k_start, axis=1)[:, None, :]
+        vis = self.take(self.seg, q_start, axis=1)[:, :, None] == key_seg
         if self.pre is not None:
-            vis = vis | (self.take(self.pre, q_start)[:, :, None] == key_seg)
+            vis = vis | (self.take(self.pre, q_start, axis=1)[:, :, None] == key_seg)
         return vis & ((q_start + self.offsets)[:, None] >= (k_start + self.offsets)[None, :])[None]
 
 
-def _scores(q_BbKGH, k_BbKH, vis_Bbb, scale):
-    """Float32 [B, query, K, G, key] scores with masked entries at -inf."""
-    s = jnp.einsum("btkgh,bskh->btkgs", q_BbKGH, k_BbKH, preferred_element_type=jnp.float32) * scale
-    return jnp.where(vis_Bbb[:, :, None, None, :], s, -jnp.inf)
+def _head_major(x_BT_):
+    """[B, T, K, ...] -> [B, K, T, ...]: per (row, kv head) the block's queries and keys are then contiguous,
+    so every product of the walk is a plain batched matmul over (B, K) with no transposing copy per pair."""
+    return jnp.moveaxis(x_BT_, 2, 1)
+
+
+def _scores(q_BKbGH, k_BKbH, vis_Bbb, scale):
+    """Float32 [B, K, query, G, key] scores with masked entries at -inf."""
+    s = jnp.einsum("bktgh,bksh->bktgs", q_BKbGH, k_BKbH, preferred_element_type=jnp.float32) * scale
+    return jnp.where(vis_Bbb[:, None, :, None, :], s, -jnp.inf)
 
 
 def _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
-    batch, length, kv_heads, groups, dim = q_BTKGH.shape
+    """(out [B, T, K, G, H], log-sum-exp [B, K, T, G] (head-major: only the backward reads it), flags)."""
+    length, dim = q_BTKGH.shape[1], q_BTKGH.shape[-1]
     scale = 1.0 / np.sqrt(dim)
     blocks = _Blocks(block, segment_ids_BT, prefix_segment_ids_BT)
     flags = block_flags(segment_ids_BT, prefix_segment_ids_BT, block)
+    q, k, v = _head_major(q_BTKGH), _head_major(k_BTKH), _head_major(v_BTKH)
 
     def pair(carry, ij):
         i, j = ij
@@ -104,34 +113,35 @@ def _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, blo
         def attend(carry):
             acc, run_max, run_sum = carry
             qs, ks = i * block, j * block
-            s = _scores(blocks.take(q_BTKGH, qs), blocks.take(k_BTKH, ks), blocks.visible(qs, ks), scale)
+            s = _scores(blocks.take(q, qs), blocks.take(k, ks), blocks.visible(qs, ks), scale)
             old_max = blocks.take(run_max, qs)
             new_max = jnp.maximum(old_max, s.max(-1))
             safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # no key seen yet: keep exp() finite
             p = jnp.exp(s - safe_max[..., None])
             rescale = jnp.exp(old_max - safe_max)  # 0 when old_max is -inf
             new_sum = blocks.take(run_sum, qs) * rescale + p.sum(-1)
-            pv = jnp.einsum("btkgs,bskh->btkgh", p.astype(v_BTKH.dtype), blocks.take(v_BTKH, ks),
+            pv = jnp.einsum("bktgs,bksh->bktgh", p.astype(v.dtype), blocks.take(v, ks),
                             preferred_element_type=jnp.float32)
             new_acc = blocks.take(acc, qs) * rescale[..., None] + pv
             return (blocks.put(acc, qs, new_acc), blocks.put(run_max, qs, new_max), blocks.put(run_sum, qs, new_sum))
 
         return jax.lax.cond(jnp.any(flags[:, i, j]), attend, lambda c: c, carry), None
 
-    init = (jnp.zeros(q_BTKGH.shape, jnp.float32), jnp.full(q_BTKGH.shape[:-1], -jnp.inf, jnp.float32),
-            jnp.zeros(q_BTKGH.shape[:-1], jnp.float32))
+    init = (jnp.zeros(q.shape, jnp.float32), jnp.full(q.shape[:-1], -jnp.inf, jnp.float32),
+            jnp.zeros(q.shape[:-1], jnp.float32))
     (acc, run_max, run_sum), _ = jax.lax.scan(pair, init, _causal_pairs(length // block))
     # Every query sees itself (same segment, diagonal block), so run_sum > 0.
-    out = (acc / run_sum[..., None]).astype(q_BTKGH.dtype)
+    out = jnp.moveaxis(acc / run_sum[..., None], 1, 2).astype(q_BTKGH.dtype)
     return out, run_max + jnp.log(run_sum), flags
 
 
-def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse_BTKG, flags, dout, block):
-    batch, length, kv_heads, groups, dim = q_BTKGH.shape
+def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse_BKTG, flags, dout, block):
+    length, dim = q_BTKGH.shape[1], q_BTKGH.shape[-1]
     scale = 1.0 / np.sqrt(dim)
     blocks = _Blocks(block, segment_ids_BT, prefix_segment_ids_BT)
+    q, k, v, do = _head_major(q_BTKGH), _head_major(k_BTKH), _head_major(v_BTKH), _head_major(dout)
     # D_t = sum_h dO * O: the softmax backward's row term, once for all pairs.
-    delta_BTKG = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+    delta_BKTG = _head_major(jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1))
 
     def pair(carry, ij):
         i, j = ij
@@ -139,24 +149,22 @@ def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, ou
         def attend(carry):
             dq, dk, dv = carry
             qs, ks = i * block, j * block
-            q_b, k_b, v_b = blocks.take(q_BTKGH, qs), blocks.take(k_BTKH, ks), blocks.take(v_BTKH, ks)
-            do_b = blocks.take(dout, qs)
+            q_b, k_b, v_b, do_b = blocks.take(q, qs), blocks.take(k, ks), blocks.take(v, ks), blocks.take(do, qs)
             s = _scores(q_b, k_b, blocks.visible(qs, ks), scale)
-            p = jnp.exp(s - blocks.take(lse_BTKG, qs)[..., None])  # masked: exp(-inf) = 0
-            dv_b = jnp.einsum("btkgs,btkgh->bskh", p.astype(do_b.dtype), do_b, preferred_element_type=jnp.float32)
-            dp = jnp.einsum("btkgh,bskh->btkgs", do_b, v_b, preferred_element_type=jnp.float32)
-            ds = p * (dp - blocks.take(delta_BTKG, qs)[..., None]) * scale
-            dq_b = jnp.einsum("btkgs,bskh->btkgh", ds.astype(k_b.dtype), k_b, preferred_element_type=jnp.float32)
-            dk_b = jnp.einsum("btkgs,btkgh->bskh", ds.astype(q_b.dtype), q_b, preferred_element_type=jnp.float32)
+            p = jnp.exp(s - blocks.take(lse_BKTG, qs)[..., None])  # masked: exp(-inf) = 0
+            dv_b = jnp.einsum("bktgs,bktgh->bksh", p.astype(do_b.dtype), do_b, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bktgh,bksh->bktgs", do_b, v_b, preferred_element_type=jnp.float32)
+            ds = p * (dp - blocks.take(delta_BKTG, qs)[..., None]) * scale
+            dq_b = jnp.einsum("bktgs,bksh->bktgh", ds.astype(k_b.dtype), k_b, preferred_element_type=jnp.float32)
+            dk_b = jnp.einsum("bktgs,bktgh->bksh", ds.astype(q_b.dtype), q_b, preferred_element_type=jnp.float32)
             return (blocks.put(dq, qs, blocks.take(dq, qs) + dq_b), blocks.put(dk, ks, blocks.take(dk, ks) + dk_b),
                     blocks.put(dv, ks, blocks.take(dv, ks) + dv_b))
 
         return jax.lax.cond(jnp.any(flags[:, i, j]), attend, lambda c: c, carry), None
 
-    init = (jnp.zeros(q_BTKGH.shape, jnp.float32), jnp.zeros(k_BTKH.shape, jnp.float32),
-            jnp.zeros(v_BTKH.shape, jnp.float32))
+    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
     (dq, dk, dv), _ = jax.lax.scan(pair, init, _causal_pairs(length // block))
-    return dq.astype(q_BTKGH.dtype), dk.astype(k_BTKH.dtype), dv.astype(v_BTKH.dtype)
+    return tuple(jnp.moveaxis(g, 1, 2).astype(x.dtype) for g, x in ((dq, q_BTKGH), (dk, k_BTKH), (dv, v_BTKH)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
