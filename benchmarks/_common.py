@@ -44,14 +44,10 @@ def random_ours(size: str, seed: int = 0, **overrides):
     import jax
 
     from orchestra_jax.model import init_params
-    from orchestra_jax.model.config import ModelConfig
+    from orchestra_jax.model.hf import config_from_hf
 
-    shape = SIZES[size]
-    cfg = ModelConfig(vocab_size=shape["vocab_size"], hidden_size=shape["hidden_size"],
-                      num_layers=shape["num_hidden_layers"], num_heads=shape["num_attention_heads"],
-                      num_kv_heads=shape["num_key_value_heads"], head_dim=shape["head_dim"],
-                      intermediate_size=shape["intermediate_size"], rope_theta=1e6, qk_norm=True,
-                      tie_word_embeddings=True, **overrides)
+    cfg = config_from_hf({"model_type": "qwen3", **SIZES[size], "tie_word_embeddings": True, "rope_theta": 1e6},
+                         **overrides)
     return cfg, jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed))
 
 

@@ -99,13 +99,12 @@ def _scores(q_BKbGH, k_BKbH, vis_Bbb, scale):
     return jnp.where(vis_Bbb[:, None, :, None, :], s, -jnp.inf)
 
 
-def _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
-    """(out [B, T, K, G, H], log-sum-exp [B, K, T, G] (head-major: only the backward reads it), flags)."""
-    length, dim = q_BTKGH.shape[1], q_BTKGH.shape[-1]
+def _forward(q, k, v, segment_ids_BT, prefix_segment_ids_BT, block):
+    """(out, log-sum-exp [B, K, T, G], flags) for head-major q [B, K, T, G, H], k / v [B, K, T, H]."""
+    length, dim = q.shape[2], q.shape[-1]
     scale = 1.0 / np.sqrt(dim)
     blocks = _Blocks(block, segment_ids_BT, prefix_segment_ids_BT)
     flags = block_flags(segment_ids_BT, prefix_segment_ids_BT, block)
-    q, k, v = _head_major(q_BTKGH), _head_major(k_BTKH), _head_major(v_BTKH)
 
     def pair(carry, ij):
         i, j = ij
@@ -131,17 +130,17 @@ def _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, blo
             jnp.zeros(q.shape[:-1], jnp.float32))
     (acc, run_max, run_sum), _ = jax.lax.scan(pair, init, _causal_pairs(length // block))
     # Every query sees itself (same segment, diagonal block), so run_sum > 0.
-    out = jnp.moveaxis(acc / run_sum[..., None], 1, 2).astype(q_BTKGH.dtype)
+    out = (acc / run_sum[..., None]).astype(q.dtype)
     return out, run_max + jnp.log(run_sum), flags
 
 
-def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse_BKTG, flags, dout, block):
-    length, dim = q_BTKGH.shape[1], q_BTKGH.shape[-1]
+def _backward(q, k, v, segment_ids_BT, prefix_segment_ids_BT, out, lse_BKTG, flags, do, block):
+    """(dq, dk, dv), head-major as the operands."""
+    length, dim = q.shape[2], q.shape[-1]
     scale = 1.0 / np.sqrt(dim)
     blocks = _Blocks(block, segment_ids_BT, prefix_segment_ids_BT)
-    q, k, v, do = _head_major(q_BTKGH), _head_major(k_BTKH), _head_major(v_BTKH), _head_major(dout)
     # D_t = sum_h dO * O: the softmax backward's row term, once for all pairs.
-    delta_BKTG = _head_major(jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1))
+    delta_BKTG = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
 
     def pair(carry, ij):
         i, j = ij
@@ -164,17 +163,17 @@ def _backward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, ou
 
     init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
     (dq, dk, dv), _ = jax.lax.scan(pair, init, _causal_pairs(length // block))
-    return tuple(jnp.moveaxis(g, 1, 2).astype(x.dtype) for g, x in ((dq, q_BTKGH), (dk, k_BTKH), (dv, v_BTKH)))
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
-    return _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)[0]
+def _attention(q_BKTGH, k_BKTH, v_BKTH, segment_ids_BT, prefix_segment_ids_BT, block):
+    return _forward(q_BKTGH, k_BKTH, v_BKTH, segment_ids_BT, prefix_segment_ids_BT, block)[0]
 
 
-def _attention_fwd(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block):
-    out, lse, flags = _forward(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)
-    return out, (q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, out, lse, flags)
+def _attention_fwd(q_BKTGH, k_BKTH, v_BKTH, segment_ids_BT, prefix_segment_ids_BT, block):
+    out, lse, flags = _forward(q_BKTGH, k_BKTH, v_BKTH, segment_ids_BT, prefix_segment_ids_BT, block)
+    return out, (q_BKTGH, k_BKTH, v_BKTH, segment_ids_BT, prefix_segment_ids_BT, out, lse, flags)
 
 
 def _attention_bwd(block, residuals, dout):
@@ -215,5 +214,7 @@ def block_sparse_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segmen
         segment_ids_BT = pad_time(segment_ids_BT, unused_id)
         if prefix_segment_ids_BT is not None:
             prefix_segment_ids_BT = pad_time(prefix_segment_ids_BT, unused_id)
-    out = _attention(q_BTKGH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, block)
-    return out[:, :length].reshape(batch, length, heads, dim)
+    # head-major once per call (autodiff transposes the cotangents back): the walk's products need no copies
+    out_BKTGH = _attention(_head_major(q_BTKGH), _head_major(k_BTKH), _head_major(v_BTKH), segment_ids_BT,
+                           prefix_segment_ids_BT, block)
+    return jnp.moveaxis(out_BKTGH, 1, 2)[:, :length].reshape(batch, length, heads, dim)

@@ -32,7 +32,8 @@ def _project_fwd(x, kernel, n_in):
 def _project_bwd(n_in, residuals, dy):
     x, kernel = residuals
     lead = x.ndim - n_in  # the token axes (batch, sequence)
-    dx = jax.lax.dot_general(dy, kernel, ((tuple(range(lead, dy.ndim)), tuple(range(n_in, kernel.ndim))), ((), ())))
+    out_axes = (tuple(range(lead, dy.ndim)), tuple(range(n_in, kernel.ndim)))  # dy's and kernel's output axes
+    dx = jax.lax.dot_general(dy, kernel, (out_axes, ((), ())))
     dkernel = jax.lax.dot_general(x, dy, ((tuple(range(lead)), tuple(range(lead))), ((), ())))
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 

@@ -140,7 +140,6 @@ def _program(fn, name: str, donate: bool):
 # own, so that each sampler function compiles one program per run: prompts, observations, decode.
 _PREFILL = {(prompts, donate): _program(_prefill, "_prefill_prompts" if prompts else "_prefill", donate)
             for prompts in (False, True) for donate in (False, True)}
-_prefill_jit, _prefill_prompts_jit = _PREFILL[False, False], _PREFILL[True, False]
 
 
 def prefill(model_cfg, params, cache, tokens_BT, num_new_B, prev_last_logits_BV=None, chunk_size=None,
@@ -318,9 +317,9 @@ def decode(model_cfg, params, cache, last_logits_BV, key, active_B, stop_ids, cf
     stop_ids_K = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
     if stop_ids_K.size == 0:
         stop_ids_K = jnp.full((1,), -1, jnp.int32)  # no stop ids: a value no token can take
-    *fields, sample_logp_BN = _DECODE[bool(donate_cache)](model_cfg, cfg, params, cache, jnp.asarray(last_logits_BV, jnp.float32),
-                                          key, jnp.asarray(active_B, bool), stop_ids_K,
-                                          None if row_ids_B is None else jnp.asarray(row_ids_B, jnp.int32))
+    *fields, sample_logp_BN = _DECODE[bool(donate_cache)](
+        model_cfg, cfg, params, cache, jnp.asarray(last_logits_BV, jnp.float32), key, jnp.asarray(active_B, bool),
+        stop_ids_K, None if row_ids_B is None else jnp.asarray(row_ids_B, jnp.int32))
     out = DecodeOutput(*fields)
     out.sample_logp_BN = sample_logp_BN
     return out
