@@ -6,13 +6,51 @@ Both sides generate exactly --new tokens per row (no stop ids; transformers with
 same random prompts; the runs alternate (ours, theirs, ours, ...) after one untimed warm-up each. Prints
 one JSON object: tokens/s of each side, their ratio and whether the greedy ids are equal.
 
+Beside the ratio: our time split into prefill and decode (``ours_prefill_s``, ``ours_decode_ms_per_step``) and
+``decode_matmul_floor_ms_per_step``, one decode step's matmuls alone (every layer's projections and the
+output head at the batch's rows, chained in one jitted loop: no attention, norms, cache writes or sampling),
+so ``speedup_at_matmul_floor`` = transformers' time / (our prefill + new x that floor) bounds the ratio any
+decode written with XLA's CPU matmuls could reach on this machine.
+
 --dtype bfloat16 runs both sides in bf16 (weights, activations and our KV cache); greedy ids then need not
 be equal (different kernels round differently and random weights give near-tied logits), so the share of
 equal ids is printed beside. --torch-device auto puts transformers on the GPU when torch sees one.
 """
 import argparse
+import time
 
 from _common import emit, hf_qwen3, ours_from_hf, timed, count_params
+
+
+def matmul_floor_s(cfg, batch: int, steps: int, dtype: str, reps: int) -> float:
+    """Seconds per decode step of the model's matmuls alone at ``batch`` rows (see the module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    d, q, kv, f = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+    rng = np.random.default_rng(0)
+
+    def w(*shape):
+        return jnp.asarray(rng.standard_normal(shape, np.float32) / np.sqrt(shape[0]), dtype)
+    layers = [dict(q=w(d, q), k=w(d, kv), v=w(d, kv), o=w(q, d), gate=w(d, f), up=w(d, f), down=w(f, d))
+              for _ in range(cfg.num_layers)]
+    head_VD = w(cfg.vocab_size, d)
+
+    @jax.jit
+    def run(x_BD, layers, head_VD):
+        def step(_, x_BD):
+            for p in layers:  # each product feeds the next, so none can be skipped or hoisted
+                qkv = jnp.concatenate([x_BD @ p["q"], x_BD @ p["k"], x_BD @ p["v"]], axis=-1)
+                x_BD = x_BD + qkv[:, :q] @ p["o"]
+                x_BD = x_BD + ((x_BD @ p["gate"]) * (x_BD @ p["up"])) @ p["down"]
+            logits_BV = jnp.einsum("bd,vd->bv", x_BD, head_VD)
+            return x_BD * 1e-3 + logits_BV[:, :1]
+        return jax.lax.fori_loop(0, steps, step, x_BD)
+
+    x_BD = jnp.ones((batch, d), dtype)
+    jax.block_until_ready(run(x_BD, layers, head_VD))
+    return timed(lambda: jax.block_until_ready(run(x_BD, layers, head_VD)), reps) / steps
 
 
 def main(argv=None):
@@ -49,11 +87,19 @@ def main(argv=None):
     num_new = np.full(args.batch, args.prompt, np.int32)
     active = np.ones(args.batch, bool)
 
+    split = {"prefill": [], "decode": []}
+
     def ours():
         cache = init_cache(cfg, args.batch, args.prompt + args.new)
+        t0 = time.perf_counter()
         last, cache = prefill(cfg, params, cache, prompts, num_new)
+        jax.block_until_ready(last)
+        t1 = time.perf_counter()
         out = decode(cfg, params, cache, last, jax.random.key(0), active, [], scfg)
-        return np.asarray(jax.block_until_ready(out.tokens_BN))
+        ids = np.asarray(jax.block_until_ready(out.tokens_BN))
+        split["prefill"].append(t1 - t0)
+        split["decode"].append(time.perf_counter() - t1)
+        return ids
 
     ids_t = torch.as_tensor(prompts, dtype=torch.long, device=device)
 
@@ -71,6 +117,8 @@ def main(argv=None):
         t_theirs.append(timed(theirs, 1))
     tokens = args.batch * args.new
     s_ours, s_theirs = float(np.median(t_ours)), float(np.median(t_theirs))
+    prefill_s, decode_s = (float(np.median(split[k][1:])) for k in ("prefill", "decode"))  # [0]: the warm-up
+    floor_s = matmul_floor_s(cfg, args.batch, args.new, args.dtype, max(args.reps, 3))
     emit({"benchmark": "sampling", "size": args.size, "params": count_params(params), "batch": args.batch,
           "prompt": args.prompt, "new_tokens": args.new, "reps": args.reps,
           "torch_threads": torch.get_num_threads(), "torch_device": device, "dtype": args.dtype,
@@ -78,6 +126,9 @@ def main(argv=None):
           "orchestra_jax_tokens_per_s": tokens / s_ours, "transformers_tokens_per_s": tokens / s_theirs,
           "speedup": s_theirs / s_ours, "ids_equal": bool(np.array_equal(ours_ids, their_ids)),
           "ids_equal_share": float(np.mean(ours_ids == their_ids)),
+          "ours_prefill_s": prefill_s, "ours_decode_ms_per_step": 1e3 * decode_s / args.new,
+          "decode_matmul_floor_ms_per_step": 1e3 * floor_s,
+          "speedup_at_matmul_floor": s_theirs / (prefill_s + args.new * floor_s),
           "target_speedup": 3.0 if args.size == "tiny" else 2.0})
 
 

@@ -82,6 +82,16 @@ def inverse_cdf_sample(probs_BV: jax.Array, u_B: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.sum(below_BV, axis=-1), probs_BV.shape[-1] - 1).astype(jnp.int32)
 
 
+def greedy_tokens(logits_BV: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(int32 [B] first index of each row's maximum, as jnp.argmax; float32 [B] the maximum). Two plain
+    reductions: XLA's CPU backend runs argmax's (value, index) reduction about 3x slower (an ad-hoc timing at
+    [32, 1024]: 63 vs 18 us a call)."""
+    vocab = logits_BV.shape[-1]
+    max_B = jnp.max(logits_BV, axis=-1)
+    first_B = jnp.min(jnp.where(logits_BV == max_B[:, None], jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+    return jnp.minimum(first_B, vocab - 1), max_B  # the cap: a row of NaNs has no index equal to its max
+
+
 def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig, row_ids_B: jax.Array | None = None):
     """Samples one token per row. Returns (tokens_B int32, sample_logp_B, policy_logp_B), float32 log-probs.
 
@@ -92,20 +102,21 @@ def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig, row
     (`inverse_cdf_sample`): one uniform per row.
     """
     logits_BV = logits_BV.astype(jnp.float32)
-    policy_logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
     if cfg.greedy:
-        tokens_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-        sample_logp_B = jnp.zeros(tokens_B.shape, jnp.float32)
+        tokens_B, max_B = greedy_tokens(logits_BV)
+        # log_softmax at the argmax, from the max and the sum the argmax already needs (no [B, V] log-probs)
+        policy_logp_B = -jnp.log(jnp.sum(jnp.exp(logits_BV - max_B[:, None]), axis=-1))
+        return tokens_B, jnp.zeros(tokens_B.shape, jnp.float32), policy_logp_B
+    policy_logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+    scaled_BV = top_p_logits(logits_BV / cfg.temperature, cfg.top_p)
+    if row_ids_B is None:
+        u_B = jax.random.uniform(key, scaled_BV.shape[:1])
     else:
-        scaled_BV = top_p_logits(logits_BV / cfg.temperature, cfg.top_p)
-        if row_ids_B is None:
-            u_B = jax.random.uniform(key, scaled_BV.shape[:1])
-        else:
-            keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids_B.astype(jnp.uint32))
-            u_B = jax.vmap(jax.random.uniform)(keys_B)
-        sample_logp_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
-        tokens_B = inverse_cdf_sample(jnp.exp(sample_logp_BV), u_B)
-        sample_logp_B = jnp.take_along_axis(sample_logp_BV, tokens_B[:, None], axis=-1)[:, 0]
+        keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids_B.astype(jnp.uint32))
+        u_B = jax.vmap(jax.random.uniform)(keys_B)
+    sample_logp_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
+    tokens_B = inverse_cdf_sample(jnp.exp(sample_logp_BV), u_B)
+    sample_logp_B = jnp.take_along_axis(sample_logp_BV, tokens_B[:, None], axis=-1)[:, 0]
     policy_logp_B = jnp.take_along_axis(policy_logp_BV, tokens_B[:, None], axis=-1)[:, 0]
     return tokens_B, sample_logp_B, policy_logp_B
 

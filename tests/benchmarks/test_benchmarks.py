@@ -26,6 +26,8 @@ def test_sampling_tiny_mode_ids_equal_transformers(capsys):
     out = _run("sampling", ["--size", "nano", "--batch", "2", "--prompt", "8", "--new", "8", "--reps", "1"], capsys)
     assert out["ids_equal"] is True
     assert out["orchestra_jax_tokens_per_s"] > 0 and out["transformers_tokens_per_s"] > 0 and out["speedup"] > 0
+    assert min(out["ours_prefill_s"], out["ours_decode_ms_per_step"], out["decode_matmul_floor_ms_per_step"],
+               out["speedup_at_matmul_floor"]) > 0
 
 
 def test_packing_tiny_mode(capsys):

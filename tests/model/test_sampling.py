@@ -9,7 +9,7 @@ import pytest
 from orchestra_jax.model.config import ModelConfig
 from orchestra_jax.model.kv_cache import init_cache
 from orchestra_jax.model.sampling import (STOP_CACHE_FULL, STOP_MAX_NEW, STOP_NONE, STOP_TOKEN, SamplingConfig,
-                                          decode, prefill, sample_tokens, take_rows, top_p_logits)
+                                          decode, greedy_tokens, prefill, sample_tokens, take_rows, top_p_logits)
 from orchestra_jax.model.transformer import Policy, init_params
 
 CFG = ModelConfig(vocab_size=48, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -283,3 +283,20 @@ def test_bad_sampling_config_is_rejected(kwargs):
 def test_sampling_config_is_hashable_and_greedy_ignores_temperature():
     cfg = SamplingConfig(greedy=True, temperature=0.0)
     assert hash(cfg) == hash(dataclasses.replace(cfg))
+
+
+def test_greedy_tokens_equal_argmax_with_ties_and_policy_logp_equals_log_softmax():
+    rng = np.random.default_rng(5)
+    logits = rng.integers(-3, 4, (64, 50)).astype(np.float32)  # small integers: many rows tie at the max
+    logits[0] = 2.0  # a row that is all one value: index 0
+    logits[1, -1] = 9.0  # the max in the last slot
+    tokens, max_B = jax.jit(greedy_tokens)(jnp.asarray(logits))
+    np.testing.assert_array_equal(np.asarray(tokens), np.argmax(logits, axis=-1))
+    np.testing.assert_array_equal(np.asarray(max_B), logits.max(axis=-1))
+    assert sum(int((row == row.max()).sum() > 1) for row in logits) > 20  # the ties were exercised
+    tok, sample_logp, policy_logp = sample_tokens(jnp.asarray(logits), jax.random.key(0), SamplingConfig(greedy=True))
+    np.testing.assert_array_equal(np.asarray(tok), np.argmax(logits, axis=-1))
+    np.testing.assert_array_equal(np.asarray(sample_logp), 0.0)
+    log_softmax = logits - logits.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    np.testing.assert_allclose(np.asarray(policy_logp), log_softmax[np.arange(64), np.argmax(logits, -1)], atol=1e-6)
