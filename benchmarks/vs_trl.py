@@ -1,7 +1,7 @@
 """One GRPO step, orchestra_jax vs trl.GRPOTrainer, on trl's workload and the same tiny Qwen3 weights.
 
     python benchmarks/vs_trl.py [--side orchestra_jax|trl|both] [--size tiny | --model HF_DIR]
-                                [--prompts 4 --group 8 --prompt-len 32 --completion 48 --steps 3]
+                                [--prompts 4 --group 8 --prompt-len 32 --completion 48 --steps 10]
 
 Workload (both sides): P prompts x G samples, prompt --prompt-len tokens, completions forced to exactly
 --completion tokens (no stop token; trl with min_new_tokens), temperature 1, a simple token reward (the share
@@ -159,7 +159,7 @@ def main(argv=None):
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--completion", type=int, default=48)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = ap.parse_args(argv)
