@@ -37,18 +37,23 @@ def matmul_floor_s(cfg, batch: int, steps: int, dtype: str, reps: int) -> float:
               for _ in range(cfg.num_layers)]
     head_VD = w(cfg.vocab_size, d)
 
+    def step(x_BD, layers, head_VD):
+        for p in layers:  # each product feeds the next, so none can be skipped or hoisted
+            kv_BQ = jnp.tile((x_BD @ p["k"]) * (x_BD @ p["v"]), (1, q // kv))  # stands in for attention
+            x_BD = x_BD + (x_BD @ p["q"] + kv_BQ) @ p["o"]
+            x_BD = x_BD + ((x_BD @ p["gate"]) * (x_BD @ p["up"])) @ p["down"]
+        logits_BV = jnp.einsum("bd,vd->bv", x_BD, head_VD)
+        return x_BD * 1e-3 + logits_BV[:, :1]
+
     @jax.jit
     def run(x_BD, layers, head_VD):
-        def step(_, x_BD):
-            for p in layers:  # each product feeds the next, so none can be skipped or hoisted
-                qkv = jnp.concatenate([x_BD @ p["q"], x_BD @ p["k"], x_BD @ p["v"]], axis=-1)
-                x_BD = x_BD + qkv[:, :q] @ p["o"]
-                x_BD = x_BD + ((x_BD @ p["gate"]) * (x_BD @ p["up"])) @ p["down"]
-            logits_BV = jnp.einsum("bd,vd->bv", x_BD, head_VD)
-            return x_BD * 1e-3 + logits_BV[:, :1]
-        return jax.lax.fori_loop(0, steps, step, x_BD)
+        return jax.lax.fori_loop(0, steps, lambda _, x: step(x, layers, head_VD), x_BD)
 
     x_BD = jnp.ones((batch, d), dtype)
+    want = 2 * batch * (cfg.num_layers * (2 * d * q + 2 * d * kv + 3 * d * f) + d * cfg.vocab_size)
+    got = jax.jit(step).lower(x_BD, layers, head_VD).compile().cost_analysis().get("flops", want)
+    if got < want:  # XLA must not have dropped a product as dead code
+        raise RuntimeError(f"matmul floor: the compiled step has {got:.3g} FLOPs, its matmuls {want:.3g}")
     jax.block_until_ready(run(x_BD, layers, head_VD))
     return timed(lambda: jax.block_until_ready(run(x_BD, layers, head_VD)), reps) / steps
 
