@@ -54,8 +54,11 @@ def _dense(q_BKQH, k_BKHW, v_BKWH, slots_BQ, dtype):
     k_BKHW, v_BKWH = (x.astype(dtype).astype(jnp.float32) for x in (k_BKHW, v_BKWH))
     scores = jnp.einsum("bkqh,bkhw->bkqw", q_BKQH, k_BKHW)
     visible = jnp.arange(k_BKHW.shape[-1], dtype=jnp.int32)[None, None, None, :] <= slots_BQ[:, None, :, None]
-    probs = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)  # slot 0 is always visible
-    return jnp.einsum("bkqw,bkwh->bkqh", probs, v_BKWH)
+    scores = jnp.where(visible, scores, -jnp.inf)
+    # softmax normalised after the product: the division runs on [.., H] instead of [.., W] (an observation
+    # prefill's attention at 400 of 720 slots: 21 -> 13 ms a layer on CPU)
+    exp_BKQW = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))  # slot 0 is always visible: finite
+    return jnp.einsum("bkqw,bkwh->bkqh", exp_BKQW, v_BKWH) / jnp.sum(exp_BKQW, axis=-1, keepdims=True)
 
 
 def _blocked(q_BKQH, k, v, layer, slots_BQ, block: int, dtype):
