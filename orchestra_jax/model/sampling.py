@@ -104,7 +104,7 @@ def sample_tokens(logits_BV: jax.Array, key: jax.Array, cfg: SamplingConfig, row
     logits_BV = logits_BV.astype(jnp.float32)
     if cfg.greedy:
         tokens_B, max_B = greedy_tokens(logits_BV)
-        # log_softmax at the argmax, from the max and the sum the argmax already needs (no [B, V] log-probs)
+        # log_softmax at the argmax = -log(sum(exp(logits - max))): no [B, V] log-probs and no gather
         policy_logp_B = -jnp.log(jnp.sum(jnp.exp(logits_BV - max_B[:, None]), axis=-1))
         return tokens_B, jnp.zeros(tokens_B.shape, jnp.float32), policy_logp_B
     policy_logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
