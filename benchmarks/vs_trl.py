@@ -60,8 +60,7 @@ def make_orchestra_jax_step(cfg, ref_params, prompts, group, completion, lr):
                       optim=OptimConfig(lr=lr, weight_decay=0.0, grad_clip_norm=1.0))
     opt = make_optimizer(algo.optim)
     update = make_update_fn(cfg, algo, opt)
-    row_len = prompt_len + group * completion
-    row_len = -(-row_len // 128) * 128
+    row_len = prompt_len + group * completion  # one group per row, no padding (the kernel pads its blocks)
 
     def step(state, key):
         params, opt_state = state
@@ -94,6 +93,7 @@ def run_orchestra_jax(model, args):
     import numpy as np
 
     cfg, params = ours_from_hf(model)
+    cfg = cfg.replace(attention_block=args.attention_block)
     prompts = np.random.default_rng(0).integers(2, cfg.vocab_size, (args.prompts, args.prompt_len)).astype(np.int32)
     init_state, step = make_orchestra_jax_step(cfg, params, prompts, args.group, args.completion, args.lr)
     state = init_state(params)
@@ -161,6 +161,8 @@ def main(argv=None):
     ap.add_argument("--completion", type=int, default=48)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-6)
+    ap.add_argument("--attention-block", type=int, default=0,
+                    help="orchestra_jax's model.attention_block (block_sparse's block; 0: its default, 64)")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = ap.parse_args(argv)
 
@@ -179,7 +181,7 @@ def main(argv=None):
     samples = args.prompts * args.group
     result = {"benchmark": "vs_trl", "model": args.model or args.size, "prompts": args.prompts,
               "group": args.group, "prompt_len": args.prompt_len, "completion": args.completion,
-              "steps_timed": args.steps, "beta": BETA,
+              "steps_timed": args.steps, "beta": BETA, "attention_block": args.attention_block,
               "torch_threads": torch.get_num_threads()}
     if args.side in ("orchestra_jax", "both"):
         times, metrics = run_orchestra_jax(load(), args)

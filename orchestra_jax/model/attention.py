@@ -169,15 +169,18 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, interpret: bool 
     return out_BNTH.transpose(0, 2, 1, 3).astype(q_BTNH.dtype)
 
 
-def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefix_segment_ids_BT=None):
+def packed_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, backend: str, prefix_segment_ids_BT=None, *,
+                     block: int = 0):
     """Self-attention over packed rows: causal inside a segment, never across segments, except that a
     token also sees (causally) the segment prefix_segment_ids[t] when given (prefix-shared groups).
 
     Padding (segment 0) attends only to padding, so no row is fully masked; its outputs are garbage
-    that callers mask out. `backend` must already be resolved (see resolve_backend).
+    that callers mask out. `backend` must already be resolved (see resolve_backend). `block`: block_sparse's
+    block (0: its default); the other backends ignore it.
     """
     if backend == "block_sparse":
-        return block_sparse_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT)
+        sizes = {"block": block} if block else {}
+        return block_sparse_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, prefix_segment_ids_BT, **sizes)
     if backend == "reference":
         return reference_attention(q_BTNH, k_BTKH, v_BTKH, segment_mask(segment_ids_BT, prefix_segment_ids_BT))
     if backend == "xla" and segment_ids_BT.shape[1] > 2 * Q_BLOCK and segment_ids_BT.shape[1] % Q_BLOCK == 0:

@@ -32,6 +32,9 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of parameters
     dtype: str = "float32"  # compute dtype of activations; logits are always float32
     attention_backend: str = "auto"  # auto | xla | cudnn | splash | block_sparse | reference
+    # block_sparse's query/key block (0: its default, block_sparse_attention.BLOCK). Smaller blocks skip more
+    # of a row whose segments are short (benchmarks/attention.py --blocks measures a workload's best).
+    attention_block: int = 0
     remat: bool = False  # rematerialise each decoder layer in the backward pass (saves memory)
     # Run the layers under nn.scan (compile time independent of depth). Changes the parameter layout to one
     # stacked "layers" subtree (transformer.stack_layer_params / unstack_layer_params convert); default off.
@@ -56,6 +59,13 @@ class ModelConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"ModelConfig.attention_backend must be one of {ATTENTION_BACKENDS}, "
                              f"got {self.attention_backend!r}")
+        if isinstance(self.attention_block, bool) or not isinstance(self.attention_block, int) \
+                or self.attention_block < 0:
+            raise ValueError(f"ModelConfig.attention_block must be an int >= 0 (0: the backend's default), "
+                             f"got {self.attention_block!r}")
+        if self.attention_block and self.attention_backend not in ("auto", "block_sparse"):
+            raise ValueError(f"ModelConfig.attention_block applies to attention_backend 'block_sparse' (or 'auto', "
+                             f"where it may resolve to it), not {self.attention_backend!r}; set it to 0")
         if not self.rope_theta > 0:
             raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta!r}")
         if not self.rms_norm_eps > 0:

@@ -108,7 +108,8 @@ class Attention(nn.Module):
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, prefix_segment_ids_BT=None):
         q, k, v = self._qkv(x_BTD, positions_BT)
         backend = resolve_backend(self.cfg.attention_backend, self.cfg.jnp_dtype)
-        return self._out(packed_attention(q, k, v, segment_ids_BT, backend, prefix_segment_ids_BT))
+        return self._out(packed_attention(q, k, v, segment_ids_BT, backend, prefix_segment_ids_BT,
+                                          block=self.cfg.attention_block))
 
     def extend(self, x_BTD, positions_BT, k_cache, v_cache, layer, write_slots_BT):
         """Write this chunk's k/v into the layer's cache at write_slots (out-of-range slots are dropped) and

@@ -183,6 +183,34 @@ def test_config_validation_errors():
         ModelConfig(attention_backend="flash")
     with pytest.raises(ValueError, match="hidden_size"):
         ModelConfig(hidden_size=0)
+    with pytest.raises(ValueError, match="attention_block must be an int >= 0"):
+        ModelConfig(attention_block=-32)
+    with pytest.raises(ValueError, match="attention_block applies to attention_backend 'block_sparse'"):
+        ModelConfig(attention_backend="xla", attention_block=32)
+
+
+def test_attention_block_reaches_the_kernel_and_keeps_the_logits(monkeypatch):
+    """model.attention_block is the block the kernel walks (recorded at trace time); any block gives the
+    same logits (a 20-token row walks 4 / 2 / 1 block(s) of 8 / 16 / all)."""
+    import orchestra_jax.model.attention as attention
+    seen = []
+    kernel = attention.block_sparse_attention
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("block"))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "block_sparse_attention", recording)
+    row = _packed_row(_sequences())
+    logits = {}
+    for block in (0, 8, 16):
+        cfg = CFG.replace(attention_backend="block_sparse", attention_block=block)
+        apply = jax.jit(lambda p, *a, cfg=cfg: Policy(cfg).apply({"params": p}, *a))  # traced afresh
+        logits[block] = np.asarray(apply(_params(CFG), *map(jnp.asarray, row)))
+    assert seen == [None] * CFG.num_layers + [8] * CFG.num_layers + [16] * CFG.num_layers
+    mask = row[2][0] > 0
+    for block in (8, 16):
+        np.testing.assert_allclose(logits[block][0, mask], logits[0][0, mask], atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["cudnn", "splash"])
