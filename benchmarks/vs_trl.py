@@ -15,6 +15,8 @@ prefill and decode as rl.rollout, pack_groups as rl.grpo.build_batch, rl.step's 
 reference log-probs inside it); not rl.grpo.grpo_step itself, which needs an environment.
 """
 import argparse
+import contextlib
+import sys
 import tempfile
 import time
 
@@ -146,7 +148,8 @@ def run_trl(model, args):
     trainer = GRPOTrainer(model=folder, reward_funcs=reward, args=conf, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[timer])
     torch.manual_seed(0)
-    trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # trl prints its train summary: stdout stays one JSON object
+        trainer.train()
     return timer.times[1:]
 
 
