@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from orchestra_jax.model.kv_cache import map_rows
 from orchestra_jax.model.transformer import Policy
@@ -76,10 +77,32 @@ def top_p_logits(logits_BV: jax.Array, top_p: float) -> jax.Array:
 def inverse_cdf_sample(probs_BV: jax.Array, u_B: jax.Array) -> jax.Array:
     """int32 [B]: per row, the first token whose cumulative probability exceeds u_B * (total mass), u in
     [0, 1). One uniform per row instead of the V Gumbel draws of jax.random.categorical (4x faster per
-    decode step on CPU); a token of probability 0 (top-p's cut) is never drawn: the sum does not rise there."""
-    cdf_BV = jnp.cumsum(probs_BV, axis=-1)
-    below_BV = cdf_BV < (u_B * cdf_BV[:, -1])[:, None]
-    return jnp.minimum(jnp.sum(below_BV, axis=-1), probs_BV.shape[-1] - 1).astype(jnp.int32)
+    decode step on CPU); a token of probability 0 (top-p's cut) is never drawn: the sum does not rise there.
+
+    Two levels when V splits into blocks of about sqrt(V): the block holding the draw is found on the blocks'
+    cumulative mass, then the token inside that block alone. XLA's CPU cumsum over the whole vocabulary cost
+    about 0.2 ms a decode step at [32, 1,024] (benchmarks/sampling.py); the two short ones cost a fraction.
+    The sums run in another order than one long cumsum, so a draw within float rounding of a token boundary
+    may pick the neighbouring token (tests: the same token in >= 99.9% of draws, the same frequencies)."""
+    batch, vocab = probs_BV.shape
+    block = 1 << max(0, (int(np.ceil(np.sqrt(vocab))) - 1).bit_length())
+    if vocab < 128 or vocab % block:
+        cdf_BV = jnp.cumsum(probs_BV, axis=-1)
+        below_BV = cdf_BV < (u_B * cdf_BV[:, -1])[:, None]
+        return jnp.minimum(jnp.sum(below_BV, axis=-1), vocab - 1).astype(jnp.int32)
+    n = vocab // block
+    probs_Bnk = probs_BV.reshape(batch, n, block)
+    block_cdf_Bn = jnp.cumsum(jnp.sum(probs_Bnk, axis=-1), axis=-1)
+    target_B = u_B * block_cdf_Bn[:, -1]
+    k_B = jnp.minimum(jnp.sum(block_cdf_Bn < target_B[:, None], axis=-1), n - 1)
+    before_B = jnp.where(k_B > 0, jnp.take_along_axis(block_cdf_Bn, jnp.maximum(k_B - 1, 0)[:, None], axis=-1)[:, 0],
+                         0.0)
+    inside_Bk = jnp.take_along_axis(probs_Bnk, k_B[:, None, None], axis=1)[:, 0]
+    count_B = jnp.sum(jnp.cumsum(inside_Bk, axis=-1) < (target_B - before_B)[:, None], axis=-1)
+    # rounding can leave the block's own sum just under the target: then its last token of positive mass
+    last_positive_B = block - 1 - jnp.argmax((inside_Bk > 0)[:, ::-1], axis=-1)
+    offset_B = jnp.where(count_B >= block, last_positive_B, count_B)
+    return (k_B * block + offset_B).astype(jnp.int32)
 
 
 def greedy_tokens(logits_BV: jax.Array) -> tuple[jax.Array, jax.Array]:
