@@ -265,9 +265,10 @@ def test_sampled_frequencies_match_the_distribution(temperature, top_p, row_keys
     np.testing.assert_allclose(np.asarray(policy_logp), log_softmax[tokens], atol=1e-5)
 
 
-@pytest.mark.parametrize("vocab", [1024, 2048])
+@pytest.mark.parametrize("vocab", [1024, 2048, 3072, 1000])
 def test_two_level_inverse_cdf_equals_the_flat_draw_and_never_draws_a_zero(vocab):
-    """At these vocabularies the draw runs in two levels (block, then token in block): against a numpy
+    """1,024 / 2,048 / 3,072 run in two levels (blocks of 32 / 64 / 64, then the token in its block), 1,000 in
+    one (no power-of-two block of 16 or more divides it): against a numpy
     float64 cumsum it picks the same token except within float rounding of a boundary (>= 99.9% of draws,
     the rest a neighbour), never a token of mass 0 (every other token zeroed, and whole zero blocks), and its
     frequencies on one row match the probabilities."""
