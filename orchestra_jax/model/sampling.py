@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from orchestra_jax.model.kv_cache import map_rows
 from orchestra_jax.model.transformer import Policy
@@ -80,14 +79,15 @@ def inverse_cdf_sample(probs_BV: jax.Array, u_B: jax.Array) -> jax.Array:
     [0, 1). One uniform per row instead of the V Gumbel draws of jax.random.categorical (4x faster per
     decode step on CPU); a token of probability 0 (top-p's cut) is never drawn: the sum does not rise there.
 
-    Two levels when V splits into blocks of about sqrt(V) (a power of two): the block holding the draw is found on the blocks'
-    cumulative mass, then the token inside that block alone: XLA's CPU cumsum over the whole vocabulary took
-    186 us a draw at [32, 1,024] in an ad-hoc timing, the two levels 63 us (benchmarks/README.md: rollout).
+    Two levels when V splits into blocks of about sqrt(V) (a power of two): the block holding the draw is
+    found on the blocks' cumulative mass, then the token inside that block alone: XLA's CPU cumsum over the
+    whole vocabulary took 186 us a draw at [32, 1,024] in an ad-hoc timing, the two levels 63 us
+    (benchmarks/README.md: rollout and vs_trl, side by side).
     The sums run in another order than one long cumsum, so a draw within float rounding of a token boundary
     may pick the neighbouring token (tests: the same token in >= 99.9% of draws, the same frequencies)."""
     batch, vocab = probs_BV.shape
     # a power of two near sqrt(V) that divides V (Qwen's 151,936 = 1,187 x 128: blocks of 128)
-    block = math.gcd(vocab, 1 << max(0, (int(np.ceil(np.sqrt(vocab))) - 1).bit_length()))
+    block = math.gcd(vocab, 1 << max(0, (math.ceil(math.sqrt(vocab)) - 1).bit_length()))
     if vocab < 128 or block < 16:
         cdf_BV = jnp.cumsum(probs_BV, axis=-1)
         below_BV = cdf_BV < (u_B * cdf_BV[:, -1])[:, None]
